@@ -1,0 +1,12 @@
+"""fedstack: federated learning that simulates on one machine and deploys for real."""
+
+__version__ = "0.1.0"
+
+from .client import EvalResult, FitConfig, FitResult, Trainer, TorchTrainer  # noqa: E402
+from .codec import Pipeline  # noqa: E402
+from .data import ClientData, FederatedDataset  # noqa: E402
+from .experiment import History, simulate  # noqa: E402
+from .strategy import FedAvg, Strategy, Task  # noqa: E402
+
+__all__ = ["__version__", "EvalResult", "FitConfig", "FitResult", "Trainer", "TorchTrainer", "Pipeline",
+           "ClientData", "FederatedDataset", "History", "simulate", "FedAvg", "Strategy", "Task"]

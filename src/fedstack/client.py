@@ -1,0 +1,169 @@
+"""Local training: the Trainer protocol, its result types, and TorchTrainer for any nn.Module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from .params import ParamSpec, spec_of
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What one client is asked to do in one round."""
+
+    epochs: int = 1
+    local_steps: int = 0  # > 0: exactly this many SGD steps instead of epochs
+    batch_size: int = 32
+    lr: float = 0.05
+    seed: int = 0  # drives batch order; derived from the run seed, round and client id
+
+
+@dataclass
+class FitResult:
+    """A client's contribution: update = local params − global params (flat float32)."""
+
+    update: np.ndarray
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: Any = None  # client state to persist across rounds (None: stateless)
+
+
+@dataclass
+class EvalResult:
+    """Summed loss and correct predictions over some examples; adds up across shards."""
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    examples: int = 0
+
+    def __add__(self, other: "EvalResult") -> "EvalResult":
+        return EvalResult(self.loss_sum + other.loss_sum, self.correct + other.correct,
+                          self.examples + other.examples)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.examples if self.examples else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.examples if self.examples else float("nan")
+
+
+class Trainer(Protocol):
+    """Trains and evaluates one model on one client's data; reused for every client of a worker.
+
+    A toy that "learns" by moving halfway to the mean of its data::
+
+        class MeanTrainer:
+            def fit(self, params, data, config, state=None):
+                target = data.x[data.train_idx].mean(axis=0).ravel()
+                return FitResult(update=(target - params) / 2, num_examples=data.num_examples)
+
+            def evaluate(self, params, x, y):
+                err = ((x.reshape(len(x), -1) - params) ** 2).sum(axis=1)
+                return EvalResult(loss_sum=float(err.sum()), correct=0, examples=len(x))
+    """
+
+    def fit(self, params: np.ndarray, data: Any, config: FitConfig, state: Any = None) -> FitResult: ...
+
+    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult: ...
+
+
+def batch_order(indices: np.ndarray, config: FitConfig) -> list[np.ndarray]:
+    """The batches of `indices` one fit visits: shuffled each epoch from config.seed.
+
+    With `local_steps` > 0 it yields exactly that many batches, reshuffling as epochs run out.
+    """
+    rng = np.random.default_rng(config.seed)
+    batches: list[np.ndarray] = []
+    want = config.local_steps if config.local_steps > 0 else None
+    epochs = 0
+    while (want is None and epochs < config.epochs) or (want is not None and len(batches) < want):
+        order = indices[rng.permutation(len(indices))]
+        batches.extend(order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size))
+        epochs += 1
+        if len(indices) == 0:
+            break
+    return batches[:want] if want is not None else batches
+
+
+class TorchTrainer:
+    """A Trainer for any torch.nn.Module: cross-entropy by default, SGD by default.
+
+    The module's parameters become views into one flat buffer, so loading the global
+    vector or reading the local one is a single memory copy.
+    """
+
+    def __init__(self, model, loss_fn: Callable | None = None,
+                 optimizer: str | Callable = "sgd", eval_batch_size: int = 100):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        self.optimizer = optimizer
+        self.eval_batch_size = eval_batch_size
+        tensors = [p for p in model.parameters()]
+        self.spec: ParamSpec = spec_of([(n, tuple(p.shape)) for n, p in model.named_parameters()])
+        self._flat = torch.zeros(self.spec.size, dtype=torch.float32)
+        for p, (a, b) in zip(tensors, self.spec.offsets()):
+            self._flat[a:b].copy_(p.data.reshape(-1))
+            p.data = self._flat[a:b].view(p.shape)
+        self._make_optimizer(0.01)  # pay torch.optim's one-time import cost now, not in the first fit
+
+    def get_params(self) -> np.ndarray:
+        """The model's current parameters as a new flat float32 vector."""
+        return self._flat.numpy().copy()
+
+    def set_params(self, params: np.ndarray) -> None:
+        """Load a flat vector into the model."""
+        if params.shape != (self.spec.size,):
+            raise ValueError(f"expected {self.spec.size} parameters, got {params.shape}")
+        self._flat.copy_(self.torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32)))
+
+    def _make_optimizer(self, lr: float):
+        if callable(self.optimizer):
+            return self.optimizer(self.model.parameters(), lr)
+        if self.optimizer == "sgd":
+            return self.torch.optim.SGD(self.model.parameters(), lr=lr)
+        if self.optimizer == "adam":
+            return self.torch.optim.Adam(self.model.parameters(), lr=lr)
+        raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd | adam)")
+
+    def fit(self, params: np.ndarray, data, config: FitConfig, state: Any = None) -> FitResult:
+        """Train on the client's training split; return local − global."""
+        torch = self.torch
+        self.set_params(params)
+        self.model.train()
+        opt = self._make_optimizer(config.lr)
+        loss_sum, seen = 0.0, 0
+        for idx in batch_order(data.train_idx, config):
+            x = torch.from_numpy(data.x[idx])
+            y = torch.from_numpy(data.y[idx])
+            opt.zero_grad()
+            loss = self.loss_fn(self.model(x), y)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+            seen += len(idx)
+        update = self._flat.numpy() - params
+        return FitResult(update=update, num_examples=int(data.num_examples),
+                         metrics={"train_loss": loss_sum / seen if seen else float("nan")})
+
+    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
+        """Summed loss and correct predictions of `params` on (x, y), in fixed-size batches."""
+        torch = self.torch
+        self.set_params(params)
+        self.model.eval()
+        result = EvalResult()
+        with torch.inference_mode():
+            for i in range(0, len(x), self.eval_batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i:i + self.eval_batch_size]))
+                yb = torch.from_numpy(np.ascontiguousarray(y[i:i + self.eval_batch_size]))
+                out = self.model(xb)
+                loss = self.loss_fn(out, yb, reduction="sum")
+                result = result + EvalResult(float(loss), int((out.argmax(1) == yb).sum()), len(yb))
+        return result

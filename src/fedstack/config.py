@@ -1,0 +1,174 @@
+"""The typed configuration tree: TOML file, `--set key=value` overrides, validation naming the key."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, FedstackError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    partition: Literal["iid", "dirichlet", "shards", "powerlaw"] = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    num_clients: int = Field(100, ge=1)
+    path: str = ""
+    holdout: float = Field(0.1, ge=0, lt=1)  # fraction of each client's data kept for federated evaluation
+
+
+class ModelConfig(Section):
+    name: Literal["logreg", "mlp", "cnn"] = "cnn"
+
+
+class ClientConfig(Section):
+    epochs: int = Field(1, ge=0)
+    local_steps: int = Field(0, ge=0)  # > 0 replaces epochs with a fixed number of SGD steps
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+
+
+class ServerConfig(Section):
+    strategy: Literal["fedavg"] = "fedavg"
+    rounds: int = Field(20, ge=1)
+    clients_per_round: int = Field(10, ge=1)
+    min_clients: int = Field(1, ge=0)
+    server_lr: float = Field(1.0, gt=0)
+
+
+class EngineConfig(Section):
+    name: Literal["local", "pool"] = "pool"
+    workers: int = Field(0, ge=0)  # 0 = one per core
+
+
+class CodecConfig(Section):
+    pipeline: list[str] = []
+
+
+class EvalConfig(Section):
+    every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
+    federated: bool = True  # evaluate on every client's held-out split after the last round
+    federated_every: int = Field(0, ge=0)  # also every N rounds; 0 = only after the last
+
+
+class Config(Section):
+    """A whole run. Keys and defaults are the contract in DESIGN.md; unknown keys are errors."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    client: ClientConfig = ClientConfig()
+    server: ServerConfig = ServerConfig()
+    engine: EngineConfig = EngineConfig()
+    codec: CodecConfig = CodecConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value); the value parses as TOML, else stays a string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(text, "an override must look like key=value, e.g. server.rounds=5")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """The config from an optional TOML file plus overrides, validated before any work starts."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            tree = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FedstackError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise FedstackError(f"config file {path} is not valid TOML: {exc}") from None
+    for override in overrides:
+        keys, value = parse_override(override)
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(keys), f"'{k}' is not a section")
+        node[keys[-1]] = value
+    return validate(tree)
+
+
+def validate(tree: dict) -> Config:
+    """A Config from a plain tree, or a ConfigError naming the first bad key."""
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as exc:
+        raise _explain(exc.errors()[0], tree) from None
+    if config.server.clients_per_round > config.data.num_clients:
+        raise ConfigError("server.clients_per_round", f"{config.server.clients_per_round} is more than "
+                          f"data.num_clients = {config.data.num_clients}")
+    if config.server.min_clients > config.server.clients_per_round:
+        raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
+                          f"server.clients_per_round = {config.server.clients_per_round}")
+    from .codec import CODECS
+
+    for name in config.codec.pipeline:
+        if name not in CODECS:
+            raise ConfigError("codec.pipeline", f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
+    if config.client.epochs == 0 and config.client.local_steps == 0:
+        raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
+    return config
+
+
+def _explain(error: dict, tree: dict) -> ConfigError:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        section = _section_model(error["loc"][:-1])
+        valid = list(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), valid, n=1)
+        hint = f"; did you mean '{'.'.join([*map(str, error['loc'][:-1]), close[0]])}'?" if close else \
+            f"; valid keys here: {', '.join(valid)}"
+        return ConfigError(key, "unknown key" + hint)
+    return ConfigError(key, f"{error['msg'].lower()} (got {error.get('input')!r})")
+
+
+def _section_model(loc) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML text (saved with every run)."""
+    lines = [f"seed = {config.seed}"]
+    for name, section in config.model_dump().items():
+        if not isinstance(section, dict):
+            continue
+        lines.append(f"\n[{name}]")
+        for key, value in section.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

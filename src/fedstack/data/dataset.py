@@ -1,0 +1,196 @@
+"""Federated datasets: shared base arrays plus per-client index partitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedstack.data import partition as partitioners
+from fedstack.data import sources
+from fedstack.errors import ConfigError, DataError
+from fedstack.seeding import rng as stream_rng
+
+DATASETS = ("fashion_mnist", "digits")
+PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw")
+ARRAY_NAMES = ("x", "y", "x_test", "y_test")
+# build_dataset keeps the digits test set fixed across run seeds, like Fashion-MNIST's.
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass(eq=False, repr=False)
+class ClientData:
+    """One client's data: index arrays into shared base arrays (no copies)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    train_idx: np.ndarray
+    holdout_idx: np.ndarray
+
+    @property
+    def num_examples(self) -> int:
+        """Number of training examples."""
+        return len(self.train_idx)
+
+    def __repr__(self) -> str:
+        return f"ClientData(train={len(self.train_idx)}, holdout={len(self.holdout_idx)})"
+
+
+@dataclass(eq=False, repr=False)
+class FederatedDataset:
+    """A federation: base arrays, per-client index partitions, and the server's test set."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    train_idx: list[np.ndarray]
+    holdout_idx: list[np.ndarray]
+    num_classes: int
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train_idx)
+
+    def client(self, i: int) -> ClientData:
+        """Client `i`'s view: the shared arrays and its own index arrays."""
+        if not 0 <= i < self.num_clients:
+            raise IndexError(f"client {i} out of range for {self.num_clients} clients")
+        return ClientData(self.x, self.y, self.train_idx[i], self.holdout_idx[i])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The big arrays by name: x, y, x_test, y_test."""
+        return {k: getattr(self, k) for k in ARRAY_NAMES}
+
+    def with_arrays(self, arrays: dict[str, np.ndarray]) -> FederatedDataset:
+        """The same partitions over replacement arrays of the same shapes (e.g. shared-memory views)."""
+        unknown = set(arrays) - set(ARRAY_NAMES)
+        if unknown:
+            raise ValueError(f"unknown array names {sorted(unknown)}; expected a subset of {list(ARRAY_NAMES)}")
+        for k, a in arrays.items():
+            if np.shape(a) != getattr(self, k).shape:
+                raise DataError(f"replacement array '{k}' has shape {np.shape(a)}, expected {getattr(self, k).shape}")
+        return dataclasses.replace(self, **arrays)
+
+    def __repr__(self) -> str:
+        sizes = [len(t) for t in self.train_idx]
+        return (
+            f"FederatedDataset({self.name!r}, clients={self.num_clients}, train={len(self.y)}, "
+            f"test={len(self.y_test)}, classes={self.num_classes}, "
+            f"client sizes {min(sizes)}..{max(sizes)})"
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x,
+        y,
+        x_test,
+        y_test,
+        *,
+        num_clients: int,
+        partition: str = "iid",
+        alpha: float = 0.5,
+        holdout: float = 0.1,
+        seed: int = 0,
+        name: str = "custom",
+        num_classes: int | None = None,
+    ) -> FederatedDataset:
+        """Partition your own arrays among `num_clients` clients (x is kept as given, not copied)."""
+        _check_options(num_clients, partition, alpha, holdout)
+        x, x_test = np.asarray(x), np.asarray(x_test)
+        y, y_test = _labels(y, "y"), _labels(y_test, "y_test")
+        if len(x) != len(y) or len(x_test) != len(y_test):
+            raise DataError(
+                f"features and labels differ in length: x {len(x)} vs y {len(y)}, "
+                f"x_test {len(x_test)} vs y_test {len(y_test)}"
+            )
+        if x.shape[1:] != x_test.shape[1:]:
+            raise DataError(f"x samples have shape {x.shape[1:]} but x_test samples {x_test.shape[1:]}")
+        n = len(y)
+        if num_clients > n:
+            raise ConfigError("data.num_clients", f"{num_clients} clients but only {n} training samples")
+        if partition == "shards" and 2 * num_clients > n:
+            raise ConfigError(
+                "data.num_clients",
+                f"the shards partition needs 2 samples per client: {num_clients} clients but only {n} samples",
+            )
+        seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
+        if num_classes is None:
+            num_classes = seen
+        elif num_classes < seen:
+            raise DataError(f"num_classes={num_classes} but labels go up to {seen - 1}")
+        rng = stream_rng(seed, "partition")  # SeedSequence([seed, 1])
+        if partition == "iid":
+            parts = partitioners.iid(n, num_clients, rng)
+        elif partition == "dirichlet":
+            parts = partitioners.dirichlet(y, num_clients, alpha, rng)
+        elif partition == "shards":
+            parts = partitioners.shards(y, num_clients, rng)
+        else:
+            parts = partitioners.powerlaw(n, num_clients, rng)
+        train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))  # [seed, 2]
+        return cls(name, x, y, x_test, y_test, train, held, int(num_classes))
+
+
+def _labels(y, which: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{which} must be a 1-D array of class labels, got shape {y.shape}")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise DataError(f"{which} must hold integer class labels, got dtype {y.dtype}")
+    y = y.astype(np.int64, copy=False)
+    if y.size and y.min() < 0:
+        raise DataError(f"{which} holds a negative class label {int(y.min())}")
+    return y
+
+
+def _check_options(num_clients, partition: str, alpha: float, holdout: float) -> None:
+    """Raise ConfigError for bad values that need no data to detect."""
+    if partition not in PARTITIONS:
+        raise ConfigError("data.partition", f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
+    if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+        raise ConfigError("data.num_clients", f"must be an integer >= 1, got {num_clients!r}")
+    if partition == "dirichlet" and not (isinstance(alpha, numbers.Real) and math.isfinite(alpha) and alpha > 0):
+        raise ConfigError("data.alpha", f"the dirichlet concentration must be a finite number > 0, got {alpha!r}")
+    if not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
+        raise ConfigError("data.holdout", f"the held-out fraction must be in [0, 1), got {holdout!r}")
+
+
+def build_dataset(
+    name: str,
+    *,
+    num_clients: int,
+    partition: str,
+    alpha: float,
+    seed: int,
+    path: str = "",
+    holdout: float = 0.1,
+) -> FederatedDataset:
+    """Load a built-in dataset and partition it; name in DATASETS, partition in PARTITIONS.
+
+    The partition draws from SeedSequence([seed, 1]) and the holdout split from
+    SeedSequence([seed, 2]), so the same seed always gives the same federation.
+    """
+    if name not in DATASETS:
+        raise ConfigError("data.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    _check_options(num_clients, partition, alpha, holdout)
+    if name == "fashion_mnist":
+        arrays = sources.load_fashion_mnist(path)
+    else:
+        arrays = sources.load_digits(DIGITS_SPLIT_SEED)
+    return FederatedDataset.from_arrays(
+        *arrays,
+        num_clients=num_clients,
+        partition=partition,
+        alpha=alpha,
+        holdout=holdout,
+        seed=seed,
+        name=name,
+        num_classes=10,
+    )

@@ -1,0 +1,86 @@
+"""The Engine protocol and the one function every engine calls to run a task on a client."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Union
+
+import numpy as np
+
+from ..client import EvalResult, Trainer
+from ..codec import CodecContext, Pipeline
+from ..strategy import Task
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """Evaluate on the server's test examples [start, stop), or on one client's held-out split."""
+
+    start: int = 0
+    stop: int = 0
+    client_id: int | None = None
+
+
+@dataclass
+class FitReply:
+    """What a client sends back after training: the encoded update and its weight."""
+
+    payload: bytes
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """The result of one task, or the error that ended it, and the seconds it took."""
+
+    task: Union[Task, EvalTask]
+    value: Union[FitReply, EvalResult, None] = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Workload:
+    """What every worker needs, built once per run: a Trainer factory, the data, client codecs."""
+
+    trainer_factory: Callable[[], Trainer]
+    dataset: Any  # FederatedDataset
+    pipeline: Pipeline
+    seed: int
+
+
+class Engine(Protocol):
+    """Runs tasks somewhere (in-process, worker processes, Ray, remote devices).
+
+    `run` yields one Outcome per task, in task order, so results never depend on timing.
+    """
+
+    def start(self, workload: Workload) -> None: ...
+
+    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]: ...
+
+    def close(self) -> None: ...
+
+
+def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> Outcome:
+    """Run one fit or evaluation task with `trainer`; errors become a failed Outcome."""
+    started = time.perf_counter()
+    try:
+        data = workload.dataset
+        if isinstance(task, EvalTask):
+            if task.client_id is None:
+                value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
+            else:
+                idx = data.holdout_idx[task.client_id]
+                value = trainer.evaluate(params, data.x[idx], data.y[idx])
+        else:
+            result = trainer.fit(params, data.client(task.client_id), task.config)
+            ctx = CodecContext(task.round, task.client_id, workload.seed)
+            value = FitReply(workload.pipeline.encode(result.update, ctx), result.num_examples, result.metrics)
+        return Outcome(task, value, None, time.perf_counter() - started)
+    except Exception as exc:  # a failing client must not end the run; the server counts it
+        detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return Outcome(task, None, detail, time.perf_counter() - started)

@@ -1,0 +1,206 @@
+"""PoolEngine: worker processes started once per run, sharing the dataset and the global vector."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from collections import deque
+from dataclasses import dataclass, replace
+from multiprocessing.connection import wait
+from multiprocessing.shared_memory import SharedMemory
+from typing import Iterator
+
+import numpy as np
+
+from .base import Outcome, Workload, execute
+
+# A task whose worker process dies is retried on a fresh worker this many times.
+MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """How a worker finds an array in shared memory."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    def attach(self) -> tuple[SharedMemory, np.ndarray]:
+        # Spawned workers share the parent's resource tracker, so attaching here adds no cleanup
+        # duty: the parent, which created the segment, unlinks it.
+        shm = SharedMemory(name=self.name)
+        return shm, np.ndarray(self.shape, np.dtype(self.dtype), buffer=shm.buf)
+
+
+def _share(array: np.ndarray) -> tuple[SharedMemory, _Shared]:
+    shm = SharedMemory(create=True, size=max(array.nbytes, 1))
+    np.ndarray(array.shape, array.dtype, buffer=shm.buf)[...] = array
+    return shm, _Shared(shm.name, tuple(array.shape), array.dtype.str)
+
+
+def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared], params_ref: _Shared) -> None:
+    """A worker: attach the shared data once, build one Trainer, then run tasks until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        attached = {k: ref.attach() for k, ref in arrays.items()}
+        dataset = replace(workload.dataset, **{k: view for k, (_, view) in attached.items()})
+        workload = replace(workload, dataset=dataset)
+        trainer = workload.trainer_factory()
+        _, shared_params = params_ref.attach()
+    except Exception as exc:  # tell the parent why, instead of dying silently
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    params, version = None, -1
+    conn.send("ready")
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        index, task_version, task = message
+        if task_version != version:  # a new global vector: copy it once, not per task
+            params, version = shared_params.copy(), task_version
+        conn.send((index, execute(trainer, workload, task, params)))
+
+
+class _Worker:
+    def __init__(self, ctx, args):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, *args), daemon=True)
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.task: int | None = None
+
+
+class PoolEngine:
+    """Runs tasks on `workers` processes (default: one per core), each with one torch thread.
+
+    The dataset's arrays live once in shared memory; each round's global vector is written
+    once to shared memory; a task message carries only client id and config. A task whose
+    worker dies is rerun on a fresh worker.
+    """
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: list[_Worker] = []
+        self._segments: list[SharedMemory] = []
+
+    def start(self, workload: Workload) -> None:
+        self._ctx = mp.get_context("spawn")
+        refs = {}
+        for key, array in workload.dataset.arrays().items():
+            shm, refs[key] = _share(np.ascontiguousarray(array))
+            self._segments.append(shm)
+        # Workers get the partitions by pickle and the arrays from shared memory.
+        light = replace(workload.dataset, **{k: np.zeros((0,) + a.shape[1:], a.dtype)
+                                             for k, a in workload.dataset.arrays().items()})
+        self._workload = replace(workload, dataset=light)
+        self._refs = refs
+        self._params_shm: SharedMemory | None = None
+        self._params_ref: _Shared | None = None
+        self._version = 0
+
+    def _publish(self, params: np.ndarray) -> None:
+        if self._params_shm is None:
+            self._params_shm, self._params_ref = _share(params.astype(np.float32))
+            self._segments.append(self._params_shm)
+            self._pool = [self._spawn() for _ in range(self.workers)]
+        elif params.shape != self._params_ref.shape:
+            raise ValueError(f"parameter vector changed size: {params.shape} vs {self._params_ref.shape}")
+        np.ndarray(self._params_ref.shape, np.float32, buffer=self._params_shm.buf)[...] = params
+        self._version += 1
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, (self._workload, self._refs, self._params_ref))
+
+    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
+        """Yields one Outcome per task, in task order."""
+        self._publish(params)
+        pending = deque(range(len(tasks)))
+        attempts = [0] * len(tasks)
+        done: dict[int, Outcome] = {}
+        next_out = 0
+        try:
+            while next_out < len(tasks):
+                for w in self._pool:
+                    if w.ready and w.task is None and pending:
+                        w.task = pending.popleft()
+                        attempts[w.task] += 1
+                        w.conn.send((w.task, self._version, tasks[w.task]))
+                while next_out in done:
+                    yield done.pop(next_out)
+                    next_out += 1
+                if next_out < len(tasks):
+                    self._collect(done, pending, attempts, tasks)
+        finally:
+            self._drain()
+
+    def _collect(self, done, pending, attempts, tasks) -> None:
+        """Wait for any worker to answer or die, and book what happened."""
+        by_handle = {}
+        for w in self._pool:
+            by_handle[w.conn] = w
+            by_handle[w.process.sentinel] = w
+        for handle in wait(list(by_handle)):
+            w = by_handle[handle]
+            if handle is w.conn:
+                try:
+                    message = w.conn.recv()
+                except (EOFError, OSError):
+                    continue  # the sentinel reports the death
+                if message == "ready":
+                    w.ready = True
+                elif message[0] == "failed":
+                    raise RuntimeError(f"a pool worker could not start: {message[1]}")
+                else:
+                    index, outcome = message
+                    done[index] = outcome
+                    w.task = None
+            elif not w.process.is_alive():
+                self._replace(w, done, pending, attempts, tasks)
+
+    def _replace(self, dead: _Worker, done, pending, attempts, tasks) -> None:
+        index = dead.task
+        if index is not None:
+            if attempts[index] < MAX_ATTEMPTS:
+                pending.appendleft(index)
+            else:
+                done[index] = Outcome(tasks[index], error=f"worker died {attempts[index]} times running it")
+        dead.conn.close()
+        self._pool[self._pool.index(dead)] = self._spawn()
+
+    def _drain(self) -> None:
+        """Wait for tasks still running (a consumer that stopped early) so the next round starts clean."""
+        while any(w.task is not None for w in self._pool):
+            busy = [w for w in self._pool if w.task is not None]
+            for handle in wait([w.conn for w in busy] + [w.process.sentinel for w in busy]):
+                w = next(x for x in busy if handle in (x.conn, x.process.sentinel))
+                if w.task is None:
+                    continue
+                try:
+                    w.conn.recv()
+                    w.task = None
+                except (EOFError, OSError):
+                    w.conn.close()
+                    self._pool[self._pool.index(w)] = self._spawn()
+
+    def close(self) -> None:
+        for w in self._pool:
+            try:
+                w.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for w in self._pool:
+            w.process.join(timeout=5)
+            if w.process.is_alive():
+                w.process.kill()
+        self._pool = []
+        for shm in self._segments:
+            shm.close()
+            shm.unlink()
+        self._segments = []

@@ -1,0 +1,17 @@
+"""Errors a user can act on: each carries one line naming the key, file or message at fault."""
+
+
+class FedstackError(Exception):
+    """An error meant for the user: the CLI prints its message on one line and exits with code 2."""
+
+
+class ConfigError(FedstackError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"config key '{key}': {message}")
+
+
+class DataError(FedstackError):
+    """Data is missing, corrupt or does not fit the requested partition."""

@@ -1,0 +1,180 @@
+"""Assembles a simulation from Python objects (`simulate`) or from a Config (`run_config`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .client import FitConfig, Trainer
+from .codec import Pipeline, build_pipeline
+from .config import Config, to_toml
+from .engine import Engine, Workload, make_engine
+from .errors import FedstackError
+from .report import MetricsWriter, write_report, write_summary
+from .seeding import int_seed
+from .server import Server
+from .store import RunStore
+from .strategy import FedAvg, Strategy
+
+
+@dataclass
+class History:
+    """What a simulation produced: one record per round and the final parameters."""
+
+    rounds: list[dict] = field(default_factory=list)
+    params: np.ndarray | None = None
+    run_dir: Path | None = None
+    status: str = "finished"
+
+    def __call__(self, record: dict, params=None) -> None:
+        self.rounds.append(record)
+
+
+def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np.ndarray, *,
+             strategy: Strategy | None = None, rounds: int = 10, clients_per_round: int = 10,
+             engine: str | Engine = "local", workers: int = 0, seed: int = 0,
+             pipeline: Pipeline | None = None, min_clients: int = 1, eval_every: int = 1,
+             federated_eval: bool = True, federated_eval_every: int = 0,
+             out: str | Path | None = None, config: dict | None = None,
+             on_round: list[Callable] = ()) -> History:
+    """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
+
+    `trainer_factory` must be picklable (a module-level function or a functools.partial)
+    when `engine="pool"`: each worker process calls it once.
+    """
+    if clients_per_round > dataset.num_clients:
+        raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
+    workload = Workload(trainer_factory, dataset, pipeline or Pipeline(), seed)
+    history = History()
+    callbacks: list[Callable] = [history, *on_round]
+    store = None
+    if out is not None:
+        run_dir = history.run_dir = Path(out)
+        store = RunStore(run_dir / "store.sqlite")
+        store.set_meta("config", config or {})
+        callbacks = [lambda record, params: store.finish_round(record["round"], record, params),
+                     MetricsWriter(run_dir), *callbacks]
+    server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
+                    workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
+                    eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else 0,
+                    on_round=callbacks)
+    if federated_eval and not federated_eval_every:
+        server.federated_eval_every = rounds  # only after the last round
+    try:
+        history.params = server.run(initial_params)
+    except KeyboardInterrupt:
+        history.status = "interrupted"
+        raise
+    finally:
+        if store is not None:
+            store.set_meta("status", history.status)
+            store.close()
+            write_summary(history.run_dir, summarize(history, seed, config or {}))
+            if history.rounds:
+                write_report(history.run_dir)
+    return history
+
+
+def summarize(history: History, seed: int, config: dict) -> dict:
+    """The figures of summary.json."""
+    rounds = history.rounds
+    last = rounds[-1] if rounds else {}
+    accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
+    federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
+    return {
+        "run_dir": str(history.run_dir),
+        "status": history.status,
+        "rounds": len(rounds),
+        "final": {
+            "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
+            "wall_time_s": last.get("wall_time_s"), "sim_time_s": last.get("sim_time_s"),
+            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
+            "bytes_down_total": sum(r["bytes_down"] for r in rounds),
+            "failures_total": sum(r["failures"] for r in rounds),
+            "federated": federated,
+        },
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "seed": seed,
+        "config": config,
+        "versions": versions(),
+    }
+
+
+def versions() -> dict:
+    import torch
+
+    return {"fedstack": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__}
+
+
+def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):
+    """A TorchTrainer for a named model (picklable through functools.partial)."""
+    from .client import TorchTrainer
+    from .models import build_model
+
+    return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer)
+
+
+def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
+    """The starting global model: the factory's model initialised from the run seed."""
+    import torch
+
+    torch.manual_seed(int_seed(seed, "init"))
+    return trainer_factory().get_params()
+
+
+def default_run_dir() -> Path:
+    """runs/<timestamp>, unique even for two runs in the same second."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"{stamp}-{suffix}"
+    return path
+
+
+def prepare_run_dir(out: str | Path | None) -> Path:
+    """Create the run directory, or fail now (before any training) naming the path."""
+    path = Path(out) if out is not None else default_run_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise FedstackError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
+def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = ()) -> History:
+    """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>)."""
+    from .data import build_dataset
+
+    data_cfg = config.data
+    dataset = build_dataset(data_cfg.name, num_clients=data_cfg.num_clients, partition=data_cfg.partition,
+                            alpha=data_cfg.alpha, seed=config.seed, path=data_cfg.path,
+                            holdout=data_cfg.holdout)
+    pipeline = build_pipeline(config.codec.pipeline)
+    run_dir = prepare_run_dir(out)
+    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
+                                dataset.num_classes, config.client.optimizer)
+    params = initial_params(factory, config.seed)
+    c = config.client
+    strategy = FedAvg(FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr),
+                      server_lr=config.server.server_lr)
+    (run_dir / "config.toml").write_text(to_toml(config))
+    return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
+                    clients_per_round=config.server.clients_per_round, engine=config.engine.name,
+                    workers=config.engine.workers, seed=config.seed, pipeline=pipeline,
+                    min_clients=config.server.min_clients, eval_every=config.eval.every,
+                    federated_eval=config.eval.federated, federated_eval_every=config.eval.federated_every,
+                    out=run_dir, config=config.model_dump(), on_round=list(on_round))

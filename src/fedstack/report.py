@@ -1,0 +1,214 @@
+"""Run results: metrics file, summary table and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedstack.errors import FedstackError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.png"
+
+_MIB = 1024**2
+
+
+class MetricsWriter:
+    """Appends one JSON line per round to run_dir/metrics.jsonl, flushed so a crash keeps it."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.write_text("")
+
+    def __call__(self, record: dict, params=None) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def write_summary(run_dir, summary: dict) -> Path:
+    """Write run_dir/summary.json."""
+    path = Path(run_dir) / SUMMARY_FILE
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """Return the per-round records of a run, in file order."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise FedstackError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FedstackError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise FedstackError(f"{path}, line {number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def read_summary(run_dir) -> dict:
+    """Return the end-of-run summary of a run."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FedstackError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise FedstackError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(summary, dict):
+        raise FedstackError(f"{path}: expected a JSON object")
+    return summary
+
+
+def human_bytes(n: int) -> str:
+    """Format a byte count in binary units, e.g. 1536 -> "1.5 KiB"."""
+    if abs(n) < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if abs(value) < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _run_title(run_dir: Path, summary: dict | None) -> str:
+    """The run directory's name, followed by strategy and dataset when the config names them."""
+    config = (summary or {}).get("config") or {}
+    strategy = (config.get("server") or {}).get("strategy")
+    dataset = (config.get("data") or {}).get("name")
+    parts = [part for part in (strategy, dataset) if part]
+    return run_dir.resolve().name + (f" ({' / '.join(parts)})" if parts else "")
+
+
+def plot_report(run_dir) -> Path:
+    """Draw accuracy, loss and traffic per round into run_dir/report.png and return its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else None
+
+    rounds = [m["round"] for m in metrics]
+    evaluated = [m for m in metrics if m.get("test_accuracy") is not None]
+    with_loss = [m for m in metrics if m.get("test_loss") is not None]
+    federated = [m for m in metrics if m.get("federated")]
+    up_mb = [m.get("bytes_up", 0) / _MIB for m in metrics]
+    down_mb = [m.get("bytes_down", 0) / _MIB for m in metrics]
+    cumulative_up = {}
+    total = 0.0
+    for m, mb in zip(metrics, up_mb):
+        total += mb
+        cumulative_up[m["round"]] = total
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    acc_ax, loss_ax, bytes_ax, curve_ax = axes.flat
+
+    acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
+                marker="o", label="test (global model)")
+    if federated:
+        fed_rounds = [m["round"] for m in federated]
+        mean = [m["federated"]["mean"] for m in federated]
+        p10 = [m["federated"]["p10"] for m in federated]
+        p90 = [m["federated"]["p90"] for m in federated]
+        # Error bars as well as the band: a band over a single round has no width.
+        acc_ax.errorbar(fed_rounds, mean, yerr=[[a - b for a, b in zip(mean, p10)],
+                                                [b - a for a, b in zip(mean, p90)]],
+                        marker="s", capsize=3, label="federated mean (p10–p90)")
+        acc_ax.fill_between(fed_rounds, p10, p90, alpha=0.2, color="tab:orange")
+    acc_ax.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+    acc_ax.legend(loc="lower right")
+
+    loss_ax.plot([m["round"] for m in with_loss], [m["test_loss"] for m in with_loss],
+                 marker="o", color="tab:red")
+    loss_ax.set(title="Test loss", xlabel="round", ylabel="loss")
+
+    bytes_ax.plot(rounds, up_mb, marker="o", label="up")
+    bytes_ax.plot(rounds, down_mb, marker="o", label="down")
+    bytes_ax.set(title="Traffic per round", xlabel="round", ylabel="MiB")
+    bytes_ax.legend()
+
+    curve_ax.plot([cumulative_up[m["round"]] for m in evaluated],
+                  [m["test_accuracy"] for m in evaluated], marker="o")
+    curve_ax.set(title="Accuracy vs upload", xlabel="cumulative MiB uploaded", ylabel="accuracy")
+
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    for ax in (acc_ax, loss_ax, bytes_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(_run_title(run_dir, summary))
+    fig.tight_layout()
+
+    path = run_dir / REPORT_FILE
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def summary_table(summary: dict, metrics: list[dict]) -> Table:
+    """Build a two-column table (figure, value) of a run's headline results."""
+    from rich.table import Table  # rich and matplotlib load on use so importing this module stays fast
+
+    final = summary.get("final") or {}
+    rounds = summary.get("rounds", len(metrics))
+
+    table = Table(title=summary.get("run_dir"))
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+
+    table.add_row("rounds", str(rounds))
+    table.add_row("final test accuracy", _percent(final.get("test_accuracy")))
+    table.add_row("best test accuracy", _percent(summary.get("best_test_accuracy")))
+    loss = final.get("test_loss")
+    table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
+    fed = final.get("federated")
+    if fed:
+        table.add_row("federated mean accuracy", _percent(fed.get("mean")))
+        table.add_row("federated p10 accuracy", _percent(fed.get("p10")))
+        table.add_row("federated p90 accuracy", _percent(fed.get("p90")))
+    table.add_row("bytes up (total)", human_bytes(final.get("bytes_up_total", 0)))
+    table.add_row("bytes down (total)", human_bytes(final.get("bytes_down_total", 0)))
+    table.add_row("wall time", _seconds(final.get("wall_time_s")))
+    table.add_row("simulated time", _seconds(final.get("sim_time_s")))
+    table.add_row("failures", str(final.get("failures_total", 0)))
+    table.add_row("seed", str(summary.get("seed", "-")))
+    table.add_row("status", str(summary.get("status", "-")))
+    return table
+
+
+def print_summary(run_dir, console: Console | None = None) -> None:
+    """Print the summary table of a run."""
+    from rich.console import Console
+
+    table = summary_table(read_summary(run_dir), read_metrics(run_dir))
+    (console or Console()).print(table)
+
+
+def write_report(run_dir) -> Path:
+    """Write the report of a run and return the path of its plot."""
+    return plot_report(run_dir)

@@ -1,0 +1,153 @@
+"""The synchronous round loop: sample, configure, run, aggregate, evaluate, record."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .client import EvalResult
+from .codec import CodecContext
+from .engine import Engine, EvalTask, Outcome, Workload
+from .sampling import UniformSampler
+from .seeding import int_seed
+from .strategy import ClientUpdate, Strategy
+from .systems import UniformSystem
+
+log = logging.getLogger("fedstack.server")
+
+
+class Server:
+    """Runs `rounds` synchronous rounds of `strategy` over `engine`; owns only the loop.
+
+    After each round it calls every `on_round(record)` with the round's figures (the keys of
+    metrics.jsonl); a store, a progress bar and the metrics file are such callbacks.
+    """
+
+    def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
+                 clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
+                 federated_eval_every: int = 0, test_shard: int = 1000, sampler=None,
+                 system=None, on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
+        self.strategy = strategy
+        self.engine = engine
+        self.workload = workload
+        self.rounds = rounds
+        self.clients_per_round = clients_per_round
+        self.min_clients = min_clients
+        self.eval_every = eval_every
+        self.federated_eval_every = federated_eval_every
+        self.test_shard = test_shard
+        self.dataset = workload.dataset
+        self.sampler = sampler or UniformSampler(self.dataset.num_clients, workload.seed)
+        self.system = system or UniformSystem()
+        self.on_round = list(on_round or [])
+        self.rejected = 0
+
+    def run(self, params: np.ndarray, first_round: int = 1) -> np.ndarray:
+        """Train from `params`; returns the final global parameters."""
+        params = np.ascontiguousarray(params, dtype=np.float32)
+        started = time.perf_counter()
+        sim_time = 0.0
+        try:
+            self.engine.start(self.workload)
+            for rnd in range(first_round, self.rounds + 1):
+                params, record = self.round(rnd, params)
+                sim_time += record.pop("round_sim_s")
+                record["sim_time_s"] = sim_time
+                record.update(self.evaluate(rnd, params))
+                record["wall_time_s"] = time.perf_counter() - started
+                for callback in self.on_round:
+                    callback(record, params)
+        finally:
+            self.engine.close()
+        return params
+
+    def round(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, dict]:
+        """One training round; returns the new params and the round's figures."""
+        seed = self.workload.seed
+        ids = self.sampler.sample(rnd, self.clients_per_round)
+        tasks = [replace(t, config=replace(t.config, seed=int_seed(seed, "client", rnd, t.client_id)))
+                 for t in self.strategy.configure(rnd, params, ids)]
+        download = len(self.workload.pipeline.encode(params, CodecContext(rnd, -1, seed)))
+        tally = {"clients": 0, "failures": 0, "bytes_up": 0, "round_sim_s": 0.0}
+
+        def updates() -> Iterator[ClientUpdate]:
+            for outcome in self.engine.run(params, tasks):
+                update = self._accept(outcome, params.size, tally)
+                if update is not None:
+                    device = self.system.device(update.client_id)
+                    work = update.num_examples * max(outcome.task.config.epochs, 1)
+                    tally["round_sim_s"] = max(tally["round_sim_s"], device.task_seconds(
+                        work, download, len(outcome.value.payload)))
+                    yield update
+
+        new_params = self.strategy.aggregate(rnd, params, updates())
+        if tally["clients"] < self.min_clients:
+            log.warning("round %d: %d successful clients < server.min_clients=%d; global model kept",
+                        rnd, tally["clients"], self.min_clients)
+            new_params = params
+        record = {"round": rnd, **tally, "bytes_down": download * len(tasks)}
+        return np.ascontiguousarray(new_params, dtype=np.float32), record
+
+    def _accept(self, outcome: Outcome, size: int, tally: dict) -> ClientUpdate | None:
+        """Decode and check one client's result; a failure or a malformed update is counted, not fatal."""
+        task = outcome.task
+        if outcome.error is not None:
+            tally["failures"] += 1
+            log.warning("round %d: client %d failed: %s", task.round, task.client_id, outcome.error)
+            return None
+        reply = outcome.value
+        tally["bytes_up"] += len(reply.payload)
+        try:
+            update = self.workload.pipeline.decode(reply.payload, CodecContext(task.round, task.client_id, self.workload.seed))
+            problem = _malformed(update, size, reply.num_examples)
+        except Exception as exc:  # an undecodable payload is the client's fault, not the round's
+            problem = f"undecodable payload ({exc})"
+        if problem:
+            tally["failures"] += 1
+            self.rejected += 1
+            log.warning("round %d: rejected update from client %d: %s", task.round, task.client_id, problem)
+            return None
+        tally["clients"] += 1
+        return ClientUpdate(task.client_id, update, reply.num_examples, reply.metrics)
+
+    def evaluate(self, rnd: int, params: np.ndarray) -> dict:
+        """Central test-set figures (every `eval_every` rounds and the last), and federated ones."""
+        figures: dict = {"test_accuracy": None, "test_loss": None}
+        last = rnd == self.rounds
+        if last or (self.eval_every and rnd % self.eval_every == 0):
+            n = len(self.dataset.y_test)
+            shards = [EvalTask(a, min(a + self.test_shard, n)) for a in range(0, n, self.test_shard)]
+            total = EvalResult()
+            for outcome in self.engine.run(params, shards):
+                if outcome.error:
+                    raise RuntimeError(f"evaluation failed: {outcome.error}")
+                total = total + outcome.value
+            figures.update(test_accuracy=total.accuracy, test_loss=total.loss)
+        if self.federated_eval_every and (rnd % self.federated_eval_every == 0 or last):
+            figures["federated"] = self.federated_evaluate(params)
+        return figures
+
+    def federated_evaluate(self, params: np.ndarray) -> dict | None:
+        """Accuracy of `params` on each client's held-out split: mean and 10th/50th/90th percentiles."""
+        tasks = [EvalTask(client_id=i) for i in range(self.dataset.num_clients)
+                 if len(self.dataset.holdout_idx[i])]
+        if not tasks:
+            return None
+        accuracies = np.array([o.value.accuracy for o in self.engine.run(params, tasks) if o.error is None])
+        return {"mean": float(accuracies.mean()), "p10": float(np.percentile(accuracies, 10)),
+                "p50": float(np.percentile(accuracies, 50)), "p90": float(np.percentile(accuracies, 90)),
+                "clients": int(len(accuracies))}
+
+
+def _malformed(update: np.ndarray, size: int, num_examples: int) -> str | None:
+    if not isinstance(update, np.ndarray) or update.shape != (size,):
+        return f"expected {size} values, got shape {getattr(update, 'shape', None)}"
+    if not np.isfinite(update).all():
+        return "non-finite values"
+    if num_examples < 0:
+        return f"negative num_examples {num_examples}"
+    return None

@@ -1,0 +1,8 @@
+"""Server algorithms: how clients are configured and how their updates are aggregated."""
+
+from .base import ClientUpdate, Strategy, Task, WeightedSum
+from .fedavg import FedAvg
+
+STRATEGIES = {"fedavg": FedAvg}
+
+__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "STRATEGIES"]

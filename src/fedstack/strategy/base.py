@@ -1,0 +1,69 @@
+"""The Strategy protocol, the per-client Task, and the streaming weighted sum aggregators share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from ..client import FitConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """One client's work in one round."""
+
+    round: int
+    client_id: int
+    config: FitConfig
+
+
+@dataclass
+class ClientUpdate:
+    """A decoded, validated update as the strategy sees it."""
+
+    client_id: int
+    update: np.ndarray
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Strategy(Protocol):
+    """The server algorithm: what each sampled client does, and how updates become new params.
+
+    A toy that ignores clients' sizes and takes a plain mean::
+
+        class PlainMean:
+            def configure(self, round, params, sampled_ids):
+                return [Task(round, cid, FitConfig()) for cid in sampled_ids]
+            def aggregate(self, round, params, updates):
+                acc = WeightedSum(params.size)
+                for u in updates:
+                    acc.add(u.update, 1.0)
+                return params + acc.mean() if acc.weight else params
+    """
+
+    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]: ...
+
+    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray: ...
+
+
+class WeightedSum:
+    """A running Σ wᵢ·vᵢ and Σ wᵢ in float64: memory stays one vector however many clients arrive."""
+
+    def __init__(self, size: int):
+        self.total = np.zeros(size, dtype=np.float64)
+        self.weight = 0.0
+        self.count = 0
+
+    def add(self, vector: np.ndarray, weight: float) -> None:
+        self.total += np.float64(weight) * vector
+        self.weight += float(weight)
+        self.count += 1
+
+    def mean(self) -> np.ndarray:
+        """Σ wᵢ·vᵢ / Σ wᵢ as float32."""
+        if self.weight <= 0:
+            raise ValueError("weighted mean of nothing")
+        return (self.total / self.weight).astype(np.float32)

@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedstack import cli
+from fedstack.data import sources
+
+SMALL = ["--set", "data.name=digits", "--set", "data.num_clients=10", "--set", "model.name=mlp",
+         "--set", "server.clients_per_round=3", "--set", "engine.name=local"]
+
+
+def fedstack(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "fedstack.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kw)
+
+
+def test_run_writes_metrics_summary_report_and_store(tmp_path):
+    out = tmp_path / "run"
+    proc = fedstack("run", *SMALL, "--set", "server.rounds=2", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in lines] == [1, 2]
+    assert 0 <= lines[-1]["test_accuracy"] <= 1 and lines[-1]["bytes_up"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["config"]["data"]["name"] == "digits"
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "store.sqlite").exists() and "data" in (out / "config.toml").read_text()
+    assert "round 2/2" in proc.stdout and "final test accuracy" in proc.stdout
+
+    again = fedstack("report", str(out))
+    assert again.returncode == 0 and "final test accuracy" in again.stdout
+
+
+def test_config_file_and_overrides(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('[server]\nrounds = 1\n[data]\nname = "digits"\nnum_clients = 5\n')
+    proc = fedstack("run", str(cfg), "--set", "engine.name=local", "--set", "model.name=logreg",
+                    "--set", "server.clients_per_round=2", "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["config"]["model"]["name"] == "logreg"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["server.roundz=3"], "did you mean 'server.rounds'"),
+    (["server.rounds=many"], "server.rounds"),
+    (["data.num_clients=5000"], "data.num_clients"),
+    (["data.num_clients=4", "server.clients_per_round=5"], "server.clients_per_round"),
+    (["model.name=resnet"], "model.name"),
+])
+def test_bad_config_is_one_line_exit_2(overrides, needle, tmp_path, capsys):
+    args = ["run", "--set", "data.name=digits", "--out", str(tmp_path / "o")]
+    for o in overrides:
+        args += ["--set", o]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # failed before any work
+
+
+def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FEDSTACK_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian", raising=True)
+    assert cli.main(["run", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "apt-get install dataset-fashion-mnist" in err and str(tmp_path / "nothing") in err
+
+
+def test_unwritable_out_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main(["run", *SMALL, "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out" in err and str(blocker / "run") in err and "\n" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = fedstack("--debug", "run", "--set", "server.roundz=1", "--out", str(tmp_path / "o"))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_ctrl_c_saves_finished_rounds_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "run", *SMALL, "--set", "server.rounds=500",
+                             "--set", "model.name=cnn", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"saved in {out}" in stderr and "Traceback" not in stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["rounds"] >= 2
+    import sqlite3
+    assert sqlite3.connect(out / "store.sqlite").execute("SELECT COUNT(*) FROM rounds").fetchone()[0] >= 2
+
+
+def test_data_command_reports_location_or_instructions():
+    proc = fedstack("data", "fashion_mnist")
+    if proc.returncode == 0:
+        assert "fashion_mnist:" in proc.stdout
+    else:
+        assert proc.returncode == 2 and "apt-get install" in proc.stderr

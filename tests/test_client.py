@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from fedstack.client import EvalResult, FitConfig, TorchTrainer, batch_order
+from fedstack.data import ClientData
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 64), st.integers(1, 3), st.integers(0, 2**31))
+def test_batch_order_visits_each_example_once_per_epoch(n, batch_size, epochs, seed):
+    indices = np.arange(100, 100 + n)
+    batches = batch_order(indices, FitConfig(epochs=epochs, batch_size=batch_size, seed=seed))
+    seen = np.concatenate(batches)
+    assert len(batches) == epochs * -(-n // batch_size)
+    for e in range(epochs):
+        assert sorted(seen[e * n:(e + 1) * n]) == list(indices)
+
+
+def test_batch_order_local_steps_is_exact_and_seeded():
+    idx = np.arange(10)
+    batches = batch_order(idx, FitConfig(local_steps=7, batch_size=4, seed=1))
+    assert len(batches) == 7
+    again = batch_order(idx, FitConfig(local_steps=7, batch_size=4, seed=1))
+    assert all((a == b).all() for a, b in zip(batches, again))
+
+
+def _linear_trainer():
+    torch.manual_seed(0)
+    return TorchTrainer(torch.nn.Linear(3, 2))
+
+
+def test_params_round_trip_through_the_flat_buffer():
+    trainer = _linear_trainer()
+    p = np.arange(trainer.spec.size, dtype=np.float32)
+    trainer.set_params(p)
+    np.testing.assert_array_equal(trainer.get_params(), p)
+    # the module itself sees the values: weight is the first 6, bias the last 2
+    np.testing.assert_array_equal(trainer.model.bias.detach().numpy(), [6, 7])
+
+
+def test_fit_returns_local_minus_global_of_one_sgd_step():
+    trainer = _linear_trainer()
+    x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
+    y = np.array([1])
+    data = ClientData(x, y, np.array([0]), np.array([], dtype=np.int64))
+    params = np.zeros(trainer.spec.size, dtype=np.float32)
+    result = trainer.fit(params, data, FitConfig(batch_size=1, lr=0.5))
+    # zero weights: softmax = [.5, .5]; grad wrt logits = [.5, -.5]; W grad = outer(g, x); b grad = g
+    expected_w = -0.5 * np.outer([0.5, -0.5], x[0])
+    expected_b = -0.5 * np.array([0.5, -0.5])
+    np.testing.assert_allclose(result.update, np.concatenate([expected_w.ravel(), expected_b]), rtol=1e-6)
+    assert result.num_examples == 1
+
+
+def test_evaluate_sums_loss_and_counts_correct():
+    trainer = _linear_trainer()
+    params = np.zeros(trainer.spec.size, dtype=np.float32)
+    params[-2:] = [1.0, 0.0]  # bias favours class 0
+    x = np.ones((5, 3), dtype=np.float32)
+    y = np.array([0, 0, 1, 0, 1])
+    r = trainer.evaluate(params, x, y)
+    assert (r.correct, r.examples) == (3, 5)
+    expected_loss = 3 * np.log(1 + np.exp(-1)) + 2 * np.log(1 + np.exp(1))
+    assert r.loss_sum == pytest.approx(expected_loss, rel=1e-6)
+
+
+def test_eval_results_add_up():
+    total = EvalResult(1.0, 2, 4) + EvalResult(3.0, 1, 4)
+    assert (total.loss, total.accuracy) == (0.5, 3 / 8)
