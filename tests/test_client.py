@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,43 @@ def test_evaluate_sums_loss_and_counts_correct():
 def test_eval_results_add_up():
     total = EvalResult(1.0, 2, 4) + EvalResult(3.0, 1, 4)
     assert (total.loss, total.accuracy) == (0.5, 3 / 8)
+
+
+def _digits_like(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    return x, y
+
+
+def test_builtin_sgd_matches_torch_optim_sgd_bit_for_bit():
+    from fedstack.models import build_model
+
+    x, y = _digits_like()
+    data = ClientData(x, y, np.arange(len(y)), np.array([], dtype=np.int64))
+    torch.manual_seed(1)
+    ours = TorchTrainer(build_model("cnn", (1, 8, 8), 10))
+    reference = TorchTrainer(build_model("cnn", (1, 8, 8), 10),
+                             optimizer=lambda params, lr: torch.optim.SGD(params, lr=lr))
+    params = ours.get_params()
+    config = FitConfig(epochs=2, batch_size=8, lr=0.1, seed=3)
+    a = ours.fit(params, data, config).update
+    b = reference.fit(params, data, config).update
+    assert np.array_equal(a, b) and np.abs(a).sum() > 0
+
+
+def test_jit_evaluation_agrees_with_eager():
+    from fedstack.models import build_model
+
+    x, y = _digits_like(250)
+    torch.manual_seed(2)
+    model = build_model("cnn", (1, 8, 8), 10)
+    eager, jit = TorchTrainer(copy.deepcopy(model)), TorchTrainer(model, jit_eval=True)
+    params = eager.get_params()
+    e, j = eager.evaluate(params, x, y), jit.evaluate(params, x, y)
+    assert e.correct == j.correct and e.examples == j.examples == 250
+    assert j.loss_sum == pytest.approx(e.loss_sum, rel=1e-5)
+    # a new parameter vector rebuilds the frozen copy instead of reusing stale weights
+    shifted = params.copy()
+    shifted[-10:] += np.arange(10, dtype=np.float32) * 5
+    assert jit.evaluate(shifted, x, y).loss_sum == pytest.approx(eager.evaluate(shifted, x, y).loss_sum, rel=1e-5)

@@ -35,7 +35,7 @@ def _server(num_clients, clients_per_round, records, rounds=1, min_clients=1):
     ds.train_idx = [np.array([i]) for i in range(num_clients)]
     workload = Workload(ScriptedTrainer, ds, Pipeline(), seed=0)
     return Server(FedAvg(), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
-                  min_clients=min_clients, federated_eval_every=0, on_round=[lambda r, p: records.append(r)])
+                  min_clients=min_clients, federated_eval_every=None, on_round=[lambda r, p: records.append(r)])
 
 
 def test_bad_updates_are_rejected_counted_and_the_round_goes_on(caplog):

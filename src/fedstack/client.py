@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -94,11 +95,12 @@ class TorchTrainer:
     """A Trainer for any torch.nn.Module: cross-entropy by default, SGD by default.
 
     The module's parameters become views into one flat buffer, so loading the global
-    vector or reading the local one is a single memory copy.
+    vector or reading the local one is a single memory copy. With `jit_eval`, evaluation
+    runs a frozen TorchScript copy of the model (for models torch.jit.trace can follow).
     """
 
-    def __init__(self, model, loss_fn: Callable | None = None,
-                 optimizer: str | Callable = "sgd", eval_batch_size: int = 100):
+    def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
+                 eval_batch_size: int = 100, jit_eval: bool = False):
         import torch
 
         self.torch = torch
@@ -106,13 +108,14 @@ class TorchTrainer:
         self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
         self.optimizer = optimizer
         self.eval_batch_size = eval_batch_size
-        tensors = [p for p in model.parameters()]
+        self.jit_eval = jit_eval
+        self._frozen = None  # (params it was built from, frozen module)
+        tensors = list(model.parameters())
         self.spec: ParamSpec = spec_of([(n, tuple(p.shape)) for n, p in model.named_parameters()])
         self._flat = torch.zeros(self.spec.size, dtype=torch.float32)
         for p, (a, b) in zip(tensors, self.spec.offsets()):
             self._flat[a:b].copy_(p.data.reshape(-1))
             p.data = self._flat[a:b].view(p.shape)
-        self._make_optimizer(0.01)  # pay torch.optim's one-time import cost now, not in the first fit
 
     def get_params(self) -> np.ndarray:
         """The model's current parameters as a new flat float32 vector."""
@@ -128,7 +131,7 @@ class TorchTrainer:
         if callable(self.optimizer):
             return self.optimizer(self.model.parameters(), lr)
         if self.optimizer == "sgd":
-            return self.torch.optim.SGD(self.model.parameters(), lr=lr)
+            return _PlainSGD(list(self.model.parameters()), lr)
         if self.optimizer == "adam":
             return self.torch.optim.Adam(self.model.parameters(), lr=lr)
         raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd | adam)")
@@ -160,10 +163,45 @@ class TorchTrainer:
         self.model.eval()
         result = EvalResult()
         with torch.inference_mode():
+            model = self._inference_model(params, x)
             for i in range(0, len(x), self.eval_batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[i:i + self.eval_batch_size]))
                 yb = torch.from_numpy(np.ascontiguousarray(y[i:i + self.eval_batch_size]))
-                out = self.model(xb)
+                out = model(xb)
                 loss = self.loss_fn(out, yb, reduction="sum")
                 result = result + EvalResult(float(loss), int((out.argmax(1) == yb).sum()), len(yb))
         return result
+
+    def _inference_model(self, params: np.ndarray, x: np.ndarray):
+        """The module to evaluate with; under jit_eval a frozen copy, rebuilt when params change.
+
+        Freezing fuses layers and pre-packs weights: about twice as fast for convolutions on CPU.
+        """
+        if not self.jit_eval or len(x) == 0:
+            return self.model
+        if self._frozen is None or not np.array_equal(self._frozen[0], params):
+            torch = self.torch
+            # TorchScript is deprecated in favour of torch.compile, which needs seconds of
+            # compilation per process; for these small models TorchScript stays the fast path.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                example = torch.from_numpy(np.ascontiguousarray(x[:1]))
+                traced = torch.jit.trace(self.model, example, check_trace=False)
+                self._frozen = (params.copy(), torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
+        return self._frozen[1]
+
+
+class _PlainSGD:
+    """SGD without momentum, as torch.optim.SGD computes it, without its ~2 s first-use import."""
+
+    def __init__(self, params: list, lr: float):
+        self.params, self.lr = params, lr
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.data.add_(p.grad, alpha=-self.lr)

@@ -64,10 +64,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                      MetricsWriter(run_dir), *callbacks]
     server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
-                    eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else 0,
+                    eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                     on_round=callbacks)
-    if federated_eval and not federated_eval_every:
-        server.federated_eval_every = rounds  # only after the last round
     try:
         history.params = server.run(initial_params)
     except KeyboardInterrupt:
@@ -120,7 +118,7 @@ def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, opt
     from .client import TorchTrainer
     from .models import build_model
 
-    return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer)
+    return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True)
 
 
 def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:

@@ -25,11 +25,13 @@ class Server:
 
     After each round it calls every `on_round(record)` with the round's figures (the keys of
     metrics.jsonl); a store, a progress bar and the metrics file are such callbacks.
+    Evaluation intervals: N = every N rounds and after the last; 0 = only after the last;
+    None (federated only) = never.
     """
 
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
-                 federated_eval_every: int = 0, test_shard: int = 1000, sampler=None,
+                 federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
                  system=None, on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         self.strategy = strategy
         self.engine = engine
@@ -46,14 +48,14 @@ class Server:
         self.on_round = list(on_round or [])
         self.rejected = 0
 
-    def run(self, params: np.ndarray, first_round: int = 1) -> np.ndarray:
+    def run(self, params: np.ndarray) -> np.ndarray:
         """Train from `params`; returns the final global parameters."""
         params = np.ascontiguousarray(params, dtype=np.float32)
         started = time.perf_counter()
         sim_time = 0.0
         try:
             self.engine.start(self.workload)
-            for rnd in range(first_round, self.rounds + 1):
+            for rnd in range(1, self.rounds + 1):
                 params, record = self.round(rnd, params)
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
@@ -127,7 +129,8 @@ class Server:
                     raise RuntimeError(f"evaluation failed: {outcome.error}")
                 total = total + outcome.value
             figures.update(test_accuracy=total.accuracy, test_loss=total.loss)
-        if self.federated_eval_every and (rnd % self.federated_eval_every == 0 or last):
+        every = self.federated_eval_every
+        if every is not None and (last or (every and rnd % every == 0)):
             figures["federated"] = self.federated_evaluate(params)
         return figures
 

@@ -40,7 +40,7 @@ def _share(array: np.ndarray) -> tuple[SharedMemory, _Shared]:
     return shm, _Shared(shm.name, tuple(array.shape), array.dtype.str)
 
 
-def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared], params_ref: _Shared) -> None:
+def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared]) -> None:
     """A worker: attach the shared data once, build one Trainer, then run tasks until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
@@ -51,16 +51,18 @@ def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared], params_re
         dataset = replace(workload.dataset, **{k: view for k, (_, view) in attached.items()})
         workload = replace(workload, dataset=dataset)
         trainer = workload.trainer_factory()
-        _, shared_params = params_ref.attach()
     except Exception as exc:  # tell the parent why, instead of dying silently
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    params, version = None, -1
+    shared_params, params, version = None, None, -1
     conn.send("ready")
     while True:
         message = conn.recv()
         if message is None:
             return
+        if isinstance(message, _Shared):  # where the global vector will be published
+            _, shared_params = message.attach()
+            continue
         index, task_version, task = message
         if task_version != version:  # a new global vector: copy it once, not per task
             params, version = shared_params.copy(), task_version
@@ -104,19 +106,24 @@ class PoolEngine:
         self._params_shm: SharedMemory | None = None
         self._params_ref: _Shared | None = None
         self._version = 0
+        self._pool = [self._spawn() for _ in range(self.workers)]  # they start up while the caller prepares
 
     def _publish(self, params: np.ndarray) -> None:
         if self._params_shm is None:
             self._params_shm, self._params_ref = _share(params.astype(np.float32))
             self._segments.append(self._params_shm)
-            self._pool = [self._spawn() for _ in range(self.workers)]
+            for w in self._pool:
+                w.conn.send(self._params_ref)
         elif params.shape != self._params_ref.shape:
             raise ValueError(f"parameter vector changed size: {params.shape} vs {self._params_ref.shape}")
         np.ndarray(self._params_ref.shape, np.float32, buffer=self._params_shm.buf)[...] = params
         self._version += 1
 
     def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, (self._workload, self._refs, self._params_ref))
+        worker = _Worker(self._ctx, (self._workload, self._refs))
+        if self._params_ref is not None:
+            worker.conn.send(self._params_ref)
+        return worker
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         """Yields one Outcome per task, in task order."""
