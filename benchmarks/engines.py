@@ -2,7 +2,7 @@
 
 Both runs use the same seed, so their final parameters must also be bit-identical.
 
-    python benchmarks/engines.py [--rounds 5] [--repeats 1] [--workers 0]
+    python benchmarks/engines.py [--rounds 20] [--repeats 1] [--workers 0]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from fedstack.strategy import FedAvg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--workers", type=int, default=0, help="pool workers (0 = one per core)")
     args = parser.parse_args()

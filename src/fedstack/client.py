@@ -21,6 +21,12 @@ class FitConfig:
     lr: float = 0.05
     seed: int = 0  # drives batch order; derived from the run seed, round and client id
 
+    def samples(self, num_examples: int) -> int:
+        """How many examples a client with `num_examples` processes under this config."""
+        if self.local_steps > 0:
+            return self.local_steps * min(self.batch_size, num_examples)
+        return self.epochs * num_examples
+
 
 @dataclass
 class FitResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,7 +56,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     callbacks: list[Callable] = [history, *on_round]
     store = None
     if out is not None:
-        run_dir = history.run_dir = Path(out)
+        run_dir = history.run_dir = prepare_run_dir(out)
         store = RunStore(run_dir / "store.sqlite")
         store.set_meta("config", config or {})
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params),
@@ -68,8 +67,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                     on_round=callbacks)
     try:
         history.params = server.run(initial_params)
-    except KeyboardInterrupt:
-        history.status = "interrupted"
+    except BaseException as exc:
+        history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise
     finally:
         if store is not None:

@@ -73,7 +73,7 @@ class Server:
         ids = self.sampler.sample(rnd, self.clients_per_round)
         tasks = [replace(t, config=replace(t.config, seed=int_seed(seed, "client", rnd, t.client_id)))
                  for t in self.strategy.configure(rnd, params, ids)]
-        download = len(self.workload.pipeline.encode(params, CodecContext(rnd, -1, seed)))
+        download = params.nbytes  # the global model travels as raw float32
         tally = {"clients": 0, "failures": 0, "bytes_up": 0, "round_sim_s": 0.0}
 
         def updates() -> Iterator[ClientUpdate]:
@@ -81,7 +81,7 @@ class Server:
                 update = self._accept(outcome, params.size, tally)
                 if update is not None:
                     device = self.system.device(update.client_id)
-                    work = update.num_examples * max(outcome.task.config.epochs, 1)
+                    work = outcome.task.config.samples(update.num_examples)
                     tally["round_sim_s"] = max(tally["round_sim_s"], device.task_seconds(
                         work, download, len(outcome.value.payload)))
                     yield update
@@ -104,7 +104,8 @@ class Server:
         reply = outcome.value
         tally["bytes_up"] += len(reply.payload)
         try:
-            update = self.workload.pipeline.decode(reply.payload, CodecContext(task.round, task.client_id, self.workload.seed))
+            ctx = CodecContext(task.round, task.client_id, self.workload.seed)
+            update = self.workload.pipeline.decode(reply.payload, ctx)
             problem = _malformed(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
             problem = f"undecodable payload ({exc})"

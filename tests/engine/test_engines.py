@@ -93,3 +93,19 @@ def _run(engine, workload, tasks):
         return list(engine.run(np.zeros(4, np.float32), tasks))
     finally:
         engine.close()
+
+
+def _broken_factory():
+    raise ImportError("no such model library")
+
+
+def test_a_worker_that_cannot_start_stops_the_run_with_the_reason():
+    workload = _workload()
+    workload = Workload(_broken_factory, workload.dataset, workload.pipeline, 0)
+    engine = PoolEngine(workers=2)
+    engine.start(workload)
+    try:
+        with pytest.raises(RuntimeError, match="no such model library"):
+            list(engine.run(np.zeros(4, np.float32), _tasks(2)))
+    finally:
+        engine.close()

@@ -144,8 +144,9 @@ class PoolEngine:
                     next_out += 1
                 if next_out < len(tasks):
                     self._collect(done, pending, attempts, tasks)
-        finally:
+        except GeneratorExit:  # the consumer stopped early: let running tasks finish first
             self._drain()
+            raise
 
     def _collect(self, done, pending, attempts, tasks) -> None:
         """Wait for any worker to answer or die, and book what happened."""
@@ -172,6 +173,9 @@ class PoolEngine:
                 self._replace(w, done, pending, attempts, tasks)
 
     def _replace(self, dead: _Worker, done, pending, attempts, tasks) -> None:
+        if not dead.ready:  # dying while starting is a broken set-up, not bad luck: stop here
+            reason = dead.conn.recv()[1] if dead.conn.poll() else f"exit code {dead.process.exitcode}"
+            raise RuntimeError(f"a pool worker could not start: {reason}")
         index = dead.task
         if index is not None:
             if attempts[index] < MAX_ATTEMPTS:
