@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.fedstack-installed
 ARGS    ?=
 
-.PHONY: run test data setup clean
+.PHONY: run test data setup clean proto
 
 run: setup data
 	$(VENV)/bin/fedstack run $(ARGS)
@@ -37,3 +37,9 @@ data: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
+
+# Regenerate the protobuf and gRPC modules after editing src/fedstack/transport/fedstack.proto.
+proto: setup
+	$(PY) -m pip install --quiet -e '.[dev]'
+	cd src && ../$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. \
+	  fedstack/transport/fedstack.proto

@@ -46,6 +46,38 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
+    server = sub.add_parser("server", help="serve a run to client processes over gRPC")
+    server.add_argument("--config", help="TOML config of the run")
+    server.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    server.add_argument("--listen", default="0.0.0.0:9092", help="address:port to listen on (port 0: any free)")
+    server.add_argument("--clients", required=True, help="clients.toml: the registry of client token hashes")
+    server.add_argument("--tls-cert", help="server certificate (PEM)")
+    server.add_argument("--tls-key", help="server private key (PEM)")
+    server.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
+    server.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for tests")
+    server.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for a client's update")
+    server.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    server.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    server.set_defaults(func=cmd_server)
+
+    client = sub.add_parser("client", help="join a server and train on this device's data")
+    client.add_argument("--server", required=True, help="HOST:PORT of the server")
+    client.add_argument("--token-file", required=True, help="file holding this client's token")
+    client.add_argument("--data", help="local data: .npz with x and y, or .csv with a 'label' column")
+    client.add_argument("--partition", type=int, help="instead of --data: partition ID of the run's dataset")
+    client.add_argument("--ca", help="CA certificate that signed the server's (PEM)")
+    client.add_argument("--cert", help="client certificate, for mutual TLS (PEM)")
+    client.add_argument("--key", help="client private key, for mutual TLS (PEM)")
+    client.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for tests")
+    client.set_defaults(func=cmd_client)
+
+    certs = sub.add_parser("certs", help="make a CA, a server certificate and client credentials")
+    certs.add_argument("--out", required=True, help="directory to create")
+    certs.add_argument("--clients", type=int, required=True, help="number of client credentials")
+    certs.add_argument("--host", action="append", default=[], help="server name or IP (repeatable; "
+                       "default: localhost and 127.0.0.1)")
+    certs.set_defaults(func=cmd_certs)
+
     data = sub.add_parser("data", help="say where a dataset is, or how to get it")
     data.add_argument("name", choices=["fashion_mnist", "digits"])
     data.add_argument("--path", default="", help="also look in this directory")
@@ -74,6 +106,79 @@ def cmd_run(args) -> int:
         return EXIT_INTERRUPTED
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
+    return 0
+
+
+def cmd_server(args) -> int:
+    from rich.console import Console
+
+    from .config import load_config, to_toml
+    from .experiment import dataset_of, default_run_dir, run_config
+    from .report import print_summary
+    from .transport.security import ClientRegistry, read_pem
+    from .transport.server import ConnectedSampler, FederationService, GrpcEngine, serve
+
+    config = load_config(args.config, args.overrides)
+    registry = ClientRegistry.load(args.clients)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise FedstackError("--tls-cert and --tls-key go together")
+    if not args.tls_cert and not args.insecure:
+        raise FedstackError("give --tls-cert and --tls-key, or --insecure for plaintext (tests only)")
+    if args.insecure:
+        print("WARNING: plaintext gRPC: tokens and updates cross the network unencrypted", file=sys.stderr)
+    run_dir = Path(args.out) if args.out else default_run_dir()
+    dataset = dataset_of(config)
+    engine = GrpcEngine(registry.names, deadline_s=args.deadline)
+    service = FederationService(engine, registry, to_toml(config), tuple(dataset.x.shape[1:]), dataset.num_classes)
+    tls = {}
+    if args.tls_cert:
+        tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
+               "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
+    server, port = serve(service, args.listen, **tls)
+    host = args.listen.rsplit(":", 1)[0]
+    print(f"listening on {host}:{port}", flush=True)
+    console = Console()
+    try:
+        need = max(config.server.min_clients, 1)
+        print(f"waiting for {need} of {len(registry.names)} clients", flush=True)
+        while len(engine.connected()) < need:
+            time.sleep(0.2)
+        progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
+        with progress:
+            run_config(config, run_dir, on_round=[progress], engine=engine,
+                       sampler=ConnectedSampler(engine, config.seed), dataset=dataset)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished rounds are saved in {run_dir}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        engine.stop_clients()
+        time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
+        server.stop(grace=2).wait()
+    print_summary(run_dir, console)
+    refused = dict(engine.refused)
+    console.print(f"results in {run_dir}" + (f"; refused: {refused}" if refused else ""))
+    return 0
+
+
+def cmd_client(args) -> int:
+    from .transport.client import Client
+    from .transport.security import read_pem, read_token
+
+    if not args.insecure and not args.ca:
+        raise FedstackError("give --ca (the CA that signed the server's certificate), or --insecure")
+    client = Client(args.server, read_token(args.token_file), data=args.data, partition=args.partition,
+                    ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
+                    key=read_pem(args.key) if args.key else None, insecure=args.insecure)
+    client.run()
+    print(f"run over: {client.submitted} updates accepted, {client.refused} refused")
+    return 0
+
+
+def cmd_certs(args) -> int:
+    from .transport.security import make_credentials
+
+    out = make_credentials(args.out, args.clients, hosts=tuple(args.host) or ("localhost", "127.0.0.1"))
+    print(f"wrote a CA, a server certificate and {args.clients} client credentials to {out}")
     return 0
 
 

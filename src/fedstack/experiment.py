@@ -43,7 +43,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              pipeline: Pipeline | None = None, min_clients: int = 1, eval_every: int = 1,
              federated_eval: bool = True, federated_eval_every: int = 0,
              out: str | Path | None = None, config: dict | None = None,
-             on_round: list[Callable] = ()) -> History:
+             on_round: list[Callable] = (), sampler=None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     `trainer_factory` must be picklable (a module-level function or a functools.partial)
@@ -64,7 +64,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
-                    on_round=callbacks)
+                    sampler=sampler, on_round=callbacks)
     try:
         history.params = server.run(initial_params)
     except BaseException as exc:
@@ -152,14 +152,22 @@ def prepare_run_dir(out: str | Path | None) -> Path:
     return path
 
 
-def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = ()) -> History:
-    """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>)."""
+def dataset_of(config: Config):
+    """The FederatedDataset a Config names."""
     from .data import build_dataset
 
-    data_cfg = config.data
-    dataset = build_dataset(data_cfg.name, num_clients=data_cfg.num_clients, partition=data_cfg.partition,
-                            alpha=data_cfg.alpha, seed=config.seed, path=data_cfg.path,
-                            holdout=data_cfg.holdout)
+    d = config.data
+    return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
+                         seed=config.seed, path=d.path, holdout=d.holdout)
+
+
+def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),
+               engine: str | Engine | None = None, sampler=None, dataset=None) -> History:
+    """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>).
+
+    A deployment passes its own `engine` (remote clients) and `sampler` (among connected clients).
+    """
+    dataset = dataset if dataset is not None else dataset_of(config)
     pipeline = build_pipeline(config.codec.pipeline)
     run_dir = prepare_run_dir(out)
     factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
@@ -169,9 +177,11 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     strategy = FedAvg(FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr),
                       server_lr=config.server.server_lr)
     (run_dir / "config.toml").write_text(to_toml(config))
+    remote = engine is not None and not isinstance(engine, str)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
-                    clients_per_round=config.server.clients_per_round, engine=config.engine.name,
+                    clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
                     workers=config.engine.workers, seed=config.seed, pipeline=pipeline,
                     min_clients=config.server.min_clients, eval_every=config.eval.every,
-                    federated_eval=config.eval.federated, federated_eval_every=config.eval.federated_every,
-                    out=run_dir, config=config.model_dump(), on_round=list(on_round))
+                    federated_eval=config.eval.federated and not remote,
+                    federated_eval_every=config.eval.federated_every,
+                    out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler)

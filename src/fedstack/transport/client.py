@@ -1,0 +1,155 @@
+"""The device side: a client process that joins a server, trains on its own files, sends updates."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..client import FitConfig
+from ..codec import CodecContext, build_pipeline
+from ..config import validate
+from ..data import ClientData
+from ..errors import DataError, FedstackError
+from . import PROTOCOL
+from . import fedstack_pb2 as pb
+from . import fedstack_pb2_grpc as pb_grpc
+from .wire import GRPC_OPTIONS, assemble, chunks
+
+log = logging.getLogger("fedstack.client")
+
+
+def load_local_data(path: str | Path, label_column: str = "label") -> ClientData:
+    """A client's own data: an .npz with arrays `x` and `y`, or a CSV with a label column."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"client data not found: {path}")
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "x" not in f or "y" not in f:
+                raise DataError(f"{path}: an .npz needs arrays 'x' and 'y', found {sorted(f.files)}")
+            x, y = f["x"].astype(np.float32), f["y"].astype(np.int64)
+    elif path.suffix == ".csv":
+        header = path.read_text().splitlines()[0].split(",")
+        if label_column not in header:
+            raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header)})")
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+        col = header.index(label_column)
+        y = table[:, col].astype(np.int64)
+        x = np.delete(table, col, axis=1).astype(np.float32)
+    else:
+        raise DataError(f"{path}: client data must be .npz (x, y) or .csv with a '{label_column}' column")
+    if len(x) != len(y):
+        raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
+    return ClientData(x, y, np.arange(len(y)), np.zeros(0, dtype=np.int64))
+
+
+class Client:
+    """Joins a server, then polls for tasks, trains, and submits, reconnecting with backoff when cut off."""
+
+    def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
+                 ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
+                 insecure: bool = False, max_backoff_s: float = 30.0):
+        import grpc
+
+        self.grpc = grpc
+        if insecure:
+            self.channel = grpc.insecure_channel(server, options=GRPC_OPTIONS)
+        else:
+            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            self.channel = grpc.secure_channel(server, creds, options=GRPC_OPTIONS)
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),)
+        self.data_path, self.partition = data, partition
+        self.max_backoff_s = max_backoff_s
+        self.trainer = None
+        self.submitted = self.refused = 0
+
+    def join(self) -> None:
+        """Say hello; on the first join, build the model and load the data the run's config asks for."""
+        reply = self.stub.Join(pb.Hello(protocol=PROTOCOL, client_version=__version__),
+                               metadata=self.metadata, timeout=30)
+        self.name = reply.client
+        if self.trainer is None:
+            from ..experiment import make_trainer
+
+            self.config = validate(tomllib.loads(reply.config_toml))
+            self.data = self._load_data()
+            self.trainer = make_trainer(self.config.model.name, tuple(reply.input_shape), reply.num_classes,
+                                        self.config.client.optimizer)
+            self.pipeline = build_pipeline(self.config.codec.pipeline)
+        log.info("joined as %s", self.name)
+
+    def _load_data(self) -> ClientData:
+        if self.data_path:
+            return load_local_data(self.data_path)
+        if self.partition is None:
+            raise FedstackError("a client needs --data FILE or --partition ID")
+        from ..data import build_dataset
+
+        d = self.config.data
+        dataset = build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
+                                seed=self.config.seed, path=d.path, holdout=d.holdout)
+        if not 0 <= self.partition < dataset.num_clients:
+            raise FedstackError(f"--partition {self.partition}: the run has {dataset.num_clients} partitions")
+        return dataset.client(self.partition)
+
+    def run(self) -> None:
+        """Work until the server says the run is over; survive server restarts and network cuts."""
+        backoff = 0.5
+        joined = False
+        while True:
+            try:
+                if not joined:
+                    self.join()
+                    joined, backoff = True, 0.5
+                if not self.poll_once():
+                    return
+            except self.grpc.RpcError as err:
+                code = err.code()
+                if code in (self.grpc.StatusCode.UNAUTHENTICATED, self.grpc.StatusCode.FAILED_PRECONDITION,
+                            self.grpc.StatusCode.PERMISSION_DENIED):
+                    raise FedstackError(f"server refused this client: {err.details()}") from None
+                joined = False
+                delay = random.uniform(0, backoff)  # full jitter, so clients do not return in lockstep
+                log.warning("server unreachable (%s); retrying in %.1f s", code.name, delay)
+                time.sleep(delay)
+                backoff = min(backoff * 2, self.max_backoff_s)
+
+    def poll_once(self) -> bool:
+        """Ask for work and do it; False when the run is over."""
+        stream = self.stub.Poll(pb.PollRequest(), metadata=self.metadata, timeout=120)
+        first = next(stream)
+        header = first.header
+        if header.kind == pb.TaskHeader.STOP:
+            return False
+        if header.kind == pb.TaskHeader.WAIT:
+            return True
+        params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
+                               dtype=np.float32)
+        update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
+        payload = b""
+        try:
+            config = FitConfig(**json.loads(header.fit_config_json))
+            result = self.trainer.fit(params, self.data, config)
+            payload = self.pipeline.encode(result.update, CodecContext(header.round, header.client_id,
+                                                                       self.config.seed))
+            update.num_examples = result.num_examples
+            update.metrics.update({k: float(v) for k, v in result.metrics.items()})
+        except Exception as exc:  # report the failure instead of vanishing: the server counts it
+            update.error = f"{type(exc).__name__}: {exc}"
+        update.payload_bytes = len(payload)
+        messages = [pb.UpdateChunk(header=update), *(pb.UpdateChunk(payload=p) for p in chunks(payload))]
+        reply = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
+        if reply.accepted:
+            self.submitted += 1
+        else:
+            self.refused += 1
+            log.warning("round %d: server refused the update: %s", header.round, reply.reason)
+        return True

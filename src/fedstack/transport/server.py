@@ -1,0 +1,270 @@
+"""The deployment side of the server: a gRPC service whose connected clients form an Engine."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent import futures
+from typing import Iterator
+
+import numpy as np
+
+from ..engine import EvalTask, FitReply, Outcome, Workload, execute
+from ..seeding import rng
+from . import PROTOCOL
+from . import fedstack_pb2 as pb
+from . import fedstack_pb2_grpc as pb_grpc
+from .wire import GRPC_OPTIONS, assemble, chunks
+
+log = logging.getLogger("fedstack.transport")
+
+
+@dataclasses.dataclass
+class _Assignment:
+    """A task handed to a client, awaited by the round."""
+
+    task_id: int
+    index: int
+    name: str
+    round: int
+    task: object
+    results: queue.Queue  # the awaiting round's inbox; a late answer lands in a discarded one
+
+
+class GrpcEngine:
+    """Runs fit tasks on the clients connected over gRPC; evaluates the test set locally.
+
+    Client ids are positions in the registry's list of names. A task not answered within
+    `deadline_s` is a dropout; a refused update (foreign, replayed, late, malformed) is
+    counted in `refused` by reason and the client is told why.
+    """
+
+    def __init__(self, names: list[str], deadline_s: float = 300.0, poll_s: float = 5.0,
+                 max_update_bytes: int = 1 << 30):
+        self.names = list(names)
+        self.ids = {name: i for i, name in enumerate(self.names)}
+        self.deadline_s = deadline_s
+        self.poll_s = poll_s
+        self.max_update_bytes = max_update_bytes
+        self.last_seen: dict[str, float] = {}
+        self.refused: collections.Counter = collections.Counter()
+        self._lock = threading.Condition()
+        self._inbox: dict[str, collections.deque] = {name: collections.deque() for name in self.names}
+        self._open: dict[int, _Assignment] = {}
+        self._task_ids = itertools.count(1)
+        self._params_payload = b""
+        self._stopped = False
+
+    # --- the Engine side, called by the round loop ---
+    def start(self, workload: Workload) -> None:
+        self.workload = workload
+        self.trainer = workload.trainer_factory()
+
+    def connected(self, within_s: float | None = None) -> list[int]:
+        """Ids of clients heard from recently (within three poll intervals by default)."""
+        horizon = time.monotonic() - (within_s or 3 * self.poll_s)
+        with self._lock:
+            return sorted(self.ids[n] for n, t in self.last_seen.items() if t >= horizon)
+
+    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
+        """Outcomes in task order: fit tasks from the clients, evaluation shards computed here."""
+        fits = [(i, t) for i, t in enumerate(tasks) if not isinstance(t, EvalTask)]
+        if fits:
+            yield from self._run_remote(params, tasks, fits)
+        else:
+            for task in tasks:
+                yield execute(self.trainer, self.workload, task, params)
+
+    def _run_remote(self, params, tasks, fits) -> Iterator[Outcome]:
+        started = time.monotonic()
+        results: queue.Queue = queue.Queue()
+        with self._lock:
+            self._params_payload = np.ascontiguousarray(params, dtype=np.float32).tobytes()
+            for index, task in fits:
+                name = self.names[task.client_id]
+                assignment = _Assignment(next(self._task_ids), index, name, task.round, task, results)
+                self._open[assignment.task_id] = assignment
+                self._inbox[name].append(assignment)
+            self._lock.notify_all()
+        outcomes: dict[int, Outcome] = {}
+        deadline = started + self.deadline_s
+        while len(outcomes) < len(fits):
+            try:
+                index, outcome = results.get(timeout=max(0.0, deadline - time.monotonic()))
+                outcomes[index] = outcome
+            except queue.Empty:
+                break
+        with self._lock:  # whatever is still open missed the deadline: a dropout
+            while not results.empty():
+                index, outcome = results.get_nowait()
+                outcomes[index] = outcome
+            for assignment in list(self._open.values()):
+                if assignment.index not in outcomes:
+                    outcomes[assignment.index] = Outcome(assignment.task, error=f"no update from "
+                                                         f"{assignment.name} within {self.deadline_s:g} s")
+                    self._inbox[assignment.name].clear()
+            self._open.clear()
+        for index, task in enumerate(tasks):
+            yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
+            # (only evaluation tasks are not in `outcomes`: every fit task got a result or a dropout)
+
+    def stop_clients(self) -> None:
+        """Tell every client the run is over (their next poll returns STOP)."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+
+    def close(self) -> None:
+        self.trainer = None
+
+    # --- the service side, called from gRPC threads ---
+    def heartbeat(self, name: str) -> None:
+        with self._lock:
+            self.last_seen[name] = time.monotonic()
+
+    def next_task(self, name: str) -> _Assignment | str | None:
+        """The client's next assignment, "stop", or None after a poll interval with nothing."""
+        end = time.monotonic() + self.poll_s
+        with self._lock:
+            while True:
+                self.last_seen[name] = time.monotonic()
+                if self._inbox[name]:
+                    return self._inbox[name].popleft()
+                if self._stopped:
+                    return "stop"
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
+
+    def refuse(self, name: str, reason: str, kind: str) -> pb.SubmitReply:
+        self.refused[kind] += 1
+        log.warning("refused an update from %s: %s", name, reason)
+        return pb.SubmitReply(accepted=False, reason=reason)
+
+    def accept(self, name: str, header: pb.UpdateHeader, payload: bytes) -> pb.SubmitReply:
+        """Book a client's update if it answers an open task of that very client."""
+        with self._lock:
+            assignment = self._open.get(header.task_id)
+            if assignment is None:
+                return self.refuse(name, f"task {header.task_id} is not open (replayed, late or unknown)", "stale")
+            if assignment.name != name:
+                return self.refuse(name, f"task {header.task_id} belongs to another client", "foreign")
+            if header.round != assignment.round:
+                return self.refuse(name, f"task {header.task_id} is for round {assignment.round}, "
+                                   f"not {header.round}", "stale")
+            del self._open[header.task_id]
+            if header.error:
+                outcome = Outcome(assignment.task, error=f"{name}: {header.error}")
+            else:
+                outcome = Outcome(assignment.task, FitReply(payload, int(header.num_examples), dict(header.metrics)))
+            assignment.results.put((assignment.index, outcome))
+        return pb.SubmitReply(accepted=True)
+
+
+class FederationService(pb_grpc.FederationServicer):
+    """The gRPC face of a GrpcEngine: authenticates every call by its bearer token."""
+
+    def __init__(self, engine: GrpcEngine, registry, config_toml: str, input_shape: tuple, num_classes: int):
+        self.engine = engine
+        self.registry = registry
+        self.config_toml = config_toml
+        self.input_shape, self.num_classes = list(input_shape), num_classes
+
+    def _identify(self, context) -> str:
+        token = None
+        for key, value in context.invocation_metadata():
+            if key == "authorization" and value.startswith("Bearer "):
+                token = value[len("Bearer "):]
+        name = self.registry.identify(token)
+        if name is None:
+            self.engine.refused["unauthenticated"] += 1
+            import grpc
+
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing client token")
+        return name
+
+    def Join(self, request, context):
+        import grpc
+
+        name = self._identify(context)
+        if request.protocol != PROTOCOL:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"server speaks protocol {PROTOCOL}, client {request.protocol}")
+        self.engine.heartbeat(name)
+        log.info("%s joined (fedstack %s)", name, request.client_version)
+        return pb.JoinReply(client=name, config_toml=self.config_toml, protocol=PROTOCOL,
+                            input_shape=self.input_shape, num_classes=self.num_classes)
+
+    def Poll(self, request, context):
+        name = self._identify(context)
+        task = self.engine.next_task(name)
+        if task is None:
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.WAIT))
+            return
+        if task == "stop":
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.STOP))
+            return
+        payload = self.engine._params_payload
+        config = json.dumps(dataclasses.asdict(task.task.config))
+        yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, task_id=task.task_id, round=task.round,
+                                                fit_config_json=config, params_bytes=len(payload),
+                                                deadline_s=self.engine.deadline_s,
+                                                client_id=self.engine.ids[name]))
+        for piece in chunks(payload):
+            yield pb.TaskChunk(params=piece)
+
+    def Submit(self, request_iterator, context):
+        name = self._identify(context)
+        self.engine.heartbeat(name)
+        try:
+            first = next(request_iterator)
+            if first.WhichOneof("part") != "header":
+                return self.engine.refuse(name, "the first message of an update must be its header", "malformed")
+            header = first.header
+            payload = assemble((m.payload for m in request_iterator if m.WhichOneof("part") == "payload"),
+                               header.payload_bytes, self.engine.max_update_bytes)
+        except ValueError as exc:
+            return self.engine.refuse(name, f"malformed update: {exc}", "malformed")
+        except StopIteration:
+            return self.engine.refuse(name, "empty update stream", "malformed")
+        return self.engine.accept(name, header, payload)
+
+
+def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = None,
+          tls_key: bytes | None = None, client_ca: bytes | None = None, workers: int = 32):
+    """Start the gRPC server on `listen` (TLS when a certificate is given; mutual TLS with `client_ca`)."""
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    pb_grpc.add_FederationServicer_to_server(service, server)
+    if tls_cert is not None:
+        credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)], root_certificates=client_ca,
+                                                  require_client_auth=client_ca is not None)
+        port = server.add_secure_port(listen, credentials)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    server.start()
+    return server, port
+
+
+class ConnectedSampler:
+    """Each round, up to `k` clients drawn uniformly (from the run seed) among those connected."""
+
+    def __init__(self, engine: GrpcEngine, seed: int = 0):
+        self.engine, self.seed = engine, seed
+
+    def sample(self, round: int, k: int) -> list[int]:
+        ids = self.engine.connected()
+        if not ids:
+            return []
+        chosen = rng(self.seed, "sampling", round).choice(ids, size=min(k, len(ids)), replace=False)
+        return sorted(int(c) for c in chosen)

@@ -1,0 +1,36 @@
+"""Chunking of large byte strings into stream messages, and the channel and server options."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from . import CHUNK_BYTES, MAX_MESSAGE_BYTES
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """`data` in pieces of at most `size` bytes (nothing for empty data)."""
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield bytes(view[start:start + size])
+
+
+def assemble(pieces: Iterable[bytes], expected: int, limit: int) -> bytes:
+    """Join chunks, refusing more than `expected` bytes or more than `limit`."""
+    if expected > limit:
+        raise ValueError(f"announced {expected} bytes, over the limit of {limit}")
+    out = bytearray()
+    for piece in pieces:
+        out += piece
+        if len(out) > expected:
+            raise ValueError(f"more than the announced {expected} bytes")
+    if len(out) != expected:
+        raise ValueError(f"announced {expected} bytes, received {len(out)}")
+    return bytes(out)
