@@ -46,6 +46,9 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              on_round: list[Callable] = (), sampler=None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
+    When `out` already holds the store of a run with the same config, the run resumes after
+    its last finished round; with the same seed it ends with the same bits as an unbroken run.
+
     `trainer_factory` must be picklable (a module-level function or a functools.partial)
     when `engine="pool"`: each worker process calls it once.
     """
@@ -55,18 +58,26 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     history = History()
     callbacks: list[Callable] = [history, *on_round]
     store = None
+    start_round, sim_time, params = 1, 0.0, initial_params
     if out is not None:
         run_dir = history.run_dir = prepare_run_dir(out)
         store = RunStore(run_dir / "store.sqlite")
+        checkpoint = store.checkpoint()
+        if checkpoint is not None:  # resume after the last finished round
+            if store.meta("config") != (config or {}):
+                store.close()
+                raise FedstackError(f"--out {run_dir} holds a run with another config; choose another directory")
+            (last, params), history.rounds = checkpoint, store.rounds()
+            start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
         store.set_meta("config", config or {})
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params),
-                     MetricsWriter(run_dir), *callbacks]
+                     MetricsWriter(run_dir, history.rounds), *callbacks]
     server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                     sampler=sampler, on_round=callbacks)
     try:
-        history.params = server.run(initial_params)
+        history.params = server.run(params, start_round, sim_time)
     except BaseException as exc:
         history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise

@@ -22,9 +22,10 @@ _MIB = 1024**2
 class MetricsWriter:
     """Appends one JSON line per round to run_dir/metrics.jsonl, flushed so a crash keeps it."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, earlier: list[dict] = ()):
+        """Start the file afresh with the `earlier` records of a resumed run (the store's, which are authoritative)."""
         self.path = Path(run_dir) / METRICS_FILE
-        self.path.write_text("")
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in earlier))
 
     def __call__(self, record: dict, params=None) -> None:
         with self.path.open("a") as f:

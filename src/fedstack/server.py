@@ -48,14 +48,13 @@ class Server:
         self.on_round = list(on_round or [])
         self.rejected = 0
 
-    def run(self, params: np.ndarray) -> np.ndarray:
-        """Train from `params`; returns the final global parameters."""
+    def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
+        """Train from `params` (a resumed run starts later, its clock at `sim_time`); returns the final params."""
         params = np.ascontiguousarray(params, dtype=np.float32)
         started = time.perf_counter()
-        sim_time = 0.0
         try:
             self.engine.start(self.workload)
-            for rnd in range(1, self.rounds + 1):
+            for rnd in range(start_round, self.rounds + 1):
                 params, record = self.round(rnd, params)
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time

@@ -57,7 +57,9 @@ class Client:
                  ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
                  insecure: bool = False, max_backoff_s: float = 30.0):
         import grpc
+        import torch
 
+        torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
         self.grpc = grpc
         if insecure:
             self.channel = grpc.insecure_channel(server, options=GRPC_OPTIONS)

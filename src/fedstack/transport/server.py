@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from concurrent import futures
@@ -57,7 +57,6 @@ class GrpcEngine:
         self._lock = threading.Condition()
         self._inbox: dict[str, collections.deque] = {name: collections.deque() for name in self.names}
         self._open: dict[int, _Assignment] = {}
-        self._task_ids = itertools.count(1)
         self._params_payload = b""
         self._stopped = False
 
@@ -88,7 +87,8 @@ class GrpcEngine:
             self._params_payload = np.ascontiguousarray(params, dtype=np.float32).tobytes()
             for index, task in fits:
                 name = self.names[task.client_id]
-                assignment = _Assignment(next(self._task_ids), index, name, task.round, task, results)
+                # Random ids: unguessable, and never reused by a restarted server.
+                assignment = _Assignment(secrets.randbits(63), index, name, task.round, task, results)
                 self._open[assignment.task_id] = assignment
                 self._inbox[name].append(assignment)
             self._lock.notify_all()
@@ -182,12 +182,17 @@ class FederationService(pb_grpc.FederationServicer):
         for key, value in context.invocation_metadata():
             if key == "authorization" and value.startswith("Bearer "):
                 token = value[len("Bearer "):]
+        import grpc
+
         name = self.registry.identify(token)
         if name is None:
             self.engine.refused["unauthenticated"] += 1
-            import grpc
-
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or missing client token")
+        # Under mutual TLS the certificate and the token must name the same client.
+        common_names = context.auth_context().get("x509_common_name", [])
+        if common_names and name.encode() not in common_names:
+            self.engine.refused["foreign"] += 1
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the certificate is not {name}'s")
         return name
 
     def Join(self, request, context):
