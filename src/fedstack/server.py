@@ -105,7 +105,7 @@ class Server:
         try:
             ctx = CodecContext(task.round, task.client_id, self.workload.seed)
             update = self.workload.pipeline.decode(reply.payload, ctx)
-            problem = _malformed(update, size, reply.num_examples)
+            problem = check_update(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
             problem = f"undecodable payload ({exc})"
         if problem:
@@ -146,7 +146,8 @@ class Server:
                 "clients": int(len(accuracies))}
 
 
-def _malformed(update: np.ndarray, size: int, num_examples: int) -> str | None:
+def check_update(update: np.ndarray, size: int, num_examples: int) -> str | None:
+    """Why a decoded update may not touch the aggregate (wrong length, NaN/inf, bad weight), or None."""
     if not isinstance(update, np.ndarray) or update.shape != (size,):
         return f"expected {size} values, got shape {getattr(update, 'shape', None)}"
     if not np.isfinite(update).all():

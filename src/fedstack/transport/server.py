@@ -15,7 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ..codec import CodecContext
 from ..engine import EvalTask, FitReply, Outcome, Workload, execute
+from ..server import check_update
 from ..seeding import rng
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
@@ -143,6 +145,16 @@ class GrpcEngine:
                     return None
                 self._lock.wait(left)
 
+    def _check(self, assignment: _Assignment, header: pb.UpdateHeader, payload: bytes) -> str | None:
+        """The reason to refuse an update before it reaches the round, so the client hears it."""
+        try:
+            ctx = CodecContext(assignment.round, assignment.task.client_id, self.workload.seed)
+            update = self.workload.pipeline.decode(payload, ctx)
+        except Exception as exc:  # garbage from the network must not reach the aggregate
+            return f"undecodable payload ({type(exc).__name__}: {exc})"
+        problem = check_update(update, len(self._params_payload) // 4, int(header.num_examples))
+        return f"malformed update: {problem}" if problem else None
+
     def refuse(self, name: str, reason: str, kind: str) -> pb.SubmitReply:
         self.refused[kind] += 1
         log.warning("refused an update from %s: %s", name, reason)
@@ -159,6 +171,9 @@ class GrpcEngine:
             if header.round != assignment.round:
                 return self.refuse(name, f"task {header.task_id} is for round {assignment.round}, "
                                    f"not {header.round}", "stale")
+            problem = None if header.error else self._check(assignment, header, payload)
+            if problem:
+                return self.refuse(name, problem, "malformed")
             del self._open[header.task_id]
             if header.error:
                 outcome = Outcome(assignment.task, error=f"{name}: {header.error}")
