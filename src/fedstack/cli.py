@@ -102,7 +102,8 @@ def cmd_run(args) -> int:
         with progress:
             run_config(config, run_dir, on_round=[progress])
     except KeyboardInterrupt:
-        print(f"interrupted: finished rounds are saved in {run_dir}", file=sys.stderr)
+        print(f"interrupted: finished rounds are saved in {run_dir}; the same command with "
+              f"--out {run_dir} resumes", file=sys.stderr)
         return EXIT_INTERRUPTED
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# A real deployment on this machine: one server and three client processes over TLS with tokens.
+# The same three commands run across machines (README, "Run across machines").
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+FEDSTACK=${FEDSTACK:-fedstack}
+PYTHON=${PYTHON:-python3}
+PORT=${PORT:-9092}
+work=${1:-$(mktemp -d)}
+
+$FEDSTACK certs --out "$work/certs" --clients 3
+"$PYTHON" "$here/make_data.py" "$work/data" 3
+$FEDSTACK server --config "$here/run.toml" --listen "127.0.0.1:$PORT" --clients "$work/certs/clients.toml" \
+    --tls-cert "$work/certs/server.pem" --tls-key "$work/certs/server.key" --out "$work/run" --quiet &
+server=$!
+for i in 1 2 3; do
+    $FEDSTACK client --server "localhost:$PORT" --ca "$work/certs/ca.pem" \
+        --token-file "$work/certs/client-$i.token" --data "$work/data/client-$i.npz" &
+done
+wait "$server"
+wait
+echo "results in $work/run"
