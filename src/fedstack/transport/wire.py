@@ -22,8 +22,11 @@ def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:
         yield bytes(view[start:start + size])
 
 
-def assemble(pieces: Iterable[bytes], expected: int, limit: int) -> bytes:
-    """Join chunks, refusing more than `expected` bytes or more than `limit`."""
+def assemble(pieces: Iterable[bytes], expected: int, limit: int) -> bytearray:
+    """Join chunks, refusing more than `expected` bytes or more than `limit`.
+
+    A bytearray, so NumPy views of it are writable and nothing is copied once more.
+    """
     if expected > limit:
         raise ValueError(f"announced {expected} bytes, over the limit of {limit}")
     out = bytearray()
@@ -33,4 +36,4 @@ def assemble(pieces: Iterable[bytes], expected: int, limit: int) -> bytes:
             raise ValueError(f"more than the announced {expected} bytes")
     if len(out) != expected:
         raise ValueError(f"announced {expected} bytes, received {len(out)}")
-    return bytes(out)
+    return out
