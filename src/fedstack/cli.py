@@ -135,7 +135,8 @@ def cmd_server(args) -> int:
     if args.tls_cert:
         tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
                "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
-    server, port = serve(service, args.listen, **tls)
+    # A waiting client holds a server thread in its long poll: one thread per client, plus some.
+    server, port = serve(service, args.listen, workers=len(registry.names) + 16, **tls)
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
     console = Console()

@@ -55,11 +55,13 @@ class Client:
 
     def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
                  ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
-                 insecure: bool = False, max_backoff_s: float = 30.0):
+                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None):
         import grpc
-        import torch
 
-        torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
+        if trainer is None:
+            import torch
+
+            torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
         self.grpc = grpc
         if insecure:
             self.channel = grpc.insecure_channel(server, options=GRPC_OPTIONS)
@@ -70,21 +72,22 @@ class Client:
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.data_path, self.partition = data, partition
         self.max_backoff_s = max_backoff_s
-        self.trainer = None
+        self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0
+        self.data = None
 
     def join(self) -> None:
         """Say hello; on the first join, build the model and load the data the run's config asks for."""
         reply = self.stub.Join(pb.Hello(protocol=PROTOCOL, client_version=__version__),
                                metadata=self.metadata, timeout=30)
         self.name = reply.client
-        if self.trainer is None:
+        if self.data is None:
             from ..experiment import make_trainer
 
             self.config = validate(tomllib.loads(reply.config_toml))
             self.data = self._load_data()
-            self.trainer = make_trainer(self.config.model.name, tuple(reply.input_shape), reply.num_classes,
-                                        self.config.client.optimizer)
+            self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
+                                                        reply.num_classes, self.config.client.optimizer)
             self.pipeline = build_pipeline(self.config.codec.pipeline)
         log.info("joined as %s", self.name)
 
