@@ -57,6 +57,16 @@ def test_too_few_clients_keeps_the_global_model():
     params = server.run(np.ones(3, np.float32))
     np.testing.assert_array_equal(params, [1.0, 1.0, 1.0])
     assert records[0]["clients"] == 2
+    assert records[0]["attempts"] == 3 and records[0]["failures"] == 9  # tried twice more, in vain
+
+
+def test_a_retried_round_draws_other_clients_and_can_succeed():
+    records = []
+    server = _server(12, 3, records, rounds=4, min_clients=3)  # clients 1, 2, 3 always fail
+    server.run(np.zeros(3, np.float32))
+    retried = [r for r in records if r["attempts"] > 1]
+    assert retried, "with 3 of 12 clients failing, some round must have needed another draw"
+    assert all(r["clients"] >= 3 for r in retried if r["attempts"] < 3)
 
 
 def test_round_records_carry_the_metrics_contract():

@@ -42,6 +42,7 @@ class ServerConfig(Section):
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
+    round_retries: int = Field(2, ge=0)  # a round with fewer than min_clients successes is tried again
     server_lr: float = Field(1.0, gt=0)
 
 

@@ -40,7 +40,8 @@ class History:
 def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np.ndarray, *,
              strategy: Strategy | None = None, rounds: int = 10, clients_per_round: int = 10,
              engine: str | Engine = "local", workers: int = 0, seed: int = 0,
-             pipeline: Pipeline | None = None, min_clients: int = 1, eval_every: int = 1,
+             pipeline: Pipeline | None = None, min_clients: int = 1, round_retries: int = 2,
+             eval_every: int = 1,
              federated_eval: bool = True, federated_eval_every: int = 0,
              out: str | Path | None = None, config: dict | None = None,
              on_round: list[Callable] = (), sampler=None) -> History:
@@ -74,6 +75,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                      MetricsWriter(run_dir, history.rounds), *callbacks]
     server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
+                    round_retries=round_retries,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                     sampler=sampler, on_round=callbacks)
     try:
@@ -192,7 +194,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
                     workers=config.engine.workers, seed=config.seed, pipeline=pipeline,
-                    min_clients=config.server.min_clients, eval_every=config.eval.every,
+                    min_clients=config.server.min_clients, round_retries=config.server.round_retries,
+                    eval_every=config.eval.every,
                     federated_eval=config.eval.federated and not remote,
                     federated_eval_every=config.eval.federated_every,
                     out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler)

@@ -12,9 +12,10 @@ class UniformSampler:
         self.num_clients = num_clients
         self.seed = seed
 
-    def sample(self, round: int, k: int) -> list[int]:
-        """Sorted ids of the `k` clients of `round`."""
+    def sample(self, round: int, k: int, attempt: int = 0) -> list[int]:
+        """Sorted ids of the `k` clients of `round` (a retried round draws again, from `attempt`)."""
         if not 0 < k <= self.num_clients:
             raise ValueError(f"cannot sample {k} of {self.num_clients} clients")
-        chosen = rng(self.seed, "sampling", round).choice(self.num_clients, size=k, replace=False)
+        keys = (round, attempt) if attempt else (round,)
+        chosen = rng(self.seed, "sampling", *keys).choice(self.num_clients, size=k, replace=False)
         return sorted(int(c) for c in chosen)

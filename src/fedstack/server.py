@@ -32,13 +32,15 @@ class Server:
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
-                 system=None, on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
+                 system=None, round_retries: int = 2,
+                 on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         self.strategy = strategy
         self.engine = engine
         self.workload = workload
         self.rounds = rounds
         self.clients_per_round = clients_per_round
         self.min_clients = min_clients
+        self.round_retries = round_retries
         self.eval_every = eval_every
         self.federated_eval_every = federated_eval_every
         self.test_shard = test_shard
@@ -55,7 +57,7 @@ class Server:
         try:
             self.engine.start(self.workload)
             for rnd in range(start_round, self.rounds + 1):
-                params, record = self.round(rnd, params)
+                params, record = self.round_with_retries(rnd, params)
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
                 record.update(self.evaluate(rnd, params))
@@ -66,10 +68,23 @@ class Server:
             self.engine.close()
         return params
 
-    def round(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, dict]:
-        """One training round; returns the new params and the round's figures."""
+    def round_with_retries(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, dict]:
+        """A round, tried again (with other clients) while fewer than `min_clients` succeed."""
+        totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "round_sim_s": 0.0}
+        for attempt in range(self.round_retries + 1):
+            new_params, record = self.round(rnd, params, attempt)
+            for key in totals:
+                totals[key] += record[key]
+            if record["clients"] >= self.min_clients:
+                break
+            log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, record["clients"],
+                        self.min_clients, "retrying" if attempt < self.round_retries else "global model kept")
+        return new_params, {**record, **totals, "attempts": attempt + 1}
+
+    def round(self, rnd: int, params: np.ndarray, attempt: int = 0) -> tuple[np.ndarray, dict]:
+        """One training round; returns the new params (unchanged below `min_clients`) and the round's figures."""
         seed = self.workload.seed
-        ids = self.sampler.sample(rnd, self.clients_per_round)
+        ids = self.sampler.sample(rnd, self.clients_per_round, attempt)
         tasks = [replace(t, config=replace(t.config, seed=int_seed(seed, "client", rnd, t.client_id)))
                  for t in self.strategy.configure(rnd, params, ids)]
         download = params.nbytes  # the global model travels as raw float32
@@ -87,8 +102,6 @@ class Server:
 
         new_params = self.strategy.aggregate(rnd, params, updates())
         if tally["clients"] < self.min_clients:
-            log.warning("round %d: %d successful clients < server.min_clients=%d; global model kept",
-                        rnd, tally["clients"], self.min_clients)
             new_params = params
         record = {"round": rnd, **tally, "bytes_down": download * len(tasks)}
         return np.ascontiguousarray(new_params, dtype=np.float32), record

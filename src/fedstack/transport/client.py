@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -81,6 +83,7 @@ class Client:
         reply = self.stub.Join(pb.Hello(protocol=PROTOCOL, client_version=__version__),
                                metadata=self.metadata, timeout=30)
         self.name = reply.client
+        self.heartbeat_s = reply.heartbeat_s or 5.0
         if self.data is None:
             from ..experiment import make_trainer
 
@@ -127,6 +130,26 @@ class Client:
                 time.sleep(delay)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
+    @contextlib.contextmanager
+    def _beating(self):
+        """Heartbeats in the background while the body trains, so the server knows we are alive."""
+        stop = threading.Event()
+
+        def beat():
+            while not stop.wait(self.heartbeat_s):
+                try:
+                    self.stub.Heartbeat(pb.Beat(), metadata=self.metadata, timeout=self.heartbeat_s)
+                except self.grpc.RpcError:
+                    pass  # the main loop notices a lost server when it submits
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def poll_once(self) -> bool:
         """Ask for work and do it; False when the run is over."""
         stream = self.stub.Poll(pb.PollRequest(), metadata=self.metadata, timeout=120)
@@ -140,15 +163,16 @@ class Client:
                                dtype=np.float32)
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload = b""
-        try:
-            config = FitConfig(**json.loads(header.fit_config_json))
-            result = self.trainer.fit(params, self.data, config)
-            payload = self.pipeline.encode(result.update, CodecContext(header.round, header.client_id,
-                                                                       self.config.seed))
-            update.num_examples = result.num_examples
-            update.metrics.update({k: float(v) for k, v in result.metrics.items()})
-        except Exception as exc:  # report the failure instead of vanishing: the server counts it
-            update.error = f"{type(exc).__name__}: {exc}"
+        with self._beating():
+            try:
+                config = FitConfig(**json.loads(header.fit_config_json))
+                result = self.trainer.fit(params, self.data, config)
+                payload = self.pipeline.encode(result.update, CodecContext(header.round, header.client_id,
+                                                                           self.config.seed))
+                update.num_examples = result.num_examples
+                update.metrics.update({k: float(v) for k, v in result.metrics.items()})
+            except Exception as exc:  # report the failure instead of vanishing: the server counts it
+                update.error = f"{type(exc).__name__}: {exc}"
         update.payload_bytes = len(payload)
         messages = [pb.UpdateChunk(header=update), *(pb.UpdateChunk(payload=p) for p in chunks(payload))]
         reply = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)

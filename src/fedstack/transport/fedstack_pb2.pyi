@@ -16,20 +16,26 @@ class Hello(_message.Message):
     def __init__(self, protocol: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("client", "config_toml", "protocol", "input_shape", "num_classes")
+    __slots__ = ("client", "config_toml", "protocol", "input_shape", "num_classes", "heartbeat_s")
     CLIENT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     client: str
     config_toml: str
     protocol: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
-    def __init__(self, client: _Optional[str] = ..., config_toml: _Optional[str] = ..., protocol: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    heartbeat_s: float
+    def __init__(self, client: _Optional[str] = ..., config_toml: _Optional[str] = ..., protocol: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
 
 class PollRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Beat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

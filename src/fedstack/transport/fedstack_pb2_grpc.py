@@ -49,6 +49,11 @@ class FederationStub:
                 request_serializer=fedstack_dot_transport_dot_fedstack__pb2.UpdateChunk.SerializeToString,
                 response_deserializer=fedstack_dot_transport_dot_fedstack__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/fedstack.v1.Federation/Heartbeat',
+                request_serializer=fedstack_dot_transport_dot_fedstack__pb2.Beat.SerializeToString,
+                response_deserializer=fedstack_dot_transport_dot_fedstack__pb2.Beat.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -72,6 +77,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Submit,
                     request_deserializer=fedstack_dot_transport_dot_fedstack__pb2.UpdateChunk.FromString,
                     response_serializer=fedstack_dot_transport_dot_fedstack__pb2.SubmitReply.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=fedstack_dot_transport_dot_fedstack__pb2.Beat.FromString,
+                    response_serializer=fedstack_dot_transport_dot_fedstack__pb2.Beat.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Federation:
             '/fedstack.v1.Federation/Submit',
             fedstack_dot_transport_dot_fedstack__pb2.UpdateChunk.SerializeToString,
             fedstack_dot_transport_dot_fedstack__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstack.v1.Federation/Heartbeat',
+            fedstack_dot_transport_dot_fedstack__pb2.Beat.SerializeToString,
+            fedstack_dot_transport_dot_fedstack__pb2.Beat.FromString,
             options,
             channel_credentials,
             insecure,

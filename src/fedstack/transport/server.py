@@ -96,12 +96,12 @@ class GrpcEngine:
             self._lock.notify_all()
         outcomes: dict[int, Outcome] = {}
         deadline = started + self.deadline_s
-        while len(outcomes) < len(fits):
+        while len(outcomes) < len(fits) and time.monotonic() < deadline:
             try:
-                index, outcome = results.get(timeout=max(0.0, deadline - time.monotonic()))
+                index, outcome = results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
                 outcomes[index] = outcome
             except queue.Empty:
-                break
+                self._drop_silent(outcomes)
         with self._lock:  # whatever is still open missed the deadline: a dropout
             while not results.empty():
                 index, outcome = results.get_nowait()
@@ -115,6 +115,16 @@ class GrpcEngine:
         for index, task in enumerate(tasks):
             yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
             # (only evaluation tasks are not in `outcomes`: every fit task got a result or a dropout)
+
+    def _drop_silent(self, outcomes: dict[int, Outcome]) -> None:
+        """Clients silent for three heartbeat intervals while holding a task have dropped out."""
+        horizon = time.monotonic() - 3 * self.poll_s
+        with self._lock:
+            for task_id, a in list(self._open.items()):
+                if self.last_seen.get(a.name, 0.0) < horizon:
+                    outcomes[a.index] = Outcome(a.task, error=f"lost contact with {a.name}")
+                    del self._open[task_id]
+                    log.warning("round %d: lost contact with %s", a.round, a.name)
 
     def stop_clients(self) -> None:
         """Tell every client the run is over (their next poll returns STOP)."""
@@ -220,7 +230,12 @@ class FederationService(pb_grpc.FederationServicer):
         self.engine.heartbeat(name)
         log.info("%s joined (fedstack %s)", name, request.client_version)
         return pb.JoinReply(client=name, config_toml=self.config_toml, protocol=PROTOCOL,
-                            input_shape=self.input_shape, num_classes=self.num_classes)
+                            input_shape=self.input_shape, num_classes=self.num_classes,
+                            heartbeat_s=self.engine.poll_s)
+
+    def Heartbeat(self, request, context):
+        self.engine.heartbeat(self._identify(context))
+        return pb.Beat()
 
     def Poll(self, request, context):
         name = self._identify(context)
@@ -282,9 +297,10 @@ class ConnectedSampler:
     def __init__(self, engine: GrpcEngine, seed: int = 0):
         self.engine, self.seed = engine, seed
 
-    def sample(self, round: int, k: int) -> list[int]:
+    def sample(self, round: int, k: int, attempt: int = 0) -> list[int]:
         ids = self.engine.connected()
         if not ids:
             return []
-        chosen = rng(self.seed, "sampling", round).choice(ids, size=min(k, len(ids)), replace=False)
+        keys = (round, attempt) if attempt else (round,)
+        chosen = rng(self.seed, "sampling", *keys).choice(ids, size=min(k, len(ids)), replace=False)
         return sorted(int(c) for c in chosen)
