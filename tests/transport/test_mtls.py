@@ -47,3 +47,39 @@ def test_mutual_tls_checks_the_certificate_and_its_owner(mtls_server, tmp_path):
     with pytest.raises(grpc.RpcError) as err:  # a certificate signed by a CA the server does not trust
         join(creds, port, other, "client-1", "client-1")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_an_expired_client_certificate_is_refused(mtls_server, tmp_path):
+    creds, port = mtls_server
+    # the same certificate, valid now, is accepted: what fails below is the expiry alone
+    assert join(creds, port, own_cert(creds, tmp_path / "fresh", expired=False), "client-1", "client-1").client
+    with pytest.raises(grpc.RpcError) as err:
+        join(creds, port, own_cert(creds, tmp_path / "expired", expired=True), "client-1", "client-1")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def own_cert(creds, out, expired):
+    """A client-1 certificate signed by the run's CA, valid until yesterday or until tomorrow."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(read_pem(creds / "ca.pem"))
+    ca_key = serialization.load_pem_private_key(read_pem(creds / "ca.key"), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    end = now - dt.timedelta(days=1) if expired else now + dt.timedelta(days=1)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client-1")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=30)).not_valid_after(end)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out.mkdir()
+    (out / "client-1.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "client-1.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return out
