@@ -39,3 +39,45 @@ def test_resuming_with_another_config_is_refused(tmp_path):
         run_config(load_config(None, SMALL), tmp_path / "run", on_round=[crash_after(1)])
     with pytest.raises(FedstackError, match="another config"):
         run_config(load_config(None, [*SMALL, "client.lr=0.5"]), tmp_path / "run")
+
+
+class MomentumAvg:
+    """FedAvg with server momentum: state that must survive a crash for the resumed run to match."""
+
+    def __init__(self):
+        from fedstack.client import FitConfig
+        from fedstack.strategy import FedAvg
+
+        self.inner, self.velocity = FedAvg(FitConfig(lr=0.1)), None
+
+    def configure(self, round, params, ids):
+        return self.inner.configure(round, params, ids)
+
+    def aggregate(self, round, params, updates):
+        step = self.inner.aggregate(round, params, updates) - params
+        self.velocity = step if self.velocity is None else 0.9 * self.velocity + step
+        return params + self.velocity
+
+    def state(self):
+        return {} if self.velocity is None else {"velocity": self.velocity}
+
+    def load_state(self, state):
+        self.velocity = state["velocity"]
+
+
+def test_strategy_state_is_checkpointed_and_restored(tmp_path):
+    import functools
+
+    from fedstack.experiment import initial_params, make_trainer, simulate
+    from fedstack.data import build_dataset
+
+    data = build_dataset("digits", num_clients=6, partition="iid", alpha=1, seed=0)
+    factory = functools.partial(make_trainer, "logreg", (1, 8, 8), 10, "sgd")
+    p0 = initial_params(factory, 0)
+    run = functools.partial(simulate, factory, data, p0, rounds=4, clients_per_round=3, federated_eval=False)
+    unbroken = run(strategy=MomentumAvg(), out=tmp_path / "a")
+    with pytest.raises(Crash):
+        run(strategy=MomentumAvg(), out=tmp_path / "b", on_round=[crash_after(2)])
+    resumed = run(strategy=MomentumAvg(), out=tmp_path / "b")
+    assert np.array_equal(resumed.params, unbroken.params)
+    assert set(RunStore(tmp_path / "b" / "store.sqlite").strategy_state()) == {"velocity"}

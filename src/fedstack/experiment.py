@@ -21,7 +21,7 @@ from .report import MetricsWriter, write_report, write_summary
 from .seeding import int_seed
 from .server import Server
 from .store import RunStore
-from .strategy import FedAvg, Strategy
+from .strategy import FedAvg, Strategy, restore_strategy_state, strategy_state
 
 
 @dataclass
@@ -56,6 +56,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     if clients_per_round > dataset.num_clients:
         raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
     workload = Workload(trainer_factory, dataset, pipeline or Pipeline(), seed)
+    strategy = strategy or FedAvg()
     history = History()
     callbacks: list[Callable] = [history, *on_round]
     store = None
@@ -70,10 +71,12 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                 raise FedstackError(f"--out {run_dir} holds a run with another config; choose another directory")
             (last, params), history.rounds = checkpoint, store.rounds()
             start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
+            restore_strategy_state(strategy, store.strategy_state())
         store.set_meta("config", config or {})
-        callbacks = [lambda record, params: store.finish_round(record["round"], record, params),
+        callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
+                                                               strategy_state(strategy)),
                      MetricsWriter(run_dir, history.rounds), *callbacks]
-    server = Server(strategy or FedAvg(), engine if not isinstance(engine, str) else make_engine(engine, workers),
+    server = Server(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers),
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
                     round_retries=round_retries,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,

@@ -49,6 +49,20 @@ class Strategy(Protocol):
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray: ...
 
 
+def strategy_state(strategy) -> dict[str, np.ndarray]:
+    """What a strategy must keep across rounds (server momentum, moments): saved with each checkpoint.
+
+    A stateful strategy offers `state() -> dict of arrays` and `load_state(dict)`; others have none.
+    """
+    return strategy.state() if hasattr(strategy, "state") else {}
+
+
+def restore_strategy_state(strategy, state: dict[str, np.ndarray]) -> None:
+    """Give a resumed strategy the state saved with the checkpoint it resumes from."""
+    if state and hasattr(strategy, "load_state"):
+        strategy.load_state(state)
+
+
 class WeightedSum:
     """A running Σ wᵢ·vᵢ and Σ wᵢ in float64: memory stays one vector however many clients arrive."""
 
