@@ -14,7 +14,8 @@ def digits():
 
 
 def build(partition="iid", num_clients=7, alpha=0.5, seed=0, holdout=0.1, name="digits", **kw):
-    return build_dataset(name, num_clients=num_clients, partition=partition, alpha=alpha, seed=seed, holdout=holdout, **kw)
+    return build_dataset(name, num_clients=num_clients, partition=partition, alpha=alpha, seed=seed,
+                         holdout=holdout, **kw)
 
 
 def check_federation(fed: FederatedDataset, num_clients: int, holdout: float):

@@ -112,9 +112,9 @@ class GrpcEngine:
                                                          f"{assignment.name} within {self.deadline_s:g} s")
                     self._inbox[assignment.name].clear()
             self._open.clear()
+        # Every fit task now has a result or a dropout; evaluation tasks run here, in order.
         for index, task in enumerate(tasks):
             yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
-            # (only evaluation tasks are not in `outcomes`: every fit task got a result or a dropout)
 
     def _drop_silent(self, outcomes: dict[int, Outcome]) -> None:
         """Clients silent for three heartbeat intervals while holding a task have dropped out."""
