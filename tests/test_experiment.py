@@ -62,7 +62,7 @@ class MomentumAvg:
         return {} if self.velocity is None else {"velocity": self.velocity}
 
     def load_state(self, state):
-        self.velocity = state["velocity"]
+        self.velocity = state.get("velocity")
 
 
 def test_strategy_state_is_checkpointed_and_restored(tmp_path):

@@ -78,3 +78,14 @@ def test_round_records_carry_the_metrics_contract():
                 "wall_time_s", "sim_time_s"} <= set(r)
         assert r["bytes_down"] == 2 * 3 * 4  # two clients, three float32 each
     assert records[-1]["sim_time_s"] > records[0]["sim_time_s"] > 0
+
+
+def test_a_round_that_does_not_count_leaves_the_strategy_state_alone():
+    from fedstack.strategy import FedOpt
+
+    records = []
+    server = _server(5, 5, records, min_clients=3)  # only 2 clients ever succeed
+    server.strategy = FedOpt("fedavgm", server_lr=1.0)
+    params = server.run(np.ones(3, np.float32))
+    np.testing.assert_array_equal(params, [1.0, 1.0, 1.0])
+    assert server.strategy.state() == {}  # no momentum from the three discarded attempts

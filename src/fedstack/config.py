@@ -38,12 +38,16 @@ class ClientConfig(Section):
 
 
 class ServerConfig(Section):
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
     round_retries: int = Field(2, ge=0)  # a round with fewer than min_clients successes is tried again
-    server_lr: float = Field(1.0, gt=0)
+    server_lr: float = Field(1.0, gt=0)  # adaptive server optimizers usually want 0.01–0.1
+    momentum: float = Field(0.9, ge=0, lt=1)  # fedavgm
+    beta1: float = Field(0.9, ge=0, lt=1)  # fedadam, fedyogi, fedadagrad
+    beta2: float = Field(0.99, ge=0, lt=1)
+    tau: float = Field(1e-3, gt=0)
 
 
 class EngineConfig(Section):

@@ -21,7 +21,7 @@ from .report import MetricsWriter, write_report, write_summary
 from .seeding import int_seed
 from .server import Server
 from .store import RunStore
-from .strategy import FedAvg, Strategy, restore_strategy_state, strategy_state
+from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
 
 
 @dataclass
@@ -190,8 +190,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                 dataset.num_classes, config.client.optimizer)
     params = initial_params(factory, config.seed)
     c = config.client
-    strategy = FedAvg(FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr),
-                      server_lr=config.server.server_lr)
+    strategy = build_strategy(config.server, FitConfig(epochs=c.epochs, local_steps=c.local_steps,
+                                                       batch_size=c.batch_size, lr=c.lr))
     (run_dir / "config.toml").write_text(to_toml(config))
     remote = engine is not None and not isinstance(engine, str)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,

@@ -14,7 +14,7 @@ from .codec import CodecContext
 from .engine import Engine, EvalTask, Outcome, Workload
 from .sampling import UniformSampler
 from .seeding import int_seed
-from .strategy import ClientUpdate, Strategy
+from .strategy import ClientUpdate, Strategy, restore_strategy_state, strategy_state
 from .systems import UniformSystem
 
 log = logging.getLogger("fedstack.server")
@@ -72,11 +72,13 @@ class Server:
         """A round, tried again (with other clients) while fewer than `min_clients` succeed."""
         totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "round_sim_s": 0.0}
         for attempt in range(self.round_retries + 1):
+            before = strategy_state(self.strategy)
             new_params, record = self.round(rnd, params, attempt)
             for key in totals:
                 totals[key] += record[key]
             if record["clients"] >= self.min_clients:
                 break
+            restore_strategy_state(self.strategy, before)  # an attempt that did not count leaves no trace
             log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, record["clients"],
                         self.min_clients, "retrying" if attempt < self.round_retries else "global model kept")
         return new_params, {**record, **totals, "attempts": attempt + 1}

@@ -2,8 +2,17 @@
 
 from .base import ClientUpdate, Strategy, Task, WeightedSum, restore_strategy_state, strategy_state
 from .fedavg import FedAvg
+from .fedopt import ADAPTIVE, FedOpt
 
-STRATEGIES = {"fedavg": FedAvg}
+STRATEGIES = ("fedavg", "fedavgm", *ADAPTIVE)
 
-__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "STRATEGIES", "strategy_state",
-           "restore_strategy_state"]
+
+def build_strategy(server, fit) -> Strategy:
+    """The strategy named by the `server` config section, giving clients the local work `fit`."""
+    if server.strategy == "fedavg":
+        return FedAvg(fit, server_lr=server.server_lr)
+    return FedOpt(server.strategy, fit, server_lr=server.server_lr, momentum=server.momentum,
+                  beta1=server.beta1, beta2=server.beta2, tau=server.tau)
+
+__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "STRATEGIES", "build_strategy",
+           "strategy_state", "restore_strategy_state"]

@@ -58,8 +58,8 @@ def strategy_state(strategy) -> dict[str, np.ndarray]:
 
 
 def restore_strategy_state(strategy, state: dict[str, np.ndarray]) -> None:
-    """Give a resumed strategy the state saved with the checkpoint it resumes from."""
-    if state and hasattr(strategy, "load_state"):
+    """Give a strategy back a state it had (on resume, or after a round that did not count)."""
+    if hasattr(strategy, "load_state"):
         strategy.load_state(state)
 
 
