@@ -20,6 +20,7 @@ class FitConfig:
     batch_size: int = 32
     lr: float = 0.05
     seed: int = 0  # drives batch order; derived from the run seed, round and client id
+    mu: float = 0.0  # FedProx proximal weight: adds mu/2·‖w − w_global‖² to the local objective
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
@@ -148,6 +149,10 @@ class TorchTrainer:
         self.set_params(params)
         self.model.train()
         opt = self._make_optimizer(config.lr)
+        weights = list(self.model.parameters())
+        if config.mu > 0:  # the global model, as views shaped like the parameters
+            anchor = torch.from_numpy(np.array(params, dtype=np.float32))
+            anchors = [anchor[a:b].view(p.shape) for p, (a, b) in zip(weights, self.spec.offsets())]
         loss_sum, seen = 0.0, 0
         for idx in batch_order(data.train_idx, config):
             x = torch.from_numpy(data.x[idx])
@@ -155,6 +160,10 @@ class TorchTrainer:
             opt.zero_grad()
             loss = self.loss_fn(self.model(x), y)
             loss.backward()
+            if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
+                with torch.no_grad():
+                    for p, p0 in zip(weights, anchors):
+                        p.grad.add_(p.data - p0, alpha=config.mu)
             opt.step()
             loss_sum += loss.item() * len(idx)
             seen += len(idx)

@@ -35,10 +35,11 @@ class ClientConfig(Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    mu: float = Field(0.0, ge=0)  # FedProx proximal weight
 
 
 class ServerConfig(Section):
-    strategy: Literal["fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
@@ -130,6 +131,8 @@ def validate(tree: dict) -> Config:
     for name in config.codec.pipeline:
         if name not in CODECS:
             raise ConfigError("codec.pipeline", f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
+    if config.server.strategy == "fedprox" and config.client.mu == 0:
+        raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config

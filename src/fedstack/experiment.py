@@ -191,7 +191,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     params = initial_params(factory, config.seed)
     c = config.client
     strategy = build_strategy(config.server, FitConfig(epochs=c.epochs, local_steps=c.local_steps,
-                                                       batch_size=c.batch_size, lr=c.lr))
+                                                       batch_size=c.batch_size, lr=c.lr, mu=c.mu))
     (run_dir / "config.toml").write_text(to_toml(config))
     remote = engine is not None and not isinstance(engine, str)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,

@@ -4,12 +4,16 @@ from .base import ClientUpdate, Strategy, Task, WeightedSum, restore_strategy_st
 from .fedavg import FedAvg
 from .fedopt import ADAPTIVE, FedOpt
 
-STRATEGIES = ("fedavg", "fedavgm", *ADAPTIVE)
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", *ADAPTIVE)
 
 
 def build_strategy(server, fit) -> Strategy:
-    """The strategy named by the `server` config section, giving clients the local work `fit`."""
-    if server.strategy == "fedavg":
+    """The strategy named by the `server` config section, giving clients the local work `fit`.
+
+    FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
+    clients add the proximal term `client.mu`; the server side is the same weighted average.
+    """
+    if server.strategy in ("fedavg", "fedprox"):
         return FedAvg(fit, server_lr=server.server_lr)
     return FedOpt(server.strategy, fit, server_lr=server.server_lr, momentum=server.momentum,
                   beta1=server.beta1, beta2=server.beta2, tau=server.tau)
