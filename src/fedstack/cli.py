@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=cmd_certs)
 
     data = sub.add_parser("data", help="say where a dataset is, or how to get it")
-    data.add_argument("name", choices=["fashion_mnist", "digits"])
+    data.add_argument("name", choices=["fashion_mnist", "digits", "synthetic"])
     data.add_argument("--path", default="", help="also look in this directory")
     data.add_argument("--download", action="store_true",
                       help="download Fashion-MNIST to ~/.cache/fedstack (checked by SHA-256)")
@@ -198,8 +198,8 @@ def cmd_report(args) -> int:
 def cmd_data(args) -> int:
     from .data import sources
 
-    if args.name == "digits":
-        print("digits ships with scikit-learn: nothing to install")
+    if args.name in ("digits", "synthetic"):
+        print(f"{args.name} is made on the fly: nothing to install")
         return 0
     if args.download:
         print(f"downloaded to {sources.download_fashion_mnist()}")

@@ -17,9 +17,10 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["fashion_mnist", "digits"] = "fashion_mnist"
-    partition: Literal["iid", "dirichlet", "shards", "powerlaw"] = "dirichlet"
-    alpha: float = Field(0.5, gt=0)
+    name: Literal["fashion_mnist", "digits", "synthetic"] = "fashion_mnist"
+    partition: Literal["iid", "dirichlet", "shards", "powerlaw", "natural"] = "dirichlet"
+    alpha: float = Field(0.5, ge=0)  # Dirichlet concentration (> 0); synthetic: α of Li et al.
+    beta: float = Field(0.0, ge=0)  # synthetic: β of Li et al.
     num_clients: int = Field(100, ge=1)
     path: str = ""
     holdout: float = Field(0.1, ge=0, lt=1)  # fraction of each client's data kept for federated evaluation

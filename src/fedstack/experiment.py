@@ -174,7 +174,7 @@ def dataset_of(config: Config):
 
     d = config.data
     return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
-                         seed=config.seed, path=d.path, holdout=d.holdout)
+                         beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout)
 
 
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedstack.data import ClientData, FederatedDataset, build_dataset, sources
-from fedstack.data.dataset import DATASETS, PARTITIONS
+from fedstack.data.dataset import ARRAY_PARTITIONS, DATASETS, PARTITIONS
 from fedstack.errors import ConfigError, DataError
 
 
@@ -36,7 +36,7 @@ def check_federation(fed: FederatedDataset, num_clients: int, holdout: float):
     np.testing.assert_array_equal(np.sort(np.concatenate(used)), np.arange(n))
 
 
-@pytest.mark.parametrize("partition", PARTITIONS)
+@pytest.mark.parametrize("partition", ARRAY_PARTITIONS)
 def test_build_digits_each_partition(partition):
     fed = build(partition, num_clients=7)
     assert fed.name == "digits" and fed.num_classes == 10
@@ -45,7 +45,7 @@ def test_build_digits_each_partition(partition):
     check_federation(fed, 7, 0.1)
 
 
-@pytest.mark.parametrize("partition", PARTITIONS)
+@pytest.mark.parametrize("partition", ARRAY_PARTITIONS)
 def test_same_seed_same_federation_other_seed_differs(partition):
     a, b, c = build(partition, seed=3), build(partition, seed=3), build(partition, seed=4)
     for key in ("train_idx", "holdout_idx"):
@@ -194,5 +194,5 @@ def test_repr_is_short():
 
 
 def test_known_names():
-    assert DATASETS == ("fashion_mnist", "digits")
-    assert PARTITIONS == ("iid", "dirichlet", "shards", "powerlaw")
+    assert DATASETS == ("fashion_mnist", "digits", "synthetic")
+    assert PARTITIONS == ("iid", "dirichlet", "shards", "powerlaw", "natural")

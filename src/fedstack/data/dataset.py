@@ -14,8 +14,9 @@ from fedstack.data import sources
 from fedstack.errors import ConfigError, DataError
 from fedstack.seeding import rng as stream_rng
 
-DATASETS = ("fashion_mnist", "digits")
-PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw")
+DATASETS = ("fashion_mnist", "digits", "synthetic")
+ARRAY_PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw")  # splits of one array among clients
+PARTITIONS = (*ARRAY_PARTITIONS, "natural")  # natural: the data comes per client (synthetic's devices)
 ARRAY_NAMES = ("x", "y", "x_test", "y_test")
 # build_dataset keeps the digits test set fixed across run seeds, like Fashion-MNIST's.
 DIGITS_SPLIT_SEED = 0
@@ -124,6 +125,9 @@ class FederatedDataset:
             num_classes = seen
         elif num_classes < seen:
             raise DataError(f"num_classes={num_classes} but labels go up to {seen - 1}")
+        if partition == "natural":
+            raise ConfigError("data.partition", "'natural' needs data that is already per client: "
+                                                "use FederatedDataset.from_clients")
         rng = stream_rng(seed, "partition")  # SeedSequence([seed, 1])
         if partition == "iid":
             parts = partitioners.iid(n, num_clients, rng)
@@ -197,6 +201,7 @@ def build_dataset(
     seed: int,
     path: str = "",
     holdout: float = 0.1,
+    beta: float = 0.0,
 ) -> FederatedDataset:
     """Load a built-in dataset and partition it; name in DATASETS, partition in PARTITIONS.
 
@@ -206,6 +211,11 @@ def build_dataset(
     if name not in DATASETS:
         raise ConfigError("data.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     _check_options(num_clients, partition, alpha, holdout)
+    if name == "synthetic":
+        return _synthetic(num_clients=num_clients, partition=partition, alpha=alpha, beta=beta, seed=seed,
+                          holdout=holdout)
+    if partition == "natural":
+        raise ConfigError("data.partition", f"{name} has no natural partition; 'natural' is for synthetic")
     if name == "fashion_mnist":
         arrays = sources.load_fashion_mnist(path)
     else:
@@ -228,3 +238,18 @@ def build_dataset(
         name=name,
         num_classes=10,
     )
+
+
+def _synthetic(*, num_clients, partition, alpha, beta, seed, holdout) -> FederatedDataset:
+    """Synthetic(α, β): one device per client ("natural"), or the IID variant ("iid")."""
+    from fedstack.data.synthetic import synthetic
+
+    if partition not in ("natural", "iid"):
+        raise ConfigError("data.partition", f"synthetic is partitioned 'natural' (one device per client) "
+                                            f"or 'iid' (the IID variant), not {partition!r}")
+    if beta < 0 or alpha < 0:
+        raise ConfigError("data.beta" if beta < 0 else "data.alpha", "Synthetic(α, β) needs α, β ≥ 0")
+    x, y, x_test, y_test, parts = synthetic(alpha, beta, num_clients, stream_rng(seed, "partition"),
+                                            iid=partition == "iid")
+    train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))
+    return FederatedDataset("synthetic", x, y, x_test, y_test, train, held, 10)

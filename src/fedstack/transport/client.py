@@ -99,11 +99,9 @@ class Client:
             return load_local_data(self.data_path)
         if self.partition is None:
             raise FedstackError("a client needs --data FILE or --partition ID")
-        from ..data import build_dataset
+        from ..experiment import dataset_of
 
-        d = self.config.data
-        dataset = build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
-                                seed=self.config.seed, path=d.path, holdout=d.holdout)
+        dataset = dataset_of(self.config)
         if not 0 <= self.partition < dataset.num_clients:
             raise FedstackError(f"--partition {self.partition}: the run has {dataset.num_clients} partitions")
         return dataset.client(self.partition)
