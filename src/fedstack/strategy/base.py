@@ -81,3 +81,16 @@ class WeightedSum:
         if self.weight <= 0:
             raise ValueError("weighted mean of nothing")
         return (self.total / self.weight).astype(np.float32)
+
+
+def same_work(round: int, sampled_ids: list[int], fit: FitConfig) -> list[Task]:
+    """One task per sampled client, all with the same local work."""
+    return [Task(round, cid, fit) for cid in sampled_ids]
+
+
+def example_weighted(updates: Iterable[ClientUpdate], size: int) -> WeightedSum:
+    """The running sum of updates weighted by their example counts (streamed: one vector of memory)."""
+    acc = WeightedSum(size)
+    for u in updates:
+        acc.add(u.update, u.num_examples)
+    return acc

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, WeightedSum
+from .base import ClientUpdate, Task, example_weighted, same_work
 
 
 @dataclass
@@ -23,13 +23,11 @@ class FedAvg:
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         """The same local work for every sampled client."""
-        return [Task(round, cid, self.fit) for cid in sampled_ids]
+        return same_work(round, sampled_ids, self.fit)
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         """params + server_lr · Σ nᵢ·Δᵢ / Σ nᵢ (unchanged when no update arrived)."""
-        acc = WeightedSum(params.size)
-        for u in updates:
-            acc.add(u.update, u.num_examples)
+        acc = example_weighted(updates, params.size)
         if acc.weight == 0:
             return params
         step = acc.mean()

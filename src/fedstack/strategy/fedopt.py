@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, WeightedSum
+from .base import ClientUpdate, Task, example_weighted, same_work
 
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
 
@@ -60,12 +60,10 @@ class FedOpt:
             raise ValueError(f"unknown server optimizer {self.kind!r}")
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
-        return [Task(round, cid, self.fit) for cid in sampled_ids]
+        return same_work(round, sampled_ids, self.fit)
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
-        acc = WeightedSum(params.size)
-        for u in updates:
-            acc.add(u.update, u.num_examples)
+        acc = example_weighted(updates, params.size)
         if acc.weight == 0:
             return params
         delta = acc.total / acc.weight  # float64 throughout the optimizer, float32 out
