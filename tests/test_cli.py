@@ -51,6 +51,15 @@ def test_config_file_and_overrides(tmp_path):
     (["data.num_clients=5000"], "data.num_clients"),
     (["data.num_clients=4", "server.clients_per_round=5"], "server.clients_per_round"),
     (["model.name=resnet"], "model.name"),
+    (["client.mu=-1"], "client.mu"),
+    (["server.strategy=fedadam", "server.beta1=1.0"], "server.beta1"),
+    (["server.strategy=fedyogi", "server.tau=0"], "server.tau"),
+    (["model.name=char_lstm"], "model.name"),
+    (["data.name=shakespeare", "data.partition=natural"], "model.name"),
+    (["data.name=shakespeare", "data.partition=natural", "model.name=char_lstm", "data.path=/nonexistent/plays"],
+     "/nonexistent/plays"),
+    (["data.name=shakespeare", "data.partition=natural", "model.name=char_lstm", "data.path=pyproject.toml"],
+     "pyproject.toml"),
 ])
 def test_bad_config_is_one_line_exit_2(overrides, needle, tmp_path, capsys):
     args = ["run", "--set", "data.name=digits", "--out", str(tmp_path / "o")]

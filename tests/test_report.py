@@ -15,6 +15,7 @@ from fedstack.report import (
 )
 
 FEDERATED = {"mean": 0.71, "p10": 0.55, "p50": 0.72, "p90": 0.84, "clients": 10}
+PERSONALIZED = {"mean": 0.83, "p10": 0.66, "p50": 0.85, "p90": 0.97, "clients": 10}
 
 METRICS = [
     {"round": 1, "test_accuracy": 0.42, "test_loss": 1.8, "clients": 10, "failures": 0,
@@ -23,7 +24,7 @@ METRICS = [
      "bytes_up": 1_800_000, "bytes_down": 2_100_000, "wall_time_s": 2.3, "sim_time_s": 20.0},
     {"round": 3, "test_accuracy": 0.61, "test_loss": 1.1, "clients": 10, "failures": 0,
      "bytes_up": 2_000_000, "bytes_down": 2_100_000, "wall_time_s": 3.5, "sim_time_s": 30.0,
-     "federated": FEDERATED},
+     "federated": FEDERATED, "personalized": PERSONALIZED},
     {"round": 4, "test_accuracy": 0.7345, "test_loss": 0.8, "clients": 10, "failures": 0,
      "bytes_up": 2_000_000, "bytes_down": 2_100_000, "wall_time_s": 4.6, "sim_time_s": 40.0,
      "epsilon": 2.5},
@@ -34,7 +35,7 @@ SUMMARY = {
     "rounds": 4,
     "final": {"test_accuracy": 0.7345, "test_loss": 0.8, "wall_time_s": 4.6, "sim_time_s": 40.0,
               "bytes_up_total": 1536, "bytes_down_total": 5 * 1024**3, "failures_total": 1,
-              "federated": FEDERATED},
+              "federated": FEDERATED, "personalized": PERSONALIZED},
     "best_test_accuracy": 0.7345,
     "seed": 1234,
     "config": {"strategy": {"name": "fedavg"}, "data": {"dataset": "mnist"}},
@@ -95,6 +96,7 @@ def test_summary_table_shows_headline_figures(run_dir):
     text = console.export_text()
     assert "73.45%" in text
     assert "71.00%" in text  # federated mean
+    assert "fine-tuned p10 accuracy" in text and "66.00%" in text
     assert "1.5 KiB" in text
     assert "5.0 GiB" in text
     assert "finished" in text

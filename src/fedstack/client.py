@@ -21,6 +21,7 @@ class FitConfig:
     lr: float = 0.05
     seed: int = 0  # drives batch order; derived from the run seed, round and client id
     mu: float = 0.0  # FedProx proximal weight: adds mu/2·‖w − w_global‖² to the local objective
+    scaffold: bool = False  # SCAFFOLD: params arrive as [x; c], the update returns as [Δy; Δc]
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
@@ -41,15 +42,19 @@ class FitResult:
 
 @dataclass
 class EvalResult:
-    """Summed loss and correct predictions over some examples; adds up across shards."""
+    """Summed loss and correct predictions (top-1 and top-3) over some examples; adds up across shards.
+
+    For a sequence model an "example" is one predicted position whose target is not ignored.
+    """
 
     loss_sum: float = 0.0
     correct: int = 0
     examples: int = 0
+    correct_top3: int = 0
 
     def __add__(self, other: "EvalResult") -> "EvalResult":
         return EvalResult(self.loss_sum + other.loss_sum, self.correct + other.correct,
-                          self.examples + other.examples)
+                          self.examples + other.examples, self.correct_top3 + other.correct_top3)
 
     @property
     def loss(self) -> float:
@@ -58,6 +63,10 @@ class EvalResult:
     @property
     def accuracy(self) -> float:
         return self.correct / self.examples if self.examples else float("nan")
+
+    @property
+    def top3_accuracy(self) -> float:
+        return self.correct_top3 / self.examples if self.examples else float("nan")
 
 
 class Trainer(Protocol):
@@ -104,6 +113,12 @@ class TorchTrainer:
     The module's parameters become views into one flat buffer, so loading the global
     vector or reading the local one is a single memory copy. With `jit_eval`, evaluation
     runs a frozen TorchScript copy of the model (for models torch.jit.trace can follow).
+
+    Sequence models return logits [batch, time, classes] for targets [batch, time]: every
+    position is a prediction, and positions whose target is -1 are ignored in loss and accuracy.
+
+    Client algorithms, switched on by the FitConfig: FedProx's proximal term (`mu`) and
+    SCAFFOLD's control variates (`scaffold`, option II of Karimireddy et al. 2020).
     """
 
     def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
@@ -144,32 +159,58 @@ class TorchTrainer:
         raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd | adam)")
 
     def fit(self, params: np.ndarray, data, config: FitConfig, state: Any = None) -> FitResult:
-        """Train on the client's training split; return local − global."""
+        """Train on the client's training split; return local − global.
+
+        Under `config.scaffold`, `params` is [x; c] (global model, server control variate),
+        `state` the client's control variate cᵢ (None on its first round), and the update
+        is [y − x; cᵢ⁺ − cᵢ] with cᵢ⁺ = cᵢ − c + (x − y)/(K·lr) (option II); cᵢ⁺ is the new state.
+        """
         torch = self.torch
+        size = self.spec.size
+        if config.scaffold:
+            if params.shape != (2 * size,):
+                raise ValueError(f"scaffold expects [params; control] of {2 * size} values, got {params.shape}")
+            params, control = params[:size], params[size:]
+            own = np.zeros(size, np.float32) if state is None else np.asarray(state, np.float32)
+            correction = torch.from_numpy(control - own)  # c − cᵢ, added to every gradient
         self.set_params(params)
         self.model.train()
         opt = self._make_optimizer(config.lr)
         weights = list(self.model.parameters())
+        views = self.spec.offsets()
         if config.mu > 0:  # the global model, as views shaped like the parameters
             anchor = torch.from_numpy(np.array(params, dtype=np.float32))
-            anchors = [anchor[a:b].view(p.shape) for p, (a, b) in zip(weights, self.spec.offsets())]
-        loss_sum, seen = 0.0, 0
+            anchors = [anchor[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
+        if config.scaffold:
+            corrections = [correction[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
+        loss_sum, seen, steps = 0.0, 0, 0
         for idx in batch_order(data.train_idx, config):
             x = torch.from_numpy(data.x[idx])
             y = torch.from_numpy(data.y[idx])
             opt.zero_grad()
-            loss = self.loss_fn(self.model(x), y)
+            out, y = _predictions(self.model(x), y)
+            if len(y) == 0:  # every target of this batch is ignored: nothing to learn from
+                continue
+            loss = self.loss_fn(out, y)
             loss.backward()
-            if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
-                with torch.no_grad():
+            with torch.no_grad():
+                if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
                     for p, p0 in zip(weights, anchors):
                         p.grad.add_(p.data - p0, alpha=config.mu)
+                if config.scaffold:
+                    for p, c in zip(weights, corrections):
+                        p.grad.add_(c)
             opt.step()
-            loss_sum += loss.item() * len(idx)
-            seen += len(idx)
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            steps += 1
         update = self._flat.numpy() - params
-        return FitResult(update=update, num_examples=int(data.num_examples),
-                         metrics={"train_loss": loss_sum / seen if seen else float("nan")})
+        metrics = {"train_loss": loss_sum / seen if seen else float("nan")}
+        if not config.scaffold:
+            return FitResult(update=update, num_examples=int(data.num_examples), metrics=metrics)
+        new_own = own - control - update / np.float32(steps * config.lr) if steps else own
+        return FitResult(update=np.concatenate([update, new_own - own]), num_examples=int(data.num_examples),
+                         metrics=metrics, state=new_own.astype(np.float32))
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
         """Summed loss and correct predictions of `params` on (x, y), in fixed-size batches."""
@@ -182,9 +223,13 @@ class TorchTrainer:
             for i in range(0, len(x), self.eval_batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[i:i + self.eval_batch_size]))
                 yb = torch.from_numpy(np.ascontiguousarray(y[i:i + self.eval_batch_size]))
-                out = model(xb)
+                out, yb = _predictions(model(xb), yb)
+                if len(yb) == 0:
+                    continue
                 loss = self.loss_fn(out, yb, reduction="sum")
-                result = result + EvalResult(float(loss), int((out.argmax(1) == yb).sum()), len(yb))
+                top3 = out.topk(min(3, out.shape[1]), dim=1).indices
+                result = result + EvalResult(float(loss), int((out.argmax(1) == yb).sum()), len(yb),
+                                             int((top3 == yb[:, None]).any(1).sum()))
         return result
 
     def _inference_model(self, params: np.ndarray, x: np.ndarray):
@@ -200,10 +245,21 @@ class TorchTrainer:
             # compilation per process; for these small models TorchScript stays the fast path.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)  # LSTMs trace correctly, with warnings
                 example = torch.from_numpy(np.ascontiguousarray(x[:1]))
                 traced = torch.jit.trace(self.model, example, check_trace=False)
                 self._frozen = (params.copy(), torch.jit.optimize_for_inference(torch.jit.freeze(traced)))
         return self._frozen[1]
+
+
+def _predictions(out, y):
+    """Logits [n, classes] and targets [n]: sequence outputs flattened, ignored (-1) targets dropped."""
+    if out.dim() == 3:
+        out, y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+        keep = y >= 0
+        if not bool(keep.all()):
+            out, y = out[keep], y[keep]
+    return out, y
 
 
 class _PlainSGD:

@@ -17,17 +17,19 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    name: Literal["fashion_mnist", "digits", "synthetic"] = "fashion_mnist"
+    name: Literal["fashion_mnist", "digits", "synthetic", "shakespeare"] = "fashion_mnist"
     partition: Literal["iid", "dirichlet", "shards", "powerlaw", "natural"] = "dirichlet"
     alpha: float = Field(0.5, ge=0)  # Dirichlet concentration (> 0); synthetic: α of Li et al.
     beta: float = Field(0.0, ge=0)  # synthetic: β of Li et al.
     num_clients: int = Field(100, ge=1)
     path: str = ""
     holdout: float = Field(0.1, ge=0, lt=1)  # fraction of each client's data kept for federated evaluation
+    level: Literal["char", "word"] = "char"  # shakespeare: next-character or next-word prediction
+    vocab_size: int = Field(5000, ge=1)  # shakespeare words: the most frequent words kept, the rest OOV
 
 
 class ModelConfig(Section):
-    name: Literal["logreg", "mlp", "cnn"] = "cnn"
+    name: Literal["logreg", "mlp", "cnn", "char_lstm", "word_lstm"] = "cnn"
 
 
 class ClientConfig(Section):
@@ -40,7 +42,7 @@ class ClientConfig(Section):
 
 
 class ServerConfig(Section):
-    strategy: Literal["fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
@@ -65,6 +67,7 @@ class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
     federated_every: int = Field(0, ge=0)  # also every N rounds; 0 = only after the last
+    finetune_steps: int = Field(0, ge=0)  # > 0: also evaluate each client after this many local steps
 
 
 class Config(Section):
@@ -134,6 +137,13 @@ def validate(tree: dict) -> Config:
             raise ConfigError("codec.pipeline", f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
     if config.server.strategy == "fedprox" and config.client.mu == 0:
         raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
+    sequence = {"char_lstm": "char", "word_lstm": "word"}.get(config.model.name)
+    if sequence and (config.data.name != "shakespeare" or config.data.level != sequence):
+        raise ConfigError("model.name", f"{config.model.name} reads Shakespeare at {sequence} level: "
+                          f"set data.name=\"shakespeare\" and data.level=\"{sequence}\"")
+    if config.data.name == "shakespeare" and not sequence:
+        raise ConfigError("model.name", "shakespeare needs a sequence model: char_lstm (data.level=\"char\") "
+                          "or word_lstm (data.level=\"word\")")
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config

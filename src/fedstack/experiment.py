@@ -44,14 +44,16 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              eval_every: int = 1,
              federated_eval: bool = True, federated_eval_every: int = 0,
              out: str | Path | None = None, config: dict | None = None,
-             on_round: list[Callable] = (), sampler=None) -> History:
+             on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
     its last finished round; with the same seed it ends with the same bits as an unbroken run.
 
     `trainer_factory` must be picklable (a module-level function or a functools.partial)
-    when `engine="pool"`: each worker process calls it once.
+    when `engine="pool"`: each worker process calls it once. Client state (SCAFFOLD's control
+    variates) lives in the store with `out`, in memory without. With `finetune`, federated
+    evaluation also judges each client's model after that local training (personalisation).
     """
     if clients_per_round > dataset.num_clients:
         raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
@@ -72,6 +74,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
             (last, params), history.rounds = checkpoint, store.rounds()
             start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
             restore_strategy_state(strategy, store.strategy_state())
+            store.rewind_client_states(last)
         store.set_meta("config", config or {})
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
                                                                strategy_state(strategy)),
@@ -80,7 +83,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
                     round_retries=round_retries,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
-                    sampler=sampler, on_round=callbacks)
+                    sampler=sampler, client_states=store, finetune=finetune, on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
     except BaseException as exc:
@@ -102,17 +105,20 @@ def summarize(history: History, seed: int, config: dict) -> dict:
     last = rounds[-1] if rounds else {}
     accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
     federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
+    personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
     return {
         "run_dir": str(history.run_dir),
         "status": history.status,
         "rounds": len(rounds),
         "final": {
             "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
+            "test_top3_accuracy": last.get("test_top3_accuracy"),
             "wall_time_s": last.get("wall_time_s"), "sim_time_s": last.get("sim_time_s"),
             "bytes_up_total": sum(r["bytes_up"] for r in rounds),
             "bytes_down_total": sum(r["bytes_down"] for r in rounds),
             "failures_total": sum(r["failures"] for r in rounds),
             "federated": federated,
+            "personalized": personalized,
         },
         "best_test_accuracy": max(accuracies) if accuracies else None,
         "seed": seed,
@@ -174,7 +180,8 @@ def dataset_of(config: Config):
 
     d = config.data
     return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
-                         beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout)
+                         beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout, level=d.level,
+                         vocab_size=d.vocab_size)
 
 
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),
@@ -191,7 +198,10 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     params = initial_params(factory, config.seed)
     c = config.client
     strategy = build_strategy(config.server, FitConfig(epochs=c.epochs, local_steps=c.local_steps,
-                                                       batch_size=c.batch_size, lr=c.lr, mu=c.mu))
+                                                       batch_size=c.batch_size, lr=c.lr, mu=c.mu),
+                              dataset.num_clients)
+    steps = config.eval.finetune_steps
+    finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
     (run_dir / "config.toml").write_text(to_toml(config))
     remote = engine is not None and not isinstance(engine, str)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
@@ -201,4 +211,5 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     eval_every=config.eval.every,
                     federated_eval=config.eval.federated and not remote,
                     federated_eval_every=config.eval.federated_every,
-                    out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler)
+                    out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
+                    finetune=finetune)

@@ -119,6 +119,7 @@ def plot_report(run_dir) -> Path:
     evaluated = [m for m in metrics if m.get("test_accuracy") is not None]
     with_loss = [m for m in metrics if m.get("test_loss") is not None]
     federated = [m for m in metrics if m.get("federated")]
+    personalized = [m for m in metrics if m.get("personalized")]
     up_mb = [m.get("bytes_up", 0) / _MIB for m in metrics]
     down_mb = [m.get("bytes_down", 0) / _MIB for m in metrics]
     cumulative_up = {}
@@ -132,16 +133,19 @@ def plot_report(run_dir) -> Path:
 
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
-    if federated:
-        fed_rounds = [m["round"] for m in federated]
-        mean = [m["federated"]["mean"] for m in federated]
-        p10 = [m["federated"]["p10"] for m in federated]
-        p90 = [m["federated"]["p90"] for m in federated]
+    for key, records, color, label in (("federated", federated, "tab:orange", "federated mean (p10–p90)"),
+                                       ("personalized", personalized, "tab:green", "after fine-tuning")):
+        if not records:
+            continue
+        fed_rounds = [m["round"] for m in records]
+        mean = [m[key]["mean"] for m in records]
+        p10 = [m[key]["p10"] for m in records]
+        p90 = [m[key]["p90"] for m in records]
         # Error bars as well as the band: a band over a single round has no width.
         acc_ax.errorbar(fed_rounds, mean, yerr=[[a - b for a, b in zip(mean, p10)],
                                                 [b - a for a, b in zip(mean, p90)]],
-                        marker="s", capsize=3, label="federated mean (p10–p90)")
-        acc_ax.fill_between(fed_rounds, p10, p90, alpha=0.2, color="tab:orange")
+                        marker="s", capsize=3, color=color, label=label)
+        acc_ax.fill_between(fed_rounds, p10, p90, alpha=0.2, color=color)
     acc_ax.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
     acc_ax.legend(loc="lower right")
 
@@ -185,13 +189,15 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     table.add_row("rounds", str(rounds))
     table.add_row("final test accuracy", _percent(final.get("test_accuracy")))
     table.add_row("best test accuracy", _percent(summary.get("best_test_accuracy")))
+    if final.get("test_top3_accuracy") is not None:
+        table.add_row("final test top-3 accuracy", _percent(final.get("test_top3_accuracy")))
     loss = final.get("test_loss")
     table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
-    fed = final.get("federated")
-    if fed:
-        table.add_row("federated mean accuracy", _percent(fed.get("mean")))
-        table.add_row("federated p10 accuracy", _percent(fed.get("p10")))
-        table.add_row("federated p90 accuracy", _percent(fed.get("p90")))
+    for key, label in (("federated", "federated"), ("personalized", "fine-tuned")):
+        fed = final.get(key)
+        if fed:
+            for stat in ("mean", "p10", "p50", "p90"):
+                table.add_row(f"{label} {stat} accuracy", _percent(fed.get(stat)))
     table.add_row("bytes up (total)", human_bytes(final.get("bytes_up_total", 0)))
     table.add_row("bytes down (total)", human_bytes(final.get("bytes_down_total", 0)))
     table.add_row("wall time", _seconds(final.get("wall_time_s")))

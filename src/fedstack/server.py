@@ -9,12 +9,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .client import EvalResult
+from .client import EvalResult, FitConfig
 from .codec import CodecContext
 from .engine import Engine, EvalTask, Outcome, Workload
+from .errors import FedstackError
 from .sampling import UniformSampler
 from .seeding import int_seed
-from .strategy import ClientUpdate, Strategy, restore_strategy_state, strategy_state
+from .store import MemoryClientStates
+from .strategy import (ClientUpdate, Strategy, broadcast, needs_client_state, restore_strategy_state,
+                       strategy_state)
 from .systems import UniformSystem
 
 log = logging.getLogger("fedstack.server")
@@ -26,13 +29,17 @@ class Server:
     After each round it calls every `on_round(record)` with the round's figures (the keys of
     metrics.jsonl); a store, a progress bar and the metrics file are such callbacks.
     Evaluation intervals: N = every N rounds and after the last; 0 = only after the last;
-    None (federated only) = never.
+    None (federated only) = never. With `finetune`, federated evaluation also reports each
+    client's accuracy after fine-tuning the global model with that config (personalisation).
+
+    A strategy whose clients keep state (SCAFFOLD) needs an engine that can carry it; where
+    the server keeps it ("task" engines), it lives in `client_states` (a RunStore, or memory).
     """
 
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
-                 system=None, round_retries: int = 2,
+                 system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         self.strategy = strategy
         self.engine = engine
@@ -49,6 +56,15 @@ class Server:
         self.system = system or UniformSystem()
         self.on_round = list(on_round or [])
         self.rejected = 0
+        self.finetune = finetune
+        self.keeps_state = False  # whether this server keeps client state and sends it with tasks
+        if needs_client_state(strategy):
+            where = getattr(engine, "client_state", None)
+            if where not in ("task", "device"):
+                raise FedstackError(f"server.strategy: {type(strategy).__name__} keeps state on each client "
+                                    f"across rounds, which engine {type(engine).__name__} cannot carry")
+            self.keeps_state = where == "task"
+        self.client_states = client_states if client_states is not None else MemoryClientStates()
 
     def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
         """Train from `params` (a resumed run starts later, its clock at `sim_time`); returns the final params."""
@@ -74,9 +90,12 @@ class Server:
         for attempt in range(self.round_retries + 1):
             before = strategy_state(self.strategy)
             new_params, record = self.round(rnd, params, attempt)
+            states = record.pop("client_states")
             for key in totals:
                 totals[key] += record[key]
             if record["clients"] >= self.min_clients:
+                if states:
+                    self.client_states.put(rnd, states)
                 break
             restore_strategy_state(self.strategy, before)  # an attempt that did not count leaves no trace
             log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, record["clients"],
@@ -89,13 +108,19 @@ class Server:
         ids = self.sampler.sample(rnd, self.clients_per_round, attempt)
         tasks = [replace(t, config=replace(t.config, seed=int_seed(seed, "client", rnd, t.client_id)))
                  for t in self.strategy.configure(rnd, params, ids)]
-        download = params.nbytes  # the global model travels as raw float32
+        if self.keeps_state:
+            tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
+        sent = np.ascontiguousarray(broadcast(self.strategy, params), dtype=np.float32)
+        download = sent.nbytes  # the global vector travels as raw float32
         tally = {"clients": 0, "failures": 0, "bytes_up": 0, "round_sim_s": 0.0}
+        states: dict[int, np.ndarray] = {}
 
         def updates() -> Iterator[ClientUpdate]:
-            for outcome in self.engine.run(params, tasks):
-                update = self._accept(outcome, params.size, tally)
+            for outcome in self.engine.run(sent, tasks):
+                update = self._accept(outcome, sent.size, tally)
                 if update is not None:
+                    if self.keeps_state and outcome.value.state is not None:
+                        states[update.client_id] = outcome.value.state
                     device = self.system.device(update.client_id)
                     work = outcome.task.config.samples(update.num_examples)
                     tally["round_sim_s"] = max(tally["round_sim_s"], device.task_seconds(
@@ -105,7 +130,7 @@ class Server:
         new_params = self.strategy.aggregate(rnd, params, updates())
         if tally["clients"] < self.min_clients:
             new_params = params
-        record = {"round": rnd, **tally, "bytes_down": download * len(tasks)}
+        record = {"round": rnd, **tally, "bytes_down": download * len(tasks), "client_states": states}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
     def _accept(self, outcome: Outcome, size: int, tally: dict) -> ClientUpdate | None:
@@ -133,7 +158,7 @@ class Server:
 
     def evaluate(self, rnd: int, params: np.ndarray) -> dict:
         """Central test-set figures (every `eval_every` rounds and the last), and federated ones."""
-        figures: dict = {"test_accuracy": None, "test_loss": None}
+        figures: dict = {"test_accuracy": None, "test_loss": None, "test_top3_accuracy": None}
         last = rnd == self.rounds
         if last or (self.eval_every and rnd % self.eval_every == 0):
             n = len(self.dataset.y_test)
@@ -143,19 +168,34 @@ class Server:
                 if outcome.error:
                     raise RuntimeError(f"evaluation failed: {outcome.error}")
                 total = total + outcome.value
-            figures.update(test_accuracy=total.accuracy, test_loss=total.loss)
+            figures.update(test_accuracy=total.accuracy, test_loss=total.loss,
+                           test_top3_accuracy=total.top3_accuracy)
         every = self.federated_eval_every
         if every is not None and (last or (every and rnd % every == 0)):
             figures["federated"] = self.federated_evaluate(params)
+            if self.finetune is not None:
+                figures["personalized"] = self.federated_evaluate(params, self.finetune)
         return figures
 
-    def federated_evaluate(self, params: np.ndarray) -> dict | None:
-        """Accuracy of `params` on each client's held-out split: mean and 10th/50th/90th percentiles."""
-        tasks = [EvalTask(client_id=i) for i in range(self.dataset.num_clients)
+    def federated_evaluate(self, params: np.ndarray, finetune: FitConfig | None = None) -> dict | None:
+        """Accuracy of `params` on each client's held-out split: mean and 10th/50th/90th percentiles.
+
+        With `finetune`, each client first trains `params` on its training split with that config
+        (seeded per client from the run seed) and is judged on its own fine-tuned model.
+        """
+        seed = self.workload.seed
+
+        def tuning(i: int) -> FitConfig | None:
+            return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
+
+        tasks = [EvalTask(client_id=i, finetune=tuning(i)) for i in range(self.dataset.num_clients)
                  if len(self.dataset.holdout_idx[i])]
         if not tasks:
             return None
-        accuracies = np.array([o.value.accuracy for o in self.engine.run(params, tasks) if o.error is None])
+        results = [o.value for o in self.engine.run(params, tasks) if o.error is None]
+        accuracies = np.array([r.accuracy for r in results if r.examples])
+        if not len(accuracies):
+            return None
         return {"mean": float(accuracies.mean()), "p10": float(np.percentile(accuracies, 10)),
                 "p50": float(np.percentile(accuracies, 50)), "p90": float(np.percentile(accuracies, 90)),
                 "clients": int(len(accuracies))}

@@ -1,4 +1,4 @@
-"""The run store: one SQLite file per run with its config, round records and latest checkpoint."""
+"""The run store: one SQLite file per run with its config, round records, latest checkpoint and client state."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, record TEXT NOT NU
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 0), round INTEGER NOT NULL, params BLOB NOT NULL,
     strategy BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS client_state (
+    client_id INTEGER NOT NULL, round INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (client_id, round));
 """
 
 
@@ -22,7 +24,10 @@ class RunStore:
     """Persists a run so that what finished survives a crash or Ctrl-C.
 
     A round's record and its checkpoint are written in one transaction: after a crash the
-    store holds either both or neither.
+    store holds either both or neither. Client state (one array per client, e.g. SCAFFOLD's
+    control variates) is written as rounds produce it, tagged with its round; a client keeps
+    the newest version at or before the checkpoint plus any newer ones, so a resumed run
+    rewinds to exactly the states its checkpoint saw.
     """
 
     def __init__(self, path: str | Path):
@@ -48,6 +53,9 @@ class RunStore:
             self.db.execute("INSERT OR REPLACE INTO rounds VALUES (?, ?)", (round, json.dumps(record)))
             self.db.execute("INSERT OR REPLACE INTO checkpoint VALUES (0, ?, ?, ?)",
                             (round, np.ascontiguousarray(params, dtype=np.float32).tobytes(), buffer.getvalue()))
+            # Versions of a client's state older than the one this checkpoint uses are not needed again.
+            self.db.execute("DELETE FROM client_state WHERE round < (SELECT MAX(s.round) FROM client_state s "
+                            "WHERE s.client_id = client_state.client_id AND s.round <= ?)", (round,))
 
     def rounds(self) -> list[dict]:
         return [json.loads(r[0]) for r in self.db.execute("SELECT record FROM rounds ORDER BY round")]
@@ -65,5 +73,47 @@ class RunStore:
         with np.load(io.BytesIO(row[0])) as saved:
             return {k: saved[k] for k in saved.files}
 
+    def get(self, client_id: int) -> np.ndarray | None:
+        """A client's newest state, or None before its first round."""
+        row = self.db.execute("SELECT state FROM client_state WHERE client_id = ? ORDER BY round DESC LIMIT 1",
+                              (int(client_id),)).fetchone()
+        return None if row is None else _array(row[0])
+
+    def put(self, round: int, states: dict[int, np.ndarray]) -> None:
+        """Save the states clients ended `round` with."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO client_state VALUES (?, ?, ?)",
+                                [(int(cid), round, _blob(state)) for cid, state in states.items()])
+
+    def rewind_client_states(self, round: int) -> None:
+        """Forget states written after `round` (a crashed run resumes from its checkpoint at `round`)."""
+        with self.db:
+            self.db.execute("DELETE FROM client_state WHERE round > ?", (round,))
+
     def close(self) -> None:
         self.db.close()
+
+
+class MemoryClientStates:
+    """Client state kept in a dict, for runs without a store (nothing survives the process)."""
+
+    def __init__(self):
+        self.states: dict[int, np.ndarray] = {}
+
+    def get(self, client_id: int) -> np.ndarray | None:
+        return self.states.get(int(client_id))
+
+    def put(self, round: int, states: dict[int, np.ndarray]) -> None:
+        self.states.update({int(cid): np.array(state) for cid, state in states.items()})
+
+
+def _blob(state) -> bytes:
+    if not isinstance(state, np.ndarray):
+        raise TypeError(f"client state must be a NumPy array, got {type(state).__name__}")
+    buffer = io.BytesIO()
+    np.save(buffer, state, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _array(blob: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(blob), allow_pickle=False)

@@ -194,5 +194,5 @@ def test_repr_is_short():
 
 
 def test_known_names():
-    assert DATASETS == ("fashion_mnist", "digits", "synthetic")
+    assert DATASETS == ("fashion_mnist", "digits", "synthetic", "shakespeare")
     assert PARTITIONS == ("iid", "dirichlet", "shards", "powerlaw", "natural")

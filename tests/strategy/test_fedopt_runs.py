@@ -6,20 +6,11 @@ import pytest
 from fedstack.config import load_config
 from fedstack.experiment import run_config
 
+from crashes import Crash, crash_after
+
 BASE = ["data.name=digits", "data.num_clients=10", "model.name=logreg", "server.rounds=5",
         "server.clients_per_round=4", "engine.name=local", "eval.federated=false", "client.lr=0.1"]
 SERVER_LR = {"fedavgm": 0.5, "fedadagrad": 0.1, "fedadam": 0.05, "fedyogi": 0.05}
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(round_):
-    def callback(record, params):
-        if record["round"] == round_:
-            raise Crash()
-    return callback
 
 
 @pytest.mark.parametrize("kind", sorted(SERVER_LR))
@@ -29,5 +20,5 @@ def test_server_optimizer_learns_and_resumes_bit_exactly(kind, tmp_path):
     accuracy = [r["test_accuracy"] for r in unbroken.rounds]
     assert accuracy[-1] > max(0.5, accuracy[0]), accuracy
     with pytest.raises(Crash):
-        run_config(config, tmp_path / "b", on_round=[crash_at(3)])
+        run_config(config, tmp_path / "b", on_round=[crash_after(3)])
     assert np.array_equal(run_config(config, tmp_path / "b").params, unbroken.params)

@@ -14,7 +14,7 @@ from fedstack.data import sources
 from fedstack.errors import ConfigError, DataError
 from fedstack.seeding import rng as stream_rng
 
-DATASETS = ("fashion_mnist", "digits", "synthetic")
+DATASETS = ("fashion_mnist", "digits", "synthetic", "shakespeare")
 ARRAY_PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw")  # splits of one array among clients
 PARTITIONS = (*ARRAY_PARTITIONS, "natural")  # natural: the data comes per client (synthetic's devices)
 ARRAY_NAMES = ("x", "y", "x_test", "y_test")
@@ -202,11 +202,15 @@ def build_dataset(
     path: str = "",
     holdout: float = 0.1,
     beta: float = 0.0,
+    level: str = "char",
+    vocab_size: int = 5000,
 ) -> FederatedDataset:
     """Load a built-in dataset and partition it; name in DATASETS, partition in PARTITIONS.
 
     The partition draws from SeedSequence([seed, 1]) and the holdout split from
     SeedSequence([seed, 2]), so the same seed always gives the same federation.
+    shakespeare (partition "natural") takes `level` ("char" | "word") and `vocab_size`, and keeps
+    each role's own 80/20 train/test split instead of `holdout` (see fedstack.data.shakespeare).
     """
     if name not in DATASETS:
         raise ConfigError("data.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -214,8 +218,14 @@ def build_dataset(
     if name == "synthetic":
         return _synthetic(num_clients=num_clients, partition=partition, alpha=alpha, beta=beta, seed=seed,
                           holdout=holdout)
+    if name == "shakespeare":
+        from fedstack.data.shakespeare import build_shakespeare
+
+        return build_shakespeare(num_clients=num_clients, seed=seed, level=level, vocab_size=vocab_size,
+                                 path=path, partition=partition)
     if partition == "natural":
-        raise ConfigError("data.partition", f"{name} has no natural partition; 'natural' is for synthetic")
+        raise ConfigError("data.partition",
+                          f"{name} has no natural partition; 'natural' is for synthetic and shakespeare")
     if name == "fashion_mnist":
         arrays = sources.load_fashion_mnist(path)
     else:

@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol, Union
 
 import numpy as np
 
-from ..client import EvalResult, Trainer
+from ..client import EvalResult, FitConfig, Trainer
 from ..codec import CodecContext, Pipeline
 from ..strategy import Task
 
 
 @dataclass(frozen=True)
 class EvalTask:
-    """Evaluate on the server's test examples [start, stop), or on one client's held-out split."""
+    """Evaluate on the server's test examples [start, stop), or on one client's held-out split.
+
+    With `finetune`, the client first trains the model on its training split with that
+    config (personalised evaluation) and is evaluated on the result.
+    """
 
     start: int = 0
     stop: int = 0
     client_id: int | None = None
+    finetune: FitConfig | None = None
 
 
 @dataclass
@@ -30,6 +35,7 @@ class FitReply:
     payload: bytes
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    state: Any = field(default=None, repr=False)  # the client's new state, where the server keeps it
 
 
 @dataclass
@@ -56,7 +62,12 @@ class Engine(Protocol):
     """Runs tasks somewhere (in-process, worker processes, Ray, remote devices).
 
     `run` yields one Outcome per task, in task order, so results never depend on timing.
+    An engine says where clients' state lives in `client_state`: "task" (the server keeps
+    it and sends it with each Task; FitReply.state brings it back) or "device" (each client
+    keeps its own). An engine without the attribute cannot run strategies with client state.
     """
+
+    client_state: str
 
     def start(self, workload: Workload) -> None: ...
 
@@ -74,12 +85,16 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
             if task.client_id is None:
                 value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
             else:
+                if task.finetune is not None:
+                    params = params + trainer.fit(params, data.client(task.client_id), task.finetune).update
                 idx = data.holdout_idx[task.client_id]
                 value = trainer.evaluate(params, data.x[idx], data.y[idx])
         else:
-            result = trainer.fit(params, data.client(task.client_id), task.config)
+            result = trainer.fit(params, data.client(task.client_id), task.config, task.state)
             ctx = CodecContext(task.round, task.client_id, workload.seed)
-            value = FitReply(workload.pipeline.encode(result.update, ctx), result.num_examples, result.metrics)
+            value = FitReply(workload.pipeline.encode(result.update, ctx), result.num_examples, result.metrics,
+                             result.state)
+            task = replace(task, state=None)  # the old state need not travel back
         return Outcome(task, value, None, time.perf_counter() - started)
     except Exception as exc:  # a failing client must not end the run; the server counts it
         detail = traceback.format_exception_only(type(exc), exc)[-1].strip()

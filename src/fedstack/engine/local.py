@@ -15,6 +15,8 @@ class LocalEngine:
     One thread makes results bit-identical to the process-pool engine's workers.
     """
 
+    client_state = "task"
+
     def start(self, workload: Workload) -> None:
         _single_thread()
         self.workload = workload

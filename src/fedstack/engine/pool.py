@@ -54,18 +54,19 @@ def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared]) -> None:
     except Exception as exc:  # tell the parent why, instead of dying silently
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
-    shared_params, params, version = None, None, -1
+    shared_params: dict[int, tuple[SharedMemory, np.ndarray]] = {}  # by length: the model, or a broadcast
+    params, version = None, -1
     conn.send("ready")
     while True:
         message = conn.recv()
         if message is None:
             return
-        if isinstance(message, _Shared):  # where the global vector will be published
-            _, shared_params = message.attach()
+        if isinstance(message, _Shared):  # where global vectors of this length will be published
+            shared_params[message.shape[0]] = message.attach()  # keep the segment open with its view
             continue
-        index, task_version, task = message
+        index, task_version, size, task = message
         if task_version != version:  # a new global vector: copy it once, not per task
-            params, version = shared_params.copy(), task_version
+            params, version = shared_params[size][1].copy(), task_version
         conn.send((index, execute(trainer, workload, task, params)))
 
 
@@ -83,9 +84,11 @@ class PoolEngine:
     """Runs tasks on `workers` processes (default: one per core), each with one torch thread.
 
     The dataset's arrays live once in shared memory; each round's global vector is written
-    once to shared memory; a task message carries only client id and config. A task whose
-    worker dies is rerun on a fresh worker.
+    once to shared memory; a task message carries only client id and config (and the client's
+    state, for strategies that keep one). A task whose worker dies is rerun on a fresh worker.
     """
+
+    client_state = "task"
 
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
@@ -103,26 +106,28 @@ class PoolEngine:
                                              for k, a in workload.dataset.arrays().items()})
         self._workload = replace(workload, dataset=light)
         self._refs = refs
-        self._params_shm: SharedMemory | None = None
-        self._params_ref: _Shared | None = None
-        self._version = 0
+        self._params: dict[int, tuple[SharedMemory, _Shared]] = {}
+        self._version = self._size = 0
         self._pool = [self._spawn() for _ in range(self.workers)]  # they start up while the caller prepares
 
     def _publish(self, params: np.ndarray) -> None:
-        if self._params_shm is None:
-            self._params_shm, self._params_ref = _share(params.astype(np.float32))
-            self._segments.append(self._params_shm)
+        """Write the global vector to shared memory: one segment per length (model, broadcast)."""
+        size = params.size
+        if size not in self._params:
+            shm, ref = _share(params.astype(np.float32))
+            self._segments.append(shm)
+            self._params[size] = (shm, ref)
             for w in self._pool:
-                w.conn.send(self._params_ref)
-        elif params.shape != self._params_ref.shape:
-            raise ValueError(f"parameter vector changed size: {params.shape} vs {self._params_ref.shape}")
-        np.ndarray(self._params_ref.shape, np.float32, buffer=self._params_shm.buf)[...] = params
+                w.conn.send(ref)
+        shm, ref = self._params[size]
+        np.ndarray(ref.shape, np.float32, buffer=shm.buf)[...] = params
         self._version += 1
+        self._size = size
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, (self._workload, self._refs))
-        if self._params_ref is not None:
-            worker.conn.send(self._params_ref)
+        for _, ref in self._params.values():
+            worker.conn.send(ref)
         return worker
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
@@ -138,7 +143,7 @@ class PoolEngine:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
                         attempts[w.task] += 1
-                        w.conn.send((w.task, self._version, tasks[w.task]))
+                        w.conn.send((w.task, self._version, self._size, tasks[w.task]))
                 while next_out in done:
                     yield done.pop(next_out)
                     next_out += 1

@@ -1,13 +1,15 @@
 """Server algorithms: how clients are configured and how their updates are aggregated."""
 
-from .base import ClientUpdate, Strategy, Task, WeightedSum, restore_strategy_state, strategy_state
+from .base import (ClientUpdate, Strategy, Task, WeightedSum, broadcast, needs_client_state, restore_strategy_state,
+                   strategy_state)
 from .fedavg import FedAvg
 from .fedopt import ADAPTIVE, FedOpt
+from .scaffold import Scaffold
 
-STRATEGIES = ("fedavg", "fedprox", "fedavgm", *ADAPTIVE)
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE)
 
 
-def build_strategy(server, fit) -> Strategy:
+def build_strategy(server, fit, num_clients: int) -> Strategy:
     """The strategy named by the `server` config section, giving clients the local work `fit`.
 
     FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
@@ -15,8 +17,10 @@ def build_strategy(server, fit) -> Strategy:
     """
     if server.strategy in ("fedavg", "fedprox"):
         return FedAvg(fit, server_lr=server.server_lr)
+    if server.strategy == "scaffold":
+        return Scaffold(num_clients, fit, server_lr=server.server_lr)
     return FedOpt(server.strategy, fit, server_lr=server.server_lr, momentum=server.momentum,
                   beta1=server.beta1, beta2=server.beta2, tau=server.tau)
 
-__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "STRATEGIES", "build_strategy",
-           "strategy_state", "restore_strategy_state"]
+__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "Scaffold", "STRATEGIES",
+           "build_strategy", "strategy_state", "restore_strategy_state", "broadcast", "needs_client_state"]

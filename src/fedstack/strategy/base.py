@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 
@@ -12,11 +12,12 @@ from ..client import FitConfig
 
 @dataclass(frozen=True)
 class Task:
-    """One client's work in one round."""
+    """One client's work in one round; `state` is the client's state where the server keeps it."""
 
     round: int
     client_id: int
     config: FitConfig
+    state: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -47,6 +48,20 @@ class Strategy(Protocol):
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]: ...
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray: ...
+
+
+def broadcast(strategy, params: np.ndarray) -> np.ndarray:
+    """What the sampled clients receive: the params, plus whatever else the strategy sends them.
+
+    A strategy offers `broadcast(params)` to send more (SCAFFOLD's control variate); clients'
+    updates then have the length of what they received.
+    """
+    return strategy.broadcast(params) if hasattr(strategy, "broadcast") else params
+
+
+def needs_client_state(strategy) -> bool:
+    """Whether the strategy's clients keep state across rounds (declared `needs_client_state = True`)."""
+    return bool(getattr(strategy, "needs_client_state", False))
 
 
 def strategy_state(strategy) -> dict[str, np.ndarray]:

@@ -77,6 +77,7 @@ class Client:
         self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0
         self.data = None
+        self.state = None  # this device's client state (SCAFFOLD's control variate), kept across rounds
 
     def join(self) -> None:
         """Say hello; on the first join, build the model and load the data the run's config asks for."""
@@ -164,7 +165,7 @@ class Client:
         with self._beating():
             try:
                 config = FitConfig(**json.loads(header.fit_config_json))
-                result = self.trainer.fit(params, self.data, config)
+                result = self.trainer.fit(params, self.data, config, self.state)
                 payload = self.pipeline.encode(result.update, CodecContext(header.round, header.client_id,
                                                                            self.config.seed))
                 update.num_examples = result.num_examples
@@ -176,6 +177,8 @@ class Client:
         reply = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
         if reply.accepted:
             self.submitted += 1
+            if update.payload_bytes and result.state is not None:  # the server took it: the state moves on
+                self.state = result.state
         else:
             self.refused += 1
             log.warning("round %d: server refused the update: %s", header.round, reply.reason)

@@ -47,6 +47,8 @@ class GrpcEngine:
     counted in `refused` by reason and the client is told why.
     """
 
+    client_state = "device"
+
     def __init__(self, names: list[str], deadline_s: float = 300.0, poll_s: float = 5.0,
                  max_update_bytes: int = 1 << 30):
         self.names = list(names)
