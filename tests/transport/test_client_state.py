@@ -1,4 +1,5 @@
-"""SCAFFOLD deployed: each device keeps its own control variate, and the run ends with a simulation's bits."""
+"""SCAFFOLD deployed: each device keeps its own control variate (in memory and in its --state file), and
+the run ends with a simulation's bits."""
 
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def test_devices_keep_their_control_variates(tmp_path):
     port = int(line.rsplit(":", 1)[1])
     clients = [subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
                                  "--token-file", str(creds / f"client-{i}.token"), "--partition", str(i - 1),
-                                 "--ca", str(creds / "ca.pem")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 "--ca", str(creds / "ca.pem"), "--state", str(tmp_path / f"state-{i - 1}.npy")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for i in range(1, 5)]
     try:
         _, err = server.communicate(timeout=240)
@@ -42,3 +44,8 @@ def test_devices_keep_their_control_variates(tmp_path):
     store.close()
     simulated = run_config(load_config(None, [*OVERRIDES, "engine.name=local"]), tmp_path / "sim")
     assert last == 3 and np.array_equal(deployed, simulated.params)
+    # each device's state file holds the control variate the simulation kept for that client in its store
+    sim_store = RunStore(tmp_path / "sim" / "store.sqlite")
+    for cid in range(4):
+        assert np.array_equal(np.load(tmp_path / f"state-{cid}.npy"), sim_store.get(cid))
+    sim_store.close()

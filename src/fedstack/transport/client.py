@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -57,7 +58,7 @@ class Client:
 
     def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
                  ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
-                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None):
+                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None, state_path: str | None = None):
         import grpc
 
         if trainer is None:
@@ -77,7 +78,15 @@ class Client:
         self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0
         self.data = None
-        self.state = None  # this device's client state (SCAFFOLD's control variate), kept across rounds
+        # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
+        # state file also across restarts of the client process.
+        self.state_path = Path(state_path) if state_path else None
+        self.state = None
+        if self.state_path is not None and self.state_path.exists():
+            try:
+                self.state = np.load(self.state_path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise FedstackError(f"--state {self.state_path}: not a saved client state ({exc})") from None
 
     def join(self) -> None:
         """Say hello; on the first join, build the model and load the data the run's config asks for."""
@@ -129,6 +138,14 @@ class Client:
                 time.sleep(delay)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
+    def _save_state(self) -> None:
+        if self.state_path is None:
+            return
+        partial = self.state_path.with_name(self.state_path.name + ".partial")
+        with open(partial, "wb") as f:
+            np.save(f, self.state, allow_pickle=False)
+        os.replace(partial, self.state_path)  # never a half-written state
+
     @contextlib.contextmanager
     def _beating(self):
         """Heartbeats in the background while the body trains, so the server knows we are alive."""
@@ -179,6 +196,7 @@ class Client:
             self.submitted += 1
             if update.payload_bytes and result.state is not None:  # the server took it: the state moves on
                 self.state = result.state
+                self._save_state()
         else:
             self.refused += 1
             log.warning("round %d: server refused the update: %s", header.round, reply.reason)
