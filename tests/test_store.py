@@ -30,14 +30,17 @@ def test_empty_store_has_no_checkpoint(tmp_path):
 def test_client_state_rewinds_to_what_the_checkpoint_saw(tmp_path):
     store = RunStore(tmp_path / "s.sqlite")
     assert store.get(7) is None
-    store.put(1, {7: np.full(3, 1.0, np.float32), 8: np.full(3, 1.0, np.float32)})
+    def state(value):
+        return {"trainer": np.full(3, value, np.float32), "codec0.topk": np.full(2, -value, np.float32)}
+
+    store.put(1, {7: state(1.0), 8: state(1.0)})
     store.finish_round(1, {"round": 1}, np.zeros(2, np.float32))
-    store.put(2, {7: np.full(3, 2.0, np.float32)})
+    store.put(2, {7: state(2.0)})
     store.finish_round(2, {"round": 2}, np.zeros(2, np.float32))
-    store.put(3, {7: np.full(3, 3.0, np.float32)})  # the process dies before round 3 is stored
-    assert store.get(7).tolist() == [3.0] * 3
+    store.put(3, {7: state(3.0)})  # the process dies before round 3 is stored
+    assert store.get(7)["trainer"].tolist() == [3.0] * 3
     store.rewind_client_states(store.checkpoint()[0])
-    assert store.get(7).tolist() == [2.0] * 3 and store.get(8).tolist() == [1.0] * 3
+    assert store.get(7)["trainer"].tolist() == [2.0] * 3 and store.get(8)["codec0.topk"].tolist() == [-1.0] * 2
     # versions older than the checkpoint's are pruned: one row per client stays
     assert store.db.execute("SELECT COUNT(*) FROM client_state").fetchone() == (2,)
     store.close()

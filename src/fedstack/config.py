@@ -60,7 +60,21 @@ class EngineConfig(Section):
 
 
 class CodecConfig(Section):
-    pipeline: list[str] = []
+    pipeline: list[str] = []  # client → server, in order, e.g. ["qsgd", "zstd"]
+    download: list[str] = []  # server → client (the global model), e.g. ["fp16"]
+    bits: int = 8  # qsgd: 1, 2, 4 or 8 bits per coordinate
+    qsgd_bucket: int = Field(512, ge=1)  # qsgd: coordinates sharing one norm
+    topk_fraction: float = 0.01  # topk / randk: fraction of coordinates sent, in (0, 1]
+    zstd_level: int = Field(3, ge=1, le=22)
+
+
+class DecentralizedConfig(Section):
+    topology: Literal["", "ring", "torus", "random_regular", "erdos_renyi", "complete"] = ""  # "" = with a server
+    degree: int = Field(4, ge=1)  # random_regular
+    p: float = Field(0.3, gt=0, le=1)  # erdos_renyi edge probability
+    choco: bool = False  # compressed gossip (CHOCO-SGD) with codec.pipeline
+    gamma: float = Field(0.5, gt=0, le=1)  # CHOCO-SGD consensus step size
+    node_failure: float = Field(0.0, ge=0, lt=1)  # probability that a node is silent in a round
 
 
 class EvalConfig(Section):
@@ -81,6 +95,7 @@ class Config(Section):
     engine: EngineConfig = EngineConfig()
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()
+    decentralized: DecentralizedConfig = DecentralizedConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -130,11 +145,13 @@ def validate(tree: dict) -> Config:
     if config.server.min_clients > config.server.clients_per_round:
         raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
                           f"server.clients_per_round = {config.server.clients_per_round}")
-    from .codec import CODECS
+    from .codec import build_pipeline
 
-    for name in config.codec.pipeline:
-        if name not in CODECS:
-            raise ConfigError("codec.pipeline", f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
+    build_pipeline(config.codec.pipeline, config.codec)  # unknown names, bad parameters, impossible orders
+    download = build_pipeline(config.codec.download, config.codec, key="codec.download")
+    if download.stateful:
+        raise ConfigError("codec.download", "error-feedback codecs (topk, sign) compress uploads only: the "
+                          "server keeps no residual for the global model")
     if config.server.strategy == "fedprox" and config.client.mu == 0:
         raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
     sequence = {"char_lstm": "char", "word_lstm": "word"}.get(config.model.name)

@@ -9,7 +9,7 @@ class ConfigError(FedstackError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
     def __init__(self, key: str, message: str):
-        self.key = key
+        self.key, self.message = key, message
         super().__init__(f"config key '{key}': {message}")
 
 

@@ -16,7 +16,7 @@ from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
 from .config import Config, to_toml
 from .engine import Engine, Workload, make_engine
-from .errors import FedstackError
+from .errors import ConfigError, FedstackError
 from .report import MetricsWriter, write_report, write_summary
 from .seeding import int_seed
 from .server import Server
@@ -44,7 +44,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              eval_every: int = 1,
              federated_eval: bool = True, federated_eval_every: int = 0,
              out: str | Path | None = None, config: dict | None = None,
-             on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None) -> History:
+             on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
+             download: Pipeline | None = None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -83,7 +84,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                     workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
                     round_retries=round_retries,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
-                    sampler=sampler, client_states=store, finetune=finetune, on_round=callbacks)
+                    sampler=sampler, client_states=store, finetune=finetune, download=download,
+                    on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
     except BaseException as exc:
@@ -116,6 +118,10 @@ def summarize(history: History, seed: int, config: dict) -> dict:
             "wall_time_s": last.get("wall_time_s"), "sim_time_s": last.get("sim_time_s"),
             "bytes_up_total": sum(r["bytes_up"] for r in rounds),
             "bytes_down_total": sum(r["bytes_down"] for r in rounds),
+            # float32 bytes of the same messages / bytes sent: how much the codecs saved
+            "compression_up": _ratio(sum(r.get("bytes_up_raw", 0) for r in rounds), sum(r["bytes_up"] for r in rounds)),
+            "compression_down": _ratio(sum(r.get("bytes_down_raw", 0) for r in rounds),
+                                       sum(r["bytes_down"] for r in rounds)),
             "failures_total": sum(r["failures"] for r in rounds),
             "federated": federated,
             "personalized": personalized,
@@ -125,6 +131,10 @@ def summarize(history: History, seed: int, config: dict) -> dict:
         "config": config,
         "versions": versions(),
     }
+
+
+def _ratio(raw: int, sent: int) -> float | None:
+    return raw / sent if sent else None
 
 
 def versions() -> dict:
@@ -190,8 +200,16 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
 
     A deployment passes its own `engine` (remote clients) and `sampler` (among connected clients).
     """
+    if config.decentralized.topology:  # no server: nodes gossip with their neighbours
+        from .decentralized import run_decentralized
+
+        return run_decentralized(config, out, on_round, dataset, engine)
     dataset = dataset if dataset is not None else dataset_of(config)
-    pipeline = build_pipeline(config.codec.pipeline)
+    pipeline = build_pipeline(config.codec.pipeline, config.codec)
+    download = build_pipeline(config.codec.download, config.codec, key="codec.download")
+    if engine is not None and not isinstance(engine, str) and download.stages:
+        raise ConfigError("codec.download", "the gRPC transport sends the global model as float32; "
+                          "download codecs are simulation-only for now")
     run_dir = prepare_run_dir(out)
     factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
                                 dataset.num_classes, config.client.optimizer)
@@ -212,4 +230,4 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     federated_eval=config.eval.federated and not remote,
                     federated_eval_every=config.eval.federated_every,
                     out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
-                    finetune=finetune)
+                    finetune=finetune, download=download)

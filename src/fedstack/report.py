@@ -200,6 +200,9 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
                 table.add_row(f"{label} {stat} accuracy", _percent(fed.get(stat)))
     table.add_row("bytes up (total)", human_bytes(final.get("bytes_up_total", 0)))
     table.add_row("bytes down (total)", human_bytes(final.get("bytes_down_total", 0)))
+    for key, label in (("compression_up", "upload"), ("compression_down", "download")):
+        if final.get(key) is not None and abs(final[key] - 1) > 1e-9:
+            table.add_row(f"{label} compression vs float32", f"{final[key]:.1f}×")
     table.add_row("wall time", _seconds(final.get("wall_time_s")))
     table.add_row("simulated time", _seconds(final.get("sim_time_s")))
     table.add_row("failures", str(final.get("failures_total", 0)))

@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .client import EvalResult, FitConfig
-from .codec import CodecContext
+from .codec import CodecContext, Pipeline
 from .engine import Engine, EvalTask, Outcome, Workload
 from .errors import FedstackError
 from .sampling import UniformSampler
@@ -21,6 +21,9 @@ from .strategy import (ClientUpdate, Strategy, broadcast, needs_client_state, re
 from .systems import UniformSystem
 
 log = logging.getLogger("fedstack.server")
+
+# The client id in the codec context of the server's own messages (the global model on the way down).
+SERVER_ID = 2**32 - 1
 
 
 class Server:
@@ -40,6 +43,7 @@ class Server:
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
+                 download: Pipeline | None = None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         self.strategy = strategy
         self.engine = engine
@@ -57,12 +61,15 @@ class Server:
         self.on_round = list(on_round or [])
         self.rejected = 0
         self.finetune = finetune
+        self.download = download or Pipeline()
         self.keeps_state = False  # whether this server keeps client state and sends it with tasks
-        if needs_client_state(strategy):
+        who = ("server.strategy", type(strategy).__name__) if needs_client_state(strategy) else \
+            ("codec.pipeline", "error feedback") if workload.pipeline.stateful else None
+        if who is not None:
             where = getattr(engine, "client_state", None)
             if where not in ("task", "device"):
-                raise FedstackError(f"server.strategy: {type(strategy).__name__} keeps state on each client "
-                                    f"across rounds, which engine {type(engine).__name__} cannot carry")
+                raise FedstackError(f"{who[0]}: {who[1]} keeps state on each client across rounds, which "
+                                    f"engine {type(engine).__name__} cannot carry")
             self.keeps_state = where == "task"
         self.client_states = client_states if client_states is not None else MemoryClientStates()
 
@@ -86,7 +93,8 @@ class Server:
 
     def round_with_retries(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, dict]:
         """A round, tried again (with other clients) while fewer than `min_clients` succeed."""
-        totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "round_sim_s": 0.0}
+        totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "bytes_up_raw": 0, "bytes_down_raw": 0,
+                  "round_sim_s": 0.0}
         for attempt in range(self.round_retries + 1):
             before = strategy_state(self.strategy)
             new_params, record = self.round(rnd, params, attempt)
@@ -111,8 +119,12 @@ class Server:
         if self.keeps_state:
             tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
         sent = np.ascontiguousarray(broadcast(self.strategy, params), dtype=np.float32)
-        download = sent.nbytes  # the global vector travels as raw float32
-        tally = {"clients": 0, "failures": 0, "bytes_up": 0, "round_sim_s": 0.0}
+        download = sent.nbytes  # the global vector travels as raw float32, or as the download codecs make it
+        if self.download.stages:
+            ctx = CodecContext(rnd, SERVER_ID, seed)
+            payload = self.download.encode(sent, ctx)
+            sent, download = np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
+        tally = {"clients": 0, "failures": 0, "bytes_up": 0, "bytes_up_raw": 0, "round_sim_s": 0.0}
         states: dict[int, np.ndarray] = {}
 
         def updates() -> Iterator[ClientUpdate]:
@@ -130,7 +142,8 @@ class Server:
         new_params = self.strategy.aggregate(rnd, params, updates())
         if tally["clients"] < self.min_clients:
             new_params = params
-        record = {"round": rnd, **tally, "bytes_down": download * len(tasks), "client_states": states}
+        record = {"round": rnd, **tally, "bytes_down": download * len(tasks),
+                  "bytes_down_raw": sent.nbytes * len(tasks), "client_states": states}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
     def _accept(self, outcome: Outcome, size: int, tally: dict) -> ClientUpdate | None:
@@ -142,6 +155,7 @@ class Server:
             return None
         reply = outcome.value
         tally["bytes_up"] += len(reply.payload)
+        tally["bytes_up_raw"] += 4 * size  # what the update would weigh as raw float32
         try:
             ctx = CodecContext(task.round, task.client_id, self.workload.seed)
             update = self.workload.pipeline.decode(reply.payload, ctx)

@@ -24,10 +24,10 @@ class RunStore:
     """Persists a run so that what finished survives a crash or Ctrl-C.
 
     A round's record and its checkpoint are written in one transaction: after a crash the
-    store holds either both or neither. Client state (one array per client, e.g. SCAFFOLD's
-    control variates) is written as rounds produce it, tagged with its round; a client keeps
-    the newest version at or before the checkpoint plus any newer ones, so a resumed run
-    rewinds to exactly the states its checkpoint saw.
+    store holds either both or neither. Client state (a few named arrays per client:
+    SCAFFOLD's control variate, error-feedback residuals) is written as rounds produce it,
+    tagged with its round; a client keeps the newest version at or before the checkpoint plus
+    any newer ones, so a resumed run rewinds to exactly the states its checkpoint saw.
     """
 
     def __init__(self, path: str | Path):
@@ -73,13 +73,13 @@ class RunStore:
         with np.load(io.BytesIO(row[0])) as saved:
             return {k: saved[k] for k in saved.files}
 
-    def get(self, client_id: int) -> np.ndarray | None:
-        """A client's newest state, or None before its first round."""
+    def get(self, client_id: int) -> dict[str, np.ndarray] | None:
+        """A client's newest state (arrays by name), or None before its first round."""
         row = self.db.execute("SELECT state FROM client_state WHERE client_id = ? ORDER BY round DESC LIMIT 1",
                               (int(client_id),)).fetchone()
         return None if row is None else _array(row[0])
 
-    def put(self, round: int, states: dict[int, np.ndarray]) -> None:
+    def put(self, round: int, states: dict[int, dict[str, np.ndarray]]) -> None:
         """Save the states clients ended `round` with."""
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO client_state VALUES (?, ?, ?)",
@@ -100,20 +100,21 @@ class MemoryClientStates:
     def __init__(self):
         self.states: dict[int, np.ndarray] = {}
 
-    def get(self, client_id: int) -> np.ndarray | None:
+    def get(self, client_id: int) -> dict[str, np.ndarray] | None:
         return self.states.get(int(client_id))
 
-    def put(self, round: int, states: dict[int, np.ndarray]) -> None:
-        self.states.update({int(cid): np.array(state) for cid, state in states.items()})
+    def put(self, round: int, states: dict[int, dict[str, np.ndarray]]) -> None:
+        self.states.update({int(cid): {k: np.array(v) for k, v in state.items()} for cid, state in states.items()})
 
 
-def _blob(state) -> bytes:
-    if not isinstance(state, np.ndarray):
-        raise TypeError(f"client state must be a NumPy array, got {type(state).__name__}")
+def _blob(state: dict[str, np.ndarray]) -> bytes:
+    if not isinstance(state, dict) or not all(isinstance(v, np.ndarray) for v in state.values()):
+        raise TypeError(f"client state must be a dict of NumPy arrays, got {type(state).__name__}")
     buffer = io.BytesIO()
-    np.save(buffer, state, allow_pickle=False)
+    np.savez(buffer, **state)
     return buffer.getvalue()
 
 
-def _array(blob: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(blob), allow_pickle=False)
+def _array(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as saved:
+        return {k: saved[k] for k in saved.files}

@@ -41,3 +41,46 @@ def test_stages_run_in_order_and_reverse_on_decode():
 def test_unknown_codec_names_the_key():
     with pytest.raises(ConfigError, match="codec.pipeline"):
         build_pipeline(["nope"])
+
+
+def test_every_named_codec_builds_with_its_parameters_and_round_trips():
+    from fedstack.codec import CODECS, CodecOptions
+
+    v = np.random.default_rng(1).normal(size=5000).astype(np.float32)
+    options = CodecOptions(bits=4, qsgd_bucket=64, topk_fraction=0.1, zstd_level=5)
+    for name in CODECS:
+        pipeline = build_pipeline([name], options)
+        payload, state = pipeline.encode_with_state(v, CTX, None)
+        decoded = pipeline.decode(payload, CTX)
+        assert decoded.shape == v.shape and decoded.dtype == np.float32, name
+        assert set(state) == ({f"codec0.{name}"} if pipeline.stateful else set()), name
+    assert build_pipeline(["qsgd"], options).stages[0].bits == 4
+
+
+@pytest.mark.parametrize("names, options, key", [
+    (["qsgd"], {"bits": 3}, "codec.bits"),
+    (["topk"], {"topk_fraction": 0.0}, "codec.topk_fraction"),
+    (["randk"], {"topk_fraction": 1.5}, "codec.topk_fraction"),
+    (["topk", "qsgd"], {}, "codec.pipeline"),  # qsgd needs a vector; topk already made bytes
+])
+def test_bad_codec_settings_name_their_key(names, options, key):
+    from fedstack.codec import CodecOptions
+
+    with pytest.raises(ConfigError, match=key):
+        build_pipeline(names, CodecOptions(**options))
+
+
+def test_a_stateful_pipeline_needs_its_state():
+    pipeline = build_pipeline(["topk", "zstd"])
+    v = np.arange(1000, dtype=np.float32)
+    with pytest.raises(ValueError, match="encode_with_state"):
+        pipeline.encode(v, CTX)
+    _, state = pipeline.encode_with_state(v, CTX, None)
+    residual = state["codec0.topk"]
+    # the residual is exactly what was not sent: decoded + residual == update
+    np.testing.assert_array_equal(pipeline.decode(pipeline.encode_with_state(v, CTX, None)[0], CTX) + residual, v)
+
+
+def test_a_raw_payload_of_a_partial_value_is_refused():
+    with pytest.raises(ValueError, match="whole number"):
+        Pipeline().decode(b"\x00" * 7, CTX)

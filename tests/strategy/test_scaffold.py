@@ -104,7 +104,7 @@ def test_runs_alike_on_both_engines_keep_state_in_the_store_and_resume_exactly(t
     assert local.rounds[0]["bytes_down"] == 3 * 2 * local.params.nbytes
     store = RunStore(tmp_path / "local" / "store.sqlite")
     kept = [cid for cid in range(6) if store.get(cid) is not None]
-    assert kept and all(store.get(cid).shape == local.params.shape for cid in kept)
+    assert kept and all(store.get(cid)["trainer"].shape == local.params.shape for cid in kept)
     assert "control" in store.strategy_state()
     store.close()
 

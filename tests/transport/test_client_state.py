@@ -1,5 +1,5 @@
-"""SCAFFOLD deployed: each device keeps its own control variate (in memory and in its --state file), and
-the run ends with a simulation's bits."""
+"""SCAFFOLD with top-k deployed: each device keeps its own control variate and error-feedback residual
+(in memory and in its --state file), and the run ends with a simulation's bits."""
 
 import subprocess
 import sys
@@ -12,7 +12,8 @@ from fedstack.store import RunStore
 from fedstack.transport.security import make_credentials
 
 OVERRIDES = ["data.name=digits", "data.num_clients=4", "model.name=logreg", "server.rounds=3",
-             "server.clients_per_round=4", "server.min_clients=4", "server.strategy=scaffold", "client.lr=0.05"]
+             "server.clients_per_round=4", "server.min_clients=4", "server.strategy=scaffold", "client.lr=0.05",
+             'codec.pipeline=["topk"]', "codec.topk_fraction=0.1"]
 
 
 def test_devices_keep_their_control_variates(tmp_path):
@@ -27,7 +28,7 @@ def test_devices_keep_their_control_variates(tmp_path):
     port = int(line.rsplit(":", 1)[1])
     clients = [subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
                                  "--token-file", str(creds / f"client-{i}.token"), "--partition", str(i - 1),
-                                 "--ca", str(creds / "ca.pem"), "--state", str(tmp_path / f"state-{i - 1}.npy")],
+                                 "--ca", str(creds / "ca.pem"), "--state", str(tmp_path / f"state-{i - 1}.npz")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True) for i in range(1, 5)]
     try:
@@ -47,5 +48,8 @@ def test_devices_keep_their_control_variates(tmp_path):
     # each device's state file holds the control variate the simulation kept for that client in its store
     sim_store = RunStore(tmp_path / "sim" / "store.sqlite")
     for cid in range(4):
-        assert np.array_equal(np.load(tmp_path / f"state-{cid}.npy"), sim_store.get(cid))
+        with np.load(tmp_path / f"state-{cid}.npz") as device:
+            assert set(device.files) == {"trainer", "codec0.topk"}  # control variate and top-k residual
+            for key in device.files:
+                assert np.array_equal(device[key], sim_store.get(cid)[key])
     sim_store.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -24,7 +24,9 @@ class Codec(Protocol):
 
     A value is a float32 vector or bytes; the pipeline serialises a final vector as raw
     float32. `linear` says whether the sum of encodings decodes to the sum of values
-    (needed by secure aggregation); `unbiased` whether decode(encode(v)) equals v in expectation.
+    (needed by secure aggregation); `unbiased` whether decode(encode(v)) equals v in expectation;
+    `takes_bytes` / `emits_bytes` what kind of value it reads and writes. A `stateful` codec
+    (error feedback) has `encode(value, ctx, state) -> (value, new_state)` instead.
     A toy that halves an update and doubles it back::
 
         class Halve:
@@ -60,43 +62,100 @@ CODECS = {"identity": Identity}
 class Pipeline:
     """Codecs applied in order on the client and in reverse order on the server.
 
-    The wire form is always bytes, so what is counted is what would be sent.
+    The wire form is always bytes, so what is counted is what would be sent. Stages that keep
+    client state (error feedback: `stateful`) get their residual through `encode_with_state`.
     """
 
     def __init__(self, stages: list[Codec] | None = None):
         self.stages = list(stages or [])
+        for before, after in zip(self.stages, self.stages[1:]):
+            if getattr(before, "emits_bytes", False) and not getattr(after, "takes_bytes", False):
+                raise ConfigError("codec.pipeline", f"{after.name!r} transforms a vector and cannot follow "
+                                  f"{before.name!r}, which emits bytes")
 
     @property
     def linear(self) -> bool:
+        """Whether sums of payloads decode to the sum of updates (what secure aggregation needs)."""
         return all(s.linear for s in self.stages)
 
+    @property
+    def stateful(self) -> bool:
+        """Whether some stage keeps client state across rounds (the error-feedback residual)."""
+        return any(getattr(s, "stateful", False) for s in self.stages)
+
     def encode(self, update: np.ndarray, ctx: CodecContext) -> bytes:
-        """Client side: update vector → payload bytes."""
+        """Client side: update vector → payload bytes (for pipelines without client state)."""
+        if self.stateful:
+            raise ValueError("this pipeline keeps client state (error feedback): use encode_with_state")
+        return self.encode_with_state(update, ctx, None)[0]
+
+    def encode_with_state(self, update: np.ndarray, ctx: CodecContext,
+                          state: dict[str, np.ndarray] | None) -> tuple[bytes, dict[str, np.ndarray]]:
+        """Client side with client state: (payload bytes, the stateful stages' new state by key)."""
         value: Any = update
-        for stage in self.stages:
-            value = stage.encode(value, ctx)
+        new_state: dict[str, np.ndarray] = {}
+        for i, stage in enumerate(self.stages):
+            if getattr(stage, "stateful", False):
+                key = f"codec{i}.{stage.name}"
+                value, new_state[key] = stage.encode(value, ctx, (state or {}).get(key))
+            else:
+                value = stage.encode(value, ctx)
         if isinstance(value, np.ndarray):
             value = np.ascontiguousarray(value, dtype=np.float32).tobytes()
-        return value
+        return bytes(value), new_state
 
     def decode(self, payload: bytes, ctx: CodecContext) -> np.ndarray:
-        """Server side: payload bytes → update vector."""
+        """Server side: payload bytes → update vector; ValueError for a payload that does not decode."""
         value: Any = payload
-        if not self.stages or not self._emits_bytes():
+        if not self.stages or not getattr(self.stages[-1], "emits_bytes", False):
+            if len(payload) % 4:
+                raise ValueError(f"a raw float32 payload of {len(payload)} bytes is not a whole number of values")
             value = np.frombuffer(payload, dtype=np.float32)
         for stage in reversed(self.stages):
             value = stage.decode(value, ctx)
-        return value
-
-    def _emits_bytes(self) -> bool:
-        return bool(getattr(self.stages[-1], "emits_bytes", False))
+        return np.asarray(value, dtype=np.float32)
 
 
-def build_pipeline(names: list[str]) -> Pipeline:
-    """A pipeline from codec names (the `codec.pipeline` config key)."""
+@dataclass(frozen=True)
+class CodecOptions:
+    """The parameters of the codecs (the `codec.*` config keys other than the pipelines)."""
+
+    bits: int = 8
+    qsgd_bucket: int = 512
+    topk_fraction: float = 0.01
+    zstd_level: int = 3
+
+
+def _registry() -> dict[str, Callable[[Any], Codec]]:
+    from .lossless import Zstd
+    from .quantize import BF16, FP16, QSGD
+    from .sparsify import RandK, Sign, TopK
+
+    return {
+        "identity": lambda o: Identity(),
+        "fp16": lambda o: FP16(),
+        "bf16": lambda o: BF16(),
+        "qsgd": lambda o: QSGD(bits=o.bits, bucket=o.qsgd_bucket),
+        "topk": lambda o: TopK(fraction=o.topk_fraction),
+        "randk": lambda o: RandK(fraction=o.topk_fraction),
+        "sign": lambda o: Sign(),
+        "zstd": lambda o: Zstd(level=o.zstd_level),
+    }
+
+
+CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd")
+
+
+def build_pipeline(names: list[str], options: Any = None, key: str = "codec.pipeline") -> Pipeline:
+    """A pipeline from codec names (the `codec.pipeline` config key) and their parameters (`codec.*`)."""
+    options = options if options is not None else CodecOptions()
+    registry = _registry()
     stages = []
     for name in names:
-        if name not in CODECS:
-            raise ConfigError("codec.pipeline", f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
-        stages.append(CODECS[name]())
-    return Pipeline(stages)
+        if name not in registry:
+            raise ConfigError(key, f"unknown codec {name!r} (valid: {', '.join(CODECS)})")
+        stages.append(registry[name](options))
+    try:
+        return Pipeline(stages)
+    except ConfigError as exc:
+        raise ConfigError(key, exc.message) from None

@@ -26,6 +26,7 @@ class EvalTask:
     stop: int = 0
     client_id: int | None = None
     finetune: FitConfig | None = None
+    span: tuple[int, int] | None = None  # evaluate this slice of the engine's vector (see Task.span)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class FitReply:
     payload: bytes
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    state: Any = field(default=None, repr=False)  # the client's new state, where the server keeps it
+    state: dict | None = field(default=None, repr=False)  # the client's new state, where the server keeps it
 
 
 @dataclass
@@ -76,10 +77,27 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, params: np.ndarray) -> FitReply:
+    """Train one client and encode its update; the one client-side path of every engine and device.
+
+    Client state is a dict of arrays: the trainer's own under "trainer" (SCAFFOLD's control
+    variate), each error-feedback codec's residual under its stage key.
+    """
+    state = task.state or {}
+    result = trainer.fit(params, data, task.config, state.get("trainer"))
+    ctx = CodecContext(task.round, task.client_id, seed)
+    payload, new_state = pipeline.encode_with_state(result.update, ctx, state)
+    if result.state is not None:
+        new_state["trainer"] = result.state
+    return FitReply(payload, result.num_examples, result.metrics, new_state or None)
+
+
 def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> Outcome:
     """Run one fit or evaluation task with `trainer`; errors become a failed Outcome."""
     started = time.perf_counter()
     try:
+        if task.span is not None:
+            params = params[task.span[0]:task.span[1]]
         data = workload.dataset
         if isinstance(task, EvalTask):
             if task.client_id is None:
@@ -90,10 +108,7 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
                 idx = data.holdout_idx[task.client_id]
                 value = trainer.evaluate(params, data.x[idx], data.y[idx])
         else:
-            result = trainer.fit(params, data.client(task.client_id), task.config, task.state)
-            ctx = CodecContext(task.round, task.client_id, workload.seed)
-            value = FitReply(workload.pipeline.encode(result.update, ctx), result.num_examples, result.metrics,
-                             result.state)
+            value = fit_and_encode(trainer, workload.pipeline, workload.seed, task, data.client(task.client_id), params)
             task = replace(task, state=None)  # the old state need not travel back
         return Outcome(task, value, None, time.perf_counter() - started)
     except Exception as exc:  # a failing client must not end the run; the server counts it

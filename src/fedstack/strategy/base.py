@@ -12,12 +12,17 @@ from ..client import FitConfig
 
 @dataclass(frozen=True)
 class Task:
-    """One client's work in one round; `state` is the client's state where the server keeps it."""
+    """One client's work in one round; `state` is the client's state where the server keeps it.
+
+    `span` = (start, stop): the client trains the slice [start, stop) of the vector the engine was
+    given instead of all of it (decentralized nodes each hold their own model in one stacked vector).
+    """
 
     round: int
     client_id: int
     config: FitConfig
     state: Any = field(default=None, repr=False, compare=False)
+    span: tuple[int, int] | None = None
 
 
 @dataclass

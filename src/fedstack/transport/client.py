@@ -16,7 +16,9 @@ import numpy as np
 
 from .. import __version__
 from ..client import FitConfig
-from ..codec import CodecContext, build_pipeline
+from ..engine.base import fit_and_encode
+from ..strategy import Task
+from ..codec import build_pipeline
 from ..config import validate
 from ..data import ClientData
 from ..errors import DataError, FedstackError
@@ -81,10 +83,11 @@ class Client:
         # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
         # state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
-        self.state = None
+        self.state: dict[str, np.ndarray] = {}
         if self.state_path is not None and self.state_path.exists():
             try:
-                self.state = np.load(self.state_path, allow_pickle=False)
+                with np.load(self.state_path, allow_pickle=False) as saved:
+                    self.state = {k: saved[k] for k in saved.files}
             except (OSError, ValueError) as exc:
                 raise FedstackError(f"--state {self.state_path}: not a saved client state ({exc})") from None
 
@@ -101,7 +104,7 @@ class Client:
             self.data = self._load_data()
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
-            self.pipeline = build_pipeline(self.config.codec.pipeline)
+            self.pipeline = build_pipeline(self.config.codec.pipeline, self.config.codec)
         log.info("joined as %s", self.name)
 
     def _load_data(self) -> ClientData:
@@ -143,7 +146,7 @@ class Client:
             return
         partial = self.state_path.with_name(self.state_path.name + ".partial")
         with open(partial, "wb") as f:
-            np.save(f, self.state, allow_pickle=False)
+            np.savez(f, **self.state)
         os.replace(partial, self.state_path)  # never a half-written state
 
     @contextlib.contextmanager
@@ -178,26 +181,26 @@ class Client:
         params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
                                dtype=np.float32)
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
-        payload = b""
+        payload, reply = b"", None
         with self._beating():
             try:
                 config = FitConfig(**json.loads(header.fit_config_json))
-                result = self.trainer.fit(params, self.data, config, self.state)
-                payload = self.pipeline.encode(result.update, CodecContext(header.round, header.client_id,
-                                                                           self.config.seed))
-                update.num_examples = result.num_examples
-                update.metrics.update({k: float(v) for k, v in result.metrics.items()})
+                task = Task(header.round, header.client_id, config, state=self.state)
+                reply = fit_and_encode(self.trainer, self.pipeline, self.config.seed, task, self.data, params)
+                payload = reply.payload
+                update.num_examples = reply.num_examples
+                update.metrics.update({k: float(v) for k, v in reply.metrics.items()})
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
                 update.error = f"{type(exc).__name__}: {exc}"
         update.payload_bytes = len(payload)
         messages = [pb.UpdateChunk(header=update), *(pb.UpdateChunk(payload=p) for p in chunks(payload))]
-        reply = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
-        if reply.accepted:
+        answer = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
+        if answer.accepted:
             self.submitted += 1
-            if update.payload_bytes and result.state is not None:  # the server took it: the state moves on
-                self.state = result.state
+            if reply is not None and reply.state is not None:  # the server took it: the state moves on
+                self.state = reply.state
                 self._save_state()
         else:
             self.refused += 1
-            log.warning("round %d: server refused the update: %s", header.round, reply.reason)
+            log.warning("round %d: server refused the update: %s", header.round, answer.reason)
         return True
