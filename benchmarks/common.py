@@ -15,3 +15,16 @@ def default_workload(rounds: int | None = None, overrides: list[str] = ()):
     factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
                                 dataset.num_classes, config.client.optimizer)
     return config, dataset, factory, initial_params(factory, config.seed)
+
+
+def save_figure(fig, axes, path) -> None:
+    """Grid and legend on every axis, then write the figure to `path` (creating its folder) and say where."""
+    from pathlib import Path
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"plot: {path}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import save_figure
 from fedstack.config import load_config
 from fedstack.experiment import dataset_of, make_trainer, run_config
 
@@ -86,13 +87,7 @@ def plot(results: dict, rounds: int, path: Path) -> None:
             axes[row, 1].plot(x, r["accuracy"], label=method)
         axes[row, 0].set(title=f"{setup}: training loss", xlabel="round", ylabel="loss", yscale="log")
         axes[row, 1].set(title=f"{setup}: test accuracy", xlabel="round", ylabel="accuracy")
-        for ax in axes[row]:
-            ax.grid(alpha=0.3)
-            ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save_figure(fig, axes.flat, path)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from common import save_figure
 from fedstack.config import load_config
 from fedstack.experiment import run_config
 
@@ -85,12 +86,7 @@ def plot(curves: dict, path: Path) -> None:
                 ax.plot(range(1, len(acc) + 1), acc, label=method)
         ax.axhline(TARGET, color="grey", linestyle="--")
         ax.set(title=f"Fashion-MNIST, Dirichlet α = {alpha}", xlabel="round", ylabel="test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save_figure(fig, axes[0], path)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
+from common import save_figure
 from fedstack.config import load_config
 from fedstack.experiment import run_config
 
@@ -61,11 +62,7 @@ def plot(curve, path: Path) -> None:
     ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o")
     ax.axhline(0.45, color="grey", linestyle="--", label="goal 45 %")
     ax.set(title="Shakespeare, FedAvg, char_lstm", xlabel="round", ylabel="next-character test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    print(f"plot: {path}")
+    save_figure(fig, [ax], path)
 
 
 if __name__ == "__main__":

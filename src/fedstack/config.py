@@ -139,10 +139,11 @@ def validate(tree: dict) -> Config:
         config = Config.model_validate(tree)
     except ValidationError as exc:
         raise _explain(exc.errors()[0], tree) from None
-    if config.server.clients_per_round > config.data.num_clients:
+    serverless = bool(config.decentralized.topology)  # every node trains every round: no sampling
+    if not serverless and config.server.clients_per_round > config.data.num_clients:
         raise ConfigError("server.clients_per_round", f"{config.server.clients_per_round} is more than "
                           f"data.num_clients = {config.data.num_clients}")
-    if config.server.min_clients > config.server.clients_per_round:
+    if not serverless and config.server.min_clients > config.server.clients_per_round:
         raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
                           f"server.clients_per_round = {config.server.clients_per_round}")
     from .codec import build_pipeline

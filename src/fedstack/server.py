@@ -9,9 +9,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .client import EvalResult, FitConfig
+from . import evaluation
+from .client import FitConfig
 from .codec import CodecContext, Pipeline
-from .engine import Engine, EvalTask, Outcome, Workload
+from .engine import Engine, Outcome, Workload
 from .errors import FedstackError
 from .sampling import UniformSampler
 from .seeding import int_seed
@@ -175,13 +176,7 @@ class Server:
         figures: dict = {"test_accuracy": None, "test_loss": None, "test_top3_accuracy": None}
         last = rnd == self.rounds
         if last or (self.eval_every and rnd % self.eval_every == 0):
-            n = len(self.dataset.y_test)
-            shards = [EvalTask(a, min(a + self.test_shard, n)) for a in range(0, n, self.test_shard)]
-            total = EvalResult()
-            for outcome in self.engine.run(params, shards):
-                if outcome.error:
-                    raise RuntimeError(f"evaluation failed: {outcome.error}")
-                total = total + outcome.value
+            total = evaluation.test_set(self.engine, params, self.dataset, self.test_shard)
             figures.update(test_accuracy=total.accuracy, test_loss=total.loss,
                            test_top3_accuracy=total.top3_accuracy)
         every = self.federated_eval_every
@@ -192,27 +187,8 @@ class Server:
         return figures
 
     def federated_evaluate(self, params: np.ndarray, finetune: FitConfig | None = None) -> dict | None:
-        """Accuracy of `params` on each client's held-out split: mean and 10th/50th/90th percentiles.
-
-        With `finetune`, each client first trains `params` on its training split with that config
-        (seeded per client from the run seed) and is judged on its own fine-tuned model.
-        """
-        seed = self.workload.seed
-
-        def tuning(i: int) -> FitConfig | None:
-            return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
-
-        tasks = [EvalTask(client_id=i, finetune=tuning(i)) for i in range(self.dataset.num_clients)
-                 if len(self.dataset.holdout_idx[i])]
-        if not tasks:
-            return None
-        results = [o.value for o in self.engine.run(params, tasks) if o.error is None]
-        accuracies = np.array([r.accuracy for r in results if r.examples])
-        if not len(accuracies):
-            return None
-        return {"mean": float(accuracies.mean()), "p10": float(np.percentile(accuracies, 10)),
-                "p50": float(np.percentile(accuracies, 50)), "p90": float(np.percentile(accuracies, 90)),
-                "clients": int(len(accuracies))}
+        """Accuracy of `params` on each client's held-out split (after fine-tuning with `finetune`)."""
+        return evaluation.per_client(self.engine, params, self.dataset, self.workload.seed, finetune)
 
 
 def check_update(update: np.ndarray, size: int, num_examples: int) -> str | None:

@@ -1,0 +1,51 @@
+"""Evaluation over any engine: the central test set in shards, and each client's held-out split."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from .client import EvalResult, FitConfig
+from .engine import EvalTask
+from .seeding import int_seed
+
+
+def test_set(engine, params: np.ndarray, dataset, shard: int = 1000, stop: int | None = None,
+             span: tuple[int, int] | None = None) -> EvalResult:
+    """`params` (or its `span`) on the test examples [0, stop), in fixed shards whose sums add in order."""
+    size = len(dataset.y_test) if stop is None else min(stop, len(dataset.y_test))
+    shards = [EvalTask(a, min(a + shard, size), span=span) for a in range(0, size, shard)]
+    total = EvalResult()
+    for outcome in engine.run(params, shards):
+        if outcome.error:
+            raise RuntimeError(f"evaluation failed: {outcome.error}")
+        total = total + outcome.value
+    return total
+
+
+def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
+               span_of=None) -> dict | None:
+    """Accuracy on each client's held-out split: mean and 10th/50th/90th percentiles, or None.
+
+    With `finetune`, each client first trains on its training split with that config (seeded per
+    client from the run seed) and is judged on its own fine-tuned model. `span_of(i)` picks client
+    i's slice of `params` when every client holds its own model (decentralized nodes).
+    """
+    def tuning(i: int) -> FitConfig | None:
+        return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
+
+    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None)
+             for i in range(dataset.num_clients) if len(dataset.holdout_idx[i])]
+    results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
+    return distribution([r.accuracy for r in results if r.examples])
+
+
+def distribution(accuracies) -> dict | None:
+    """Mean, 10th/50th/90th percentiles and count of per-client accuracies (None when there are none)."""
+    accuracies = np.asarray(accuracies, dtype=np.float64)
+    if not len(accuracies):
+        return None
+    return {"mean": float(accuracies.mean()), "p10": float(np.percentile(accuracies, 10)),
+            "p50": float(np.percentile(accuracies, 50)), "p90": float(np.percentile(accuracies, 90)),
+            "clients": int(len(accuracies))}
