@@ -84,3 +84,20 @@ def test_a_stateful_pipeline_needs_its_state():
 def test_a_raw_payload_of_a_partial_value_is_refused():
     with pytest.raises(ValueError, match="whole number"):
         Pipeline().decode(b"\x00" * 7, CTX)
+
+
+def test_a_summing_stage_refuses_nonlinear_stages_before_it():
+    from fedstack.codec.sparsify import TopK
+
+    class MaskedSum:  # stands in for secure aggregation: the server only ever sees a sum
+        name, linear, unbiased, needs_linear_input, takes_bytes = "masked_sum", True, True, True, True
+
+        def encode(self, value, ctx):
+            return value
+
+        def decode(self, value, ctx):
+            return value
+
+    Pipeline([build_pipeline(["identity"]).stages[0], MaskedSum()])
+    with pytest.raises(ConfigError, match="'topk' is not"):
+        Pipeline([TopK(), MaskedSum()])

@@ -26,7 +26,8 @@ class Codec(Protocol):
     float32. `linear` says whether the sum of encodings decodes to the sum of values
     (needed by secure aggregation); `unbiased` whether decode(encode(v)) equals v in expectation;
     `takes_bytes` / `emits_bytes` what kind of value it reads and writes. A `stateful` codec
-    (error feedback) has `encode(value, ctx, state) -> (value, new_state)` instead.
+    (error feedback) has `encode(value, ctx, state) -> (value, new_state)` instead. A stage with
+    `needs_linear_input` (secure aggregation) may only follow linear stages.
     A toy that halves an update and doubles it back::
 
         class Halve:
@@ -72,6 +73,11 @@ class Pipeline:
             if getattr(before, "emits_bytes", False) and not getattr(after, "takes_bytes", False):
                 raise ConfigError("codec.pipeline", f"{after.name!r} transforms a vector and cannot follow "
                                   f"{before.name!r}, which emits bytes")
+        for i, stage in enumerate(self.stages):  # e.g. secure aggregation: the server may only see a sum
+            nonlinear = [s.name for s in self.stages[:i] if not s.linear]
+            if getattr(stage, "needs_linear_input", False) and nonlinear:
+                raise ConfigError("codec.pipeline", f"{stage.name!r} sums encodings, so every stage before it must "
+                                  f"be linear; {', '.join(map(repr, nonlinear))} is not")
 
     @property
     def linear(self) -> bool:
