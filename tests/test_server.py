@@ -2,6 +2,7 @@ import logging
 
 import numpy as np
 
+from both_engines import run_on_both_engines
 from fedstack.client import EvalResult, FitResult
 from fedstack.codec import Pipeline
 from fedstack.data import FederatedDataset
@@ -89,3 +90,206 @@ def test_a_round_that_does_not_count_leaves_the_strategy_state_alone():
     params = server.run(np.ones(3, np.float32))
     np.testing.assert_array_equal(params, [1.0, 1.0, 1.0])
     assert server.strategy.state() == {}  # no momentum from the three discarded attempts
+
+
+# ---- rounds on the simulated clock of a device fleet (issue 6) ----
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fedstack.client import FitConfig, batch_order  # noqa: E402
+from fedstack.errors import ConfigError  # noqa: E402
+from fedstack.sampling import AvailableSampler, UniformSampler  # noqa: E402
+from fedstack.systems import Availability, DeviceProfile, Fleet, UniformSystem, from_trace, heterogeneous  # noqa: E402
+
+
+class EchoTrainer:
+    """Sends [client id, local steps taken, 1]; every example of client i has x = i."""
+
+    def fit(self, params, data, config, state=None):
+        cid = int(data.x[data.train_idx[0], 0])
+        steps = len(batch_order(data.train_idx, config))
+        return FitResult(np.array([cid, steps, 1], np.float32), len(data.train_idx), {"steps": steps})
+
+    def evaluate(self, params, x, y):
+        return EvalResult(0.0, 0, len(y))
+
+
+def _fleet_server(system, records, *, num_clients, clients_per_round, examples=1, rounds=1, sampler=None,
+                  fit=FitConfig(batch_size=1), **kwargs):
+    """A server over `num_clients` clients of `examples` examples each, on the fleet `system`."""
+    x = np.repeat(np.arange(num_clients, dtype=np.float32), examples)[:, None]
+    y = np.zeros(len(x), np.int64)
+    ds = FederatedDataset.from_arrays(x, y, x[:1], y[:1], num_clients=num_clients, partition="iid", holdout=0)
+    ds.train_idx = [np.arange(i * examples, (i + 1) * examples) for i in range(num_clients)]
+    workload = Workload(EchoTrainer, ds, Pipeline(), seed=0)
+    return Server(FedAvg(fit), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
+                  eval_every=0, federated_eval_every=None, system=system, sampler=sampler,
+                  on_round=[lambda r, p: records.append(r)], **kwargs)
+
+
+def _write_trace(tmp_path, rows):
+    path = tmp_path / "fleet.csv"
+    path.write_text("client_id,samples_per_s,down_mbps,up_mbps,availability\n" + "".join(
+        f"{cid},{speed},{down},{up},{avail}\n" for cid, speed, down, up, avail in rows))
+    return path
+
+
+KBYTE = 0.008  # Mbit/s: 1000 bytes/s
+
+
+def test_a_deadline_drops_the_slow_device_and_the_round_waits_for_it_until_the_deadline(tmp_path):
+    # model down and update up are 12 bytes each, at 1000 B/s: 0.012 s each way; one sample to train on
+    trace = _write_trace(tmp_path, [(0, 4, KBYTE, KBYTE, ""), (1, 2, KBYTE, KBYTE, ""), (2, 0.1, KBYTE, KBYTE, "")])
+    fleet = from_trace(trace, 3)
+    records = []
+    params = _fleet_server(fleet, records, num_clients=3, clients_per_round=3, deadline_s=5.0).run(
+        np.zeros(3, np.float32))
+    np.testing.assert_array_equal(params, [0.5, 1.0, 1.0])  # clients 0 and 1; client 2 needs 10.024 s
+    r = records[0]
+    assert r["clients"] == 2 and r["failures"] == 1
+    assert r["failures_by_kind"] == {"dropout": 0, "deadline": 1, "unavailable": 0, "error": 0, "rejected": 0}
+    assert r["sim_time_s"] == 5.0  # a straggler cannot be told from a slow device: the server waits it out
+    assert r["bytes_up"] == 2 * 12 and r["bytes_down"] == 3 * 12  # the late update never counted
+    # nobody late: the round lasts until its slowest accepted result, by hand
+    records = []
+    _fleet_server(fleet, records, num_clients=3, clients_per_round=3, deadline_s=11.0).run(np.zeros(3, np.float32))
+    assert records[0]["clients"] == 3 and records[0]["sim_time_s"] == 12 / 1000 + 1 / 0.1 + 12 / 1000
+    # with over-selection the round closes at its K-th accepted result, before the deadline
+    records = []
+    _fleet_server(fleet, records, num_clients=3, clients_per_round=2, deadline_s=5.0, overselect=0.5).run(
+        np.zeros(3, np.float32))
+    assert records[0]["sim_time_s"] == 12 / 1000 + 1 / 2 + 12 / 1000
+    assert records[0]["overselected"] == 1 and records[0]["failures"] == 0
+
+
+def test_overselection_aggregates_exactly_the_first_k_to_arrive():
+    speeds = [1, 6, 2, 5, 3, 4]  # finishing order: 1, 3, 5, 4, 2, 0
+    fleet = Fleet([DeviceProfile(samples_per_s=s, down_bytes_per_s=1e6, up_bytes_per_s=1e6) for s in speeds])
+    records = []
+    params = _fleet_server(fleet, records, num_clients=6, clients_per_round=3, overselect=1.0, rounds=2).run(
+        np.zeros(3, np.float32))
+    for r in records:
+        assert (r["sampled"], r["clients"], r["overselected"], r["failures"]) == (6, 3, 3, 0)
+    assert records[0]["sim_time_s"] == 12 / 1e6 + 1 / 4 + 12 / 1e6  # the third arrival: client 5
+    assert records[1]["sim_time_s"] == 2 * records[0]["sim_time_s"]
+    np.testing.assert_allclose(params, [2 * (1 + 3 + 5) / 3, 2, 2], rtol=1e-6)
+    # equal devices arrive together: ties go to task order (the lowest ids)
+    records = []
+    params = _fleet_server(UniformSystem(), records, num_clients=6, clients_per_round=2, overselect=2.0).run(
+        np.zeros(3, np.float32))
+    np.testing.assert_array_equal(params, [0.5, 1, 1])
+
+
+def test_dropouts_are_counted_by_kind_deterministically():
+    system = UniformSystem(DeviceProfile(dropout=0.3), seed=0)
+
+    def run():
+        records = []
+        params = _fleet_server(system, records, num_clients=20, clients_per_round=10, rounds=5).run(
+            np.zeros(3, np.float32))
+        return params, records
+
+    params, records = run()
+    sampler = UniformSampler(20, 0)
+    for r in records:
+        dropped = sum(system.drops(r["round"], 0, c) for c in sampler.sample(r["round"], 10))
+        assert r["failures_by_kind"]["dropout"] == dropped == r["failures"] == 10 - r["clients"]
+        assert r["bytes_down"] == 10 * 12  # a dropout received the model before it dropped
+        assert r["bytes_up"] == r["clients"] * 12
+    assert sum(r["failures"] for r in records) > 0
+    again = run()
+    np.testing.assert_array_equal(params, again[0])
+    assert [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records] == \
+           [{k: v for k, v in r.items() if k != "wall_time_s"} for r in again[1]]
+
+
+def test_partial_work_returns_the_steps_that_fit_and_is_aggregated():
+    # 10 examples, batch 1, one epoch: 10 steps. Client 2 trains 2 samples/s: the full work takes 5 s.
+    fleet = Fleet([DeviceProfile(s, 1e6, 1e6) for s in (100, 100, 2)])
+    records = []
+    params = _fleet_server(fleet, records, num_clients=3, clients_per_round=3, examples=10, deadline_s=3.0,
+                           partial_work=True).run(np.zeros(3, np.float32))
+    r = records[0]
+    assert (r["clients"], r["partial"], r["failures"]) == (3, 1, 0)
+    # (3 s − 2 × 12 B / 1e6 B/s) × 2 samples/s = 5.99995 samples: 5 steps
+    np.testing.assert_allclose(params, [1, (10 + 10 + 5) / 3, 1], rtol=1e-6)
+    assert r["sim_time_s"] == 12 / 1e6 + 5 / 2 + 12 / 1e6  # it finished before the deadline
+    # without partial work the same device misses the deadline
+    records = []
+    params = _fleet_server(fleet, records, num_clients=3, clients_per_round=3, examples=10, deadline_s=3.0).run(
+        np.zeros(3, np.float32))
+    assert records[0]["failures_by_kind"]["deadline"] == 1 and records[0]["sim_time_s"] == 3.0
+    np.testing.assert_allclose(params, [0.5, 10, 1])
+    # a device too slow for even one step is late either way
+    slow = Fleet([DeviceProfile(s, 1e6, 1e6) for s in (100, 100, 0.1)])
+    records = []
+    _fleet_server(slow, records, num_clients=3, clients_per_round=3, examples=10, deadline_s=3.0,
+                  partial_work=True).run(np.zeros(3, np.float32))
+    assert records[0]["failures_by_kind"]["deadline"] == 1 and records[0]["partial"] == 0
+
+
+def test_offline_clients_fail_and_a_retry_starts_when_the_failed_attempt_ended():
+    # client 1 comes online at t = 1 s; client 0 takes 2 s per task
+    fleet = Fleet([DeviceProfile(0.5, 1e6, 1e6), DeviceProfile(1, 1e6, 1e6, Availability.intervals([(1, 1e9)]))])
+    records = []
+    params = _fleet_server(fleet, records, num_clients=2, clients_per_round=2, min_clients=2).run(
+        np.zeros(3, np.float32))
+    r = records[0]
+    assert r["attempts"] == 2 and r["clients"] == 2
+    assert r["failures_by_kind"]["unavailable"] == 1 and r["failures"] == 1
+    first = 12 / 1e6 + 1 / 0.5 + 12 / 1e6
+    assert r["sim_time_s"] == first + first  # attempt 1 at t = 2.000024 s, both online, client 0 the slowest
+    np.testing.assert_array_equal(params, [0.5, 1, 1])
+
+
+def test_when_nobody_is_online_the_server_waits_for_the_first_device():
+    later = Availability.intervals([(100, 200), (500, 600)])
+    fleet = Fleet([DeviceProfile(1, 1e6, 1e6, later)] * 3)
+    records = []
+    _fleet_server(fleet, records, num_clients=3, clients_per_round=2, rounds=2).run(np.zeros(3, np.float32))
+    task = 12 / 1e6 + 1 / 1 + 12 / 1e6
+    assert records[0]["sim_time_s"] == 100 + task and records[0]["clients"] == 2
+    assert records[1]["sim_time_s"] == 100 + 2 * task
+
+
+def test_the_available_sampler_in_a_diurnal_fleet_never_meets_an_offline_client():
+    fleet = heterogeneous(30, seed=4, diurnal=True, online_hours=4, speed_median=0.001)  # ~17 min tasks
+    records = []
+    _fleet_server(fleet, records, num_clients=30, clients_per_round=5, rounds=12,
+                  sampler=AvailableSampler(30, fleet, 0)).run(np.zeros(3, np.float32))
+    assert all(r["failures_by_kind"]["unavailable"] == 0 for r in records)
+    assert all(r["clients"] == r["sampled"] for r in records)
+    assert records[-1]["sim_time_s"] > 3600
+    records = []  # the uniform sampler asks offline devices
+    _fleet_server(fleet, records, num_clients=30, clients_per_round=5, rounds=12).run(np.zeros(3, np.float32))
+    assert sum(r["failures_by_kind"]["unavailable"] for r in records) > 0
+
+
+def test_errors_and_rejections_are_failures_of_their_own_kind():
+    records = []
+    _server(5, 5, records).run(np.zeros(3, np.float32))
+    assert records[0]["failures_by_kind"] == {"dropout": 0, "deadline": 0, "unavailable": 0, "error": 1,
+                                              "rejected": 2}
+
+
+def test_bad_deadlines_and_overselection_are_refused_naming_the_key():
+    for kwargs, key in [({"deadline_s": -1.0}, "server.deadline_s"), ({"overselect": -0.1}, "server.overselect"),
+                        ({"overselect": 0.5}, "server.overselect"), ({"partial_work": True}, "client.partial_work")]:
+        with pytest.raises(ConfigError) as err:
+            _fleet_server(UniformSystem(), [], num_clients=4, clients_per_round=3, **kwargs)
+        assert err.value.key == key
+
+
+def test_local_and_pool_agree_bit_for_bit_on_a_heterogeneous_fleet_with_a_deadline(tmp_path):
+
+    local, _ = run_on_both_engines([
+        "data.name=\"digits\"", "data.num_clients=12", "model.name=\"logreg\"", "server.rounds=3",
+        "server.clients_per_round=4", "server.overselect=0.5", "server.deadline_s=1.5",
+        "client.partial_work=true", "systems.profile=\"heterogeneous\"", "systems.dropout=0.2",
+        "systems.diurnal=true", "systems.online_hours=16", "server.sampler=\"available\"",
+        "eval.federated=false", "seed=5"], tmp_path)
+    assert sum(r["partial"] for r in local.rounds) > 0
+    assert sum(r["failures_by_kind"]["dropout"] + r["overselected"] for r in local.rounds) > 0
+    assert all(math.isfinite(r["sim_time_s"]) for r in local.rounds)

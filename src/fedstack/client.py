@@ -26,8 +26,16 @@ class FitConfig:
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
         if self.local_steps > 0:
-            return self.local_steps * min(self.batch_size, num_examples)
+            return self.local_steps * self.step_samples(num_examples)
         return self.epochs * num_examples
+
+    def step_samples(self, num_examples: int) -> int:
+        """The examples one local step takes (a full batch, or all of a smaller client's data).
+
+        A client asked to stop early (partial work) runs `local_steps = s` with the same seed:
+        its batches are the first `s` of those the full config would visit (`batch_order`).
+        """
+        return min(self.batch_size, num_examples)
 
 
 @dataclass

@@ -39,6 +39,9 @@ class ClientConfig(Section):
     lr: float = Field(0.05, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     mu: float = Field(0.0, ge=0)  # FedProx proximal weight
+    # With server.deadline_s: a client that would miss the deadline does the local steps that fit before it
+    # (FedProx's variable local work; see Server._fit_deadline) and counts, instead of being dropped.
+    partial_work: bool = False
 
 
 class ServerConfig(Section):
@@ -47,11 +50,28 @@ class ServerConfig(Section):
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
     round_retries: int = Field(2, ge=0)  # a round with fewer than min_clients successes is tried again
+    deadline_s: float = Field(0.0, ge=0)  # simulated seconds a round waits for results; 0 = no deadline
+    overselect: float = Field(0.0, ge=0)  # ask ⌈(1+overselect)·clients_per_round⌉, aggregate the first to arrive
+    sampler: Literal["uniform", "available"] = "uniform"  # available: only clients online at the round's start
     server_lr: float = Field(1.0, gt=0)  # adaptive server optimizers usually want 0.01–0.1
     momentum: float = Field(0.9, ge=0, lt=1)  # fedavgm
     beta1: float = Field(0.9, ge=0, lt=1)  # fedadam, fedyogi, fedadagrad
     beta2: float = Field(0.99, ge=0, lt=1)
     tau: float = Field(1e-3, gt=0)
+
+
+class SystemsConfig(Section):
+    """The simulated device fleet (fedstack.systems: distributions, tiers and the trace format)."""
+
+    profile: Literal["uniform", "heterogeneous", "trace"] = "uniform"  # uniform: equal devices that never fail
+    trace: str = ""  # profile = "trace": the CSV file of the fleet
+    trace_period_s: float = Field(0.0, ge=0)  # trace: > 0 repeats its availability intervals with this period
+    dropout: float = Field(0.0, ge=0, lt=1)  # probability a client drops out mid-round (any profile)
+    speed_median: float = Field(100.0, gt=0)  # samples/s of the median device (uniform: of every device)
+    speed_sigma: float = Field(1.0, ge=0)  # heterogeneous: log-normal spread (std of log speed)
+    tier_mix: list[float] = [0.5, 0.3, 0.2]  # heterogeneous: fractions of wifi, 4g, 3g bandwidth, summing to 1
+    diurnal: bool = False  # heterogeneous: each device is online one daily window of online_hours
+    online_hours: float = Field(8.0, gt=0, le=24)
 
 
 class EngineConfig(Section):
@@ -96,6 +116,7 @@ class Config(Section):
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()
     decentralized: DecentralizedConfig = DecentralizedConfig()
+    systems: SystemsConfig = SystemsConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -146,6 +167,7 @@ def validate(tree: dict) -> Config:
     if not serverless and config.server.min_clients > config.server.clients_per_round:
         raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
                           f"server.clients_per_round = {config.server.clients_per_round}")
+    _validate_systems(config, serverless)
     from .codec import build_pipeline
 
     build_pipeline(config.codec.pipeline, config.codec)  # unknown names, bad parameters, impossible orders
@@ -165,6 +187,38 @@ def validate(tree: dict) -> Config:
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config
+
+
+def _validate_systems(config: Config, serverless: bool) -> None:
+    """The device fleet, deadline, over-selection and partial work: consistent with each other and the data."""
+    from .sampling import overselected
+    from .systems import TIERS
+
+    s, server = config.systems, config.server
+    mix = s.tier_mix
+    if len(mix) != len(TIERS) or any(f < 0 for f in mix) or abs(sum(mix) - 1) > 1e-6:
+        raise ConfigError("systems.tier_mix", f"expected {len(TIERS)} non-negative fractions of "
+                          f"{', '.join(TIERS)} devices summing to 1, got {mix}")
+    if s.profile == "trace" and not s.trace:
+        raise ConfigError("systems.trace", "systems.profile = \"trace\" needs the path of a trace CSV file")
+    if s.trace and s.profile != "trace":
+        raise ConfigError("systems.trace", f"a trace is read only with systems.profile = \"trace\" "
+                          f"(the profile is \"{s.profile}\")")
+    if s.diurnal and s.profile != "heterogeneous":
+        raise ConfigError("systems.diurnal", "diurnal availability is drawn for systems.profile = "
+                          "\"heterogeneous\" (a trace brings its own intervals)")
+    if serverless:
+        if s.profile != "uniform" or s.dropout:
+            raise ConfigError("systems.profile", "decentralized runs do not simulate a device fleet; "
+                              "use decentralized.node_failure for silent nodes")
+        return
+    wanted = overselected(server.clients_per_round, server.overselect)
+    if wanted > config.data.num_clients:
+        raise ConfigError("server.overselect", f"(1 + {server.overselect}) × server.clients_per_round = {wanted} "
+                          f"clients, more than data.num_clients = {config.data.num_clients}")
+    if config.client.partial_work and not server.deadline_s:
+        raise ConfigError("client.partial_work", "partial work stops clients at the deadline: set "
+                          "server.deadline_s > 0")
 
 
 def _explain(error: dict, tree: dict) -> ConfigError:

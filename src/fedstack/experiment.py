@@ -18,10 +18,12 @@ from .config import Config, to_toml
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .report import MetricsWriter, write_report, write_summary
+from .sampling import build_sampler
 from .seeding import int_seed
 from .server import Server
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
+from .systems import SystemModel, build_system
 
 
 @dataclass
@@ -45,7 +47,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              federated_eval: bool = True, federated_eval_every: int = 0,
              out: str | Path | None = None, config: dict | None = None,
              on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
-             download: Pipeline | None = None) -> History:
+             download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
+             overselect: float = 0.0, partial_work: bool = False) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -55,6 +58,10 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     when `engine="pool"`: each worker process calls it once. Client state (SCAFFOLD's control
     variates) lives in the store with `out`, in memory without. With `finetune`, federated
     evaluation also judges each client's model after that local training (personalisation).
+
+    `system` is the simulated device fleet (default: equal devices that never fail); with
+    `deadline_s`, `overselect` and `partial_work` it shapes rounds on the simulated clock
+    (see fedstack.server).
     """
     if clients_per_round > dataset.num_clients:
         raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
@@ -85,6 +92,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                     round_retries=round_retries,
                     eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                     sampler=sampler, client_states=store, finetune=finetune, download=download,
+                    system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
                     on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
@@ -123,6 +131,7 @@ def summarize(history: History, seed: int, config: dict) -> dict:
             "compression_down": _ratio(sum(r.get("bytes_down_raw", 0) for r in rounds),
                                        sum(r["bytes_down"] for r in rounds)),
             "failures_total": sum(r["failures"] for r in rounds),
+            "failures_by_kind": _kinds(rounds),
             "federated": federated,
             "personalized": personalized,
         },
@@ -131,6 +140,15 @@ def summarize(history: History, seed: int, config: dict) -> dict:
         "config": config,
         "versions": versions(),
     }
+
+
+def _kinds(rounds: list[dict]) -> dict[str, int]:
+    """Failures of the whole run by kind (dropout, deadline, unavailable, error, rejected)."""
+    totals: dict[str, int] = {}
+    for r in rounds:
+        for kind, count in (r.get("failures_by_kind") or {}).items():
+            totals[kind] = totals.get(kind, 0) + count
+    return totals
 
 
 def _ratio(raw: int, sent: int) -> float | None:
@@ -207,9 +225,15 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     dataset = dataset if dataset is not None else dataset_of(config)
     pipeline = build_pipeline(config.codec.pipeline, config.codec)
     download = build_pipeline(config.codec.download, config.codec, key="codec.download")
-    if engine is not None and not isinstance(engine, str) and download.stages:
+    remote = engine is not None and not isinstance(engine, str)
+    if remote and download.stages:
         raise ConfigError("codec.download", "the gRPC transport sends the global model as float32; "
                           "download codecs are simulation-only for now")
+    if remote:
+        _refuse_simulated_fleet(config)
+    system = build_system(config.systems, dataset.num_clients, config.seed)  # a bad trace fails here
+    if sampler is None:
+        sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)
     run_dir = prepare_run_dir(out)
     factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
                                 dataset.num_classes, config.client.optimizer)
@@ -221,7 +245,6 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     steps = config.eval.finetune_steps
     finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
     (run_dir / "config.toml").write_text(to_toml(config))
-    remote = engine is not None and not isinstance(engine, str)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
                     workers=config.engine.workers, seed=config.seed, pipeline=pipeline,
@@ -230,4 +253,16 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     federated_eval=config.eval.federated and not remote,
                     federated_eval_every=config.eval.federated_every,
                     out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
-                    finetune=finetune, download=download)
+                    finetune=finetune, download=download, system=system, deadline_s=config.server.deadline_s,
+                    overselect=config.server.overselect, partial_work=config.client.partial_work)
+
+
+def _refuse_simulated_fleet(config: Config) -> None:
+    """Real devices bring their own speed, availability and failures: the simulated ones cannot apply."""
+    s, server = config.systems, config.server
+    for key, simulated in (("systems.profile", s.profile != "uniform"), ("systems.dropout", s.dropout > 0),
+                           ("server.deadline_s", server.deadline_s > 0), ("server.overselect", server.overselect > 0),
+                           ("server.sampler", server.sampler != "uniform")):
+        if simulated:
+            raise ConfigError(key, "simulated device fleets and their deadlines are simulation-only; a deployed "
+                              "server samples among connected clients and waits --deadline for each")

@@ -1,11 +1,39 @@
-"""The synchronous round loop: sample, configure, run, aggregate, evaluate, record."""
+"""The synchronous round loop: sample, configure, run, aggregate, evaluate, record.
+
+Rounds run on a simulated clock (`sim_time_s` in each record), driven by the fleet (`systems.py`).
+An attempt of a round starts at the current simulated time `now`; all its clients start together:
+
+1. if no client of the fleet is online at `now`, the server idles until one is (that wait is part of
+   the attempt's time); then the sampler draws ⌈(1 + overselect)·K⌉ clients (K = clients_per_round);
+2. a drawn client offline at `now` fails as "unavailable"; one that drops out (a Bernoulli(dropout)
+   draw per round, attempt and client, the same on every engine) fails as "dropout". Neither runs,
+   and neither holds the round up: an offline device never answers the call, and a dropout is a
+   lost connection the server sees at once. The others receive the model (`bytes_down`);
+3. the rest train on the engine; each result arrives `DeviceProfile.task_seconds(samples, bytes of
+   the global model as sent, bytes of the encoded update)` after `now`;
+4. with a deadline (`deadline_s` > 0), a result arriving later is dropped as "deadline" — unless
+   `partial_work`: then a client whose full work would arrive late is asked beforehand for the
+   local steps that fit (`_fit_deadline`) and counts like any other;
+5. with over-selection (`overselect` > 0) the results are judged in order of arrival (ties: in task
+   order) and the first K accepted are aggregated, in that order; later ones are "overselected"
+   (not failures). Without it, results are judged and aggregated as they stream, in task order;
+6. the attempt lasts until the K-th accepted result when over-selection filled the round; otherwise
+   until the deadline if some result was late (a straggler cannot be told from a slow device, so
+   the server waits for it until then); otherwise until the last accepted result.
+
+A round with fewer than `min_clients` accepted results is tried again (other clients, attempt + 1)
+starting when the failed attempt ended, up to `round_retries` times; its time is the sum of its
+attempts'. Failures are counted by kind (`failures_by_kind`: dropout, deadline, unavailable, error
+— the client raised —, rejected — a malformed update); `failures` is their total.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -13,8 +41,8 @@ from . import evaluation
 from .client import FitConfig
 from .codec import CodecContext, Pipeline
 from .engine import Engine, Outcome, Workload
-from .errors import FedstackError
-from .sampling import UniformSampler
+from .errors import ConfigError, FedstackError
+from .sampling import UniformSampler, overselected
 from .seeding import int_seed
 from .store import MemoryClientStates
 from .strategy import (ClientUpdate, Strategy, broadcast, needs_client_state, restore_strategy_state,
@@ -25,6 +53,8 @@ log = logging.getLogger("fedstack.server")
 
 # The client id in the codec context of the server's own messages (the global model on the way down).
 SERVER_ID = 2**32 - 1
+# How a sampled client can fail to contribute, as counted in each round's `failures_by_kind`.
+FAILURE_KINDS = ("dropout", "deadline", "unavailable", "error", "rejected")
 
 
 class Server:
@@ -38,13 +68,17 @@ class Server:
 
     A strategy whose clients keep state (SCAFFOLD) needs an engine that can carry it; where
     the server keeps it ("task" engines), it lives in `client_states` (a RunStore, or memory).
+
+    `system` is the simulated fleet (default: equal devices that never fail); `deadline_s`,
+    `overselect` and `partial_work` shape rounds on its clock as the module docstring says.
     """
 
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
-                 download: Pipeline | None = None,
+                 download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
+                 partial_work: bool = False,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         self.strategy = strategy
         self.engine = engine
@@ -58,7 +92,22 @@ class Server:
         self.test_shard = test_shard
         self.dataset = workload.dataset
         self.sampler = sampler or UniformSampler(self.dataset.num_clients, workload.seed)
-        self.system = system or UniformSystem()
+        self.system = system or UniformSystem(seed=workload.seed)
+        fleet = getattr(self.system, "num_clients", None)
+        if fleet is not None and fleet < self.dataset.num_clients:
+            raise FedstackError(f"the device fleet has {fleet} devices for {self.dataset.num_clients} clients")
+        if deadline_s < 0:
+            raise ConfigError("server.deadline_s", f"must be >= 0 (0 = no deadline), got {deadline_s}")
+        if overselect < 0:
+            raise ConfigError("server.overselect", f"must be >= 0, got {overselect}")
+        if partial_work and not deadline_s:
+            raise ConfigError("client.partial_work", "partial work needs a deadline (server.deadline_s > 0)")
+        self.deadline_s = float(deadline_s)
+        self.overselect = float(overselect)
+        self.partial_work = partial_work
+        self.sample_size = overselected(clients_per_round, overselect)
+        if self.sample_size > self.dataset.num_clients:
+            raise ConfigError("server.overselect", f"asks {self.sample_size} clients of {self.dataset.num_clients}")
         self.on_round = list(on_round or [])
         self.rejected = 0
         self.finetune = finetune
@@ -81,7 +130,7 @@ class Server:
         try:
             self.engine.start(self.workload)
             for rnd in range(start_round, self.rounds + 1):
-                params, record = self.round_with_retries(rnd, params)
+                params, record = self.round_with_retries(rnd, params, sim_time)
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
                 record.update(self.evaluate(rnd, params))
@@ -92,16 +141,21 @@ class Server:
             self.engine.close()
         return params
 
-    def round_with_retries(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, dict]:
-        """A round, tried again (with other clients) while fewer than `min_clients` succeed."""
+    def round_with_retries(self, rnd: int, params: np.ndarray, start: float = 0.0) -> tuple[np.ndarray, dict]:
+        """A round starting at simulated time `start`, tried again (with other clients, from when the
+        failed attempt ended) while fewer than `min_clients` succeed. Counts add up over attempts,
+        except `clients` and `partial`: those of the attempt that counted (or the last)."""
         totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "bytes_up_raw": 0, "bytes_down_raw": 0,
-                  "round_sim_s": 0.0}
+                  "round_sim_s": 0.0, "sampled": 0, "overselected": 0}
+        kinds = dict.fromkeys(FAILURE_KINDS, 0)
         for attempt in range(self.round_retries + 1):
             before = strategy_state(self.strategy)
-            new_params, record = self.round(rnd, params, attempt)
+            new_params, record = self.round(rnd, params, attempt, start + totals["round_sim_s"])
             states = record.pop("client_states")
             for key in totals:
                 totals[key] += record[key]
+            for kind, count in record["failures_by_kind"].items():
+                kinds[kind] += count
             if record["clients"] >= self.min_clients:
                 if states:
                     self.client_states.put(rnd, states)
@@ -109,51 +163,139 @@ class Server:
             restore_strategy_state(self.strategy, before)  # an attempt that did not count leaves no trace
             log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, record["clients"],
                         self.min_clients, "retrying" if attempt < self.round_retries else "global model kept")
-        return new_params, {**record, **totals, "attempts": attempt + 1}
+        return new_params, {**record, **totals, "failures_by_kind": kinds, "attempts": attempt + 1}
 
-    def round(self, rnd: int, params: np.ndarray, attempt: int = 0) -> tuple[np.ndarray, dict]:
-        """One training round; returns the new params (unchanged below `min_clients`) and the round's figures."""
+    def round(self, rnd: int, params: np.ndarray, attempt: int = 0,
+              start: float = 0.0) -> tuple[np.ndarray, dict]:
+        """One attempt of a training round at simulated time `start`; returns the new params
+        (unchanged below `min_clients`) and the attempt's figures (`round_sim_s`: how long it took)."""
         seed = self.workload.seed
-        ids = self.sampler.sample(rnd, self.clients_per_round, attempt)
-        tasks = [replace(t, config=replace(t.config, seed=int_seed(seed, "client", rnd, t.client_id)))
-                 for t in self.strategy.configure(rnd, params, ids)]
-        if self.keeps_state:
-            tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
+        now, waited = self._wait_for_online(rnd, start)
+        ids = self._sample(rnd, attempt, now)
         sent = np.ascontiguousarray(broadcast(self.strategy, params), dtype=np.float32)
         download = sent.nbytes  # the global vector travels as raw float32, or as the download codecs make it
         if self.download.stages:
             ctx = CodecContext(rnd, SERVER_ID, seed)
             payload = self.download.encode(sent, ctx)
             sent, download = np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
-        tally = {"clients": 0, "failures": 0, "bytes_up": 0, "bytes_up_raw": 0, "round_sim_s": 0.0}
+        kinds = dict.fromkeys(FAILURE_KINDS, 0)
+        tasks, reached, partial = [], 0, set()
+        for task in self.strategy.configure(rnd, params, ids):
+            cid = task.client_id
+            if not self.system.online(cid, now):
+                kinds["unavailable"] += 1
+                continue
+            reached += 1  # it receives the global model
+            if self.system.drops(rnd, attempt, cid):
+                kinds["dropout"] += 1
+                continue
+            task = replace(task, config=replace(task.config, seed=int_seed(seed, "client", rnd, cid)))
+            if self.partial_work:
+                fitted = self._fit_deadline(task, download, sent.size)
+                if fitted is None:  # not even one step fits: it cannot be on time
+                    kinds["deadline"] += 1
+                    continue
+                if fitted is not task:
+                    partial.add(cid)
+                task = fitted
+            tasks.append(task)
+        if self.keeps_state:
+            tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
+        if kinds["unavailable"] or kinds["dropout"] or kinds["deadline"]:
+            log.info("round %d: %d sampled, %d offline, %d dropped out, %d cannot finish a step by the deadline",
+                     rnd, len(ids), kinds["unavailable"], kinds["dropout"], kinds["deadline"])
+        tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0}
         states: dict[int, np.ndarray] = {}
+        target = self.clients_per_round if self.overselect > 0 else None
+        clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
+
+        def arrival(outcome: Outcome) -> float:
+            """Seconds after `now` at which a client's result reaches the server."""
+            work = outcome.task.config.samples(outcome.value.num_examples)
+            return self.system.device(outcome.task.client_id).task_seconds(work, download,
+                                                                           len(outcome.value.payload))
 
         def updates() -> Iterator[ClientUpdate]:
-            for outcome in self.engine.run(sent, tasks):
-                update = self._accept(outcome, sent.size, tally)
+            outcomes: Iterable[Outcome] = self.engine.run(sent, tasks)
+            if target is not None:  # the first K to arrive: every result is in before one is judged
+                outcomes = sorted(outcomes, key=lambda o: -1.0 if o.error is not None else arrival(o))
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    kinds["error"] += 1
+                    log.warning("round %d: client %d failed: %s", rnd, outcome.task.client_id, outcome.error)
+                    continue
+                seconds = arrival(outcome)
+                if clock["full"]:
+                    clock["overselected"] += 1
+                    continue
+                if self.deadline_s and seconds > self.deadline_s:
+                    kinds["deadline"] += 1
+                    clock["late"] = True
+                    log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
+                             rnd, outcome.task.client_id, seconds, self.deadline_s)
+                    continue
+                update = self._accept(outcome, sent.size, tally, kinds)
                 if update is not None:
                     if self.keeps_state and outcome.value.state is not None:
                         states[update.client_id] = outcome.value.state
-                    device = self.system.device(update.client_id)
-                    work = outcome.task.config.samples(update.num_examples)
-                    tally["round_sim_s"] = max(tally["round_sim_s"], device.task_seconds(
-                        work, download, len(outcome.value.payload)))
+                    if update.client_id in partial:
+                        tally["partial"] += 1
+                    clock["last"] = max(clock["last"], seconds)
+                    clock["full"] = target is not None and tally["clients"] >= target
                     yield update
 
         new_params = self.strategy.aggregate(rnd, params, updates())
         if tally["clients"] < self.min_clients:
             new_params = params
-        record = {"round": rnd, **tally, "bytes_down": download * len(tasks),
-                  "bytes_down_raw": sent.nbytes * len(tasks), "client_states": states}
+        duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s
+        record = {"round": rnd, **tally, "failures": sum(kinds.values()), "failures_by_kind": kinds,
+                  "sampled": len(ids), "overselected": clock["overselected"],
+                  "bytes_down": download * reached, "bytes_down_raw": sent.nbytes * reached,
+                  "round_sim_s": waited + duration, "client_states": states}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
-    def _accept(self, outcome: Outcome, size: int, tally: dict) -> ClientUpdate | None:
-        """Decode and check one client's result; a failure or a malformed update is counted, not fatal."""
-        task = outcome.task
-        if outcome.error is not None:
-            tally["failures"] += 1
-            log.warning("round %d: client %d failed: %s", task.round, task.client_id, outcome.error)
+    def _wait_for_online(self, rnd: int, start: float) -> tuple[float, float]:
+        """(when the attempt starts, how long the server idled for it): until some client is online."""
+        n = self.dataset.num_clients
+        if self.system.any_online(start, n):
+            return start, 0.0
+        later = self.system.next_online(start, n)
+        if not math.isfinite(later):
+            log.warning("round %d: no client is online at t=%.0f s, nor will be", rnd, start)
+            return start, 0.0
+        log.info("round %d: no client online at t=%.0f s; waiting until t=%.0f s", rnd, start, later)
+        return later, later - start
+
+    def _sample(self, rnd: int, attempt: int, now: float) -> list[int]:
+        if getattr(self.sampler, "clocked", False):
+            return self.sampler.sample(rnd, self.sample_size, attempt, now=now)
+        return self.sampler.sample(rnd, self.sample_size, attempt)
+
+    def _fit_deadline(self, task, download: int, size: int):
+        """The task itself if its full work arrives by the deadline, else the same task cut to the
+        local steps that do (partial work, FedProx-style), or None if not even one step does.
+
+        Time → steps: the compute time left is deadline − download time − upload time, and a step
+        takes step_samples / samples_per_s seconds (step_samples = min(batch_size, the client's
+        examples), as FitConfig.samples counts them). The upload is planned at the raw float32 size
+        of the update (4 bytes a value): the real payload is not known before training, and no
+        compressing codec makes it larger; a codec that does can make such a client late after all.
+        The steps run with the same seed, so they are the first batches of the full work.
+        """
+        examples = len(self.dataset.train_idx[task.client_id])
+        config = task.config
+        device = self.system.device(task.client_id)
+        planned_up = 4 * size
+        if device.task_seconds(config.samples(examples), download, planned_up) <= self.deadline_s:
+            return task
+        steps = device.steps_within(self.deadline_s, download, planned_up, config.step_samples(examples))
+        if steps < 1:
             return None
+        return replace(task, config=replace(config, local_steps=steps))
+
+    def _accept(self, outcome: Outcome, size: int, tally: dict, kinds: dict) -> ClientUpdate | None:
+        """Decode and check one client's result; a malformed update is counted ("rejected"), not fatal."""
+        task = outcome.task
         reply = outcome.value
         tally["bytes_up"] += len(reply.payload)
         tally["bytes_up_raw"] += 4 * size  # what the update would weigh as raw float32
@@ -164,7 +306,7 @@ class Server:
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
             problem = f"undecodable payload ({exc})"
         if problem:
-            tally["failures"] += 1
+            kinds["rejected"] += 1
             self.rejected += 1
             log.warning("round %d: rejected update from client %d: %s", task.round, task.client_id, problem)
             return None

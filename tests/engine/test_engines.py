@@ -5,28 +5,18 @@ import time
 import numpy as np
 import pytest
 
+from both_engines import run_on_both_engines
 from fedstack.client import EvalResult, FitConfig, FitResult
 from fedstack.codec import Pipeline
-from fedstack.config import load_config
 from fedstack.data import FederatedDataset
 from fedstack.engine import EvalTask, LocalEngine, PoolEngine, Workload
-from fedstack.experiment import run_config
 from fedstack.strategy import Task
 
 
 def test_same_seed_gives_identical_bits_on_local_and_pool(tmp_path):
     """The whole run — sampling, local SGD, aggregation, evaluation — is engine-independent."""
-    results = {}
-    for engine in ("local", "pool"):
-        config = load_config(None, ["data.name=digits", "data.num_clients=12", "model.name=cnn",
-                                    "server.rounds=3", "server.clients_per_round=5", f"engine.name={engine}",
-                                    "engine.workers=2", "seed=7"])
-        results[engine] = run_config(config, tmp_path / engine)
-    local, pool = results["local"], results["pool"]
-    assert np.array_equal(local.params, pool.params)
-    drop = {"wall_time_s"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in local.rounds] == \
-           [{k: v for k, v in r.items() if k not in drop} for r in pool.rounds]
+    local, _ = run_on_both_engines(["data.name=digits", "data.num_clients=12", "model.name=cnn",
+                                    "server.rounds=3", "server.clients_per_round=5", "seed=7"], tmp_path)
     assert local.rounds[-1]["federated"]["clients"] == 12
 
 

@@ -1,0 +1,84 @@
+import logging
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedstack.sampling import AvailableSampler, UniformSampler, build_sampler, overselected
+from fedstack.seeding import rng
+from fedstack.systems import DAY_S, Availability, DeviceProfile, Fleet, UniformSystem, heterogeneous
+
+
+def test_overselection_rounds_up_without_float_noise():
+    assert overselected(10, 0.0) == 10
+    assert overselected(10, 0.3) == 13  # (1 + 0.3) · 10 = 13.000000000000002 in floating point
+    assert overselected(7, 0.5) == 11  # 10.5 → 11
+    assert overselected(3, 1.0) == 6
+    assert overselected(10, 0.01) == 11
+
+
+def test_uniform_sampling_is_the_seeded_draw_it_always_was():
+    sampler = UniformSampler(50, seed=3)
+    expected = sorted(int(c) for c in rng(3, "sampling", 4).choice(50, size=10, replace=False))
+    assert sampler.sample(4, 10) == expected
+    retry = sorted(int(c) for c in rng(3, "sampling", 4, 1).choice(50, size=10, replace=False))
+    assert sampler.sample(4, 10, attempt=1) == retry
+    with pytest.raises(ValueError):
+        sampler.sample(1, 51)
+
+
+def test_available_sampling_with_everyone_online_is_uniform_sampling():
+    uniform, available = UniformSampler(40, seed=9), AvailableSampler(40, UniformSystem(), seed=9)
+    for rnd in range(1, 20):
+        for attempt in range(3):
+            assert available.sample(rnd, 7, attempt, now=rnd * 1000.0) == uniform.sample(rnd, 7, attempt)
+
+
+def test_fewer_online_than_wanted_takes_them_all_and_says_so(caplog):
+    online_late = Availability.intervals([(100, 200)])
+    devices = [DeviceProfile(availability=online_late if i % 3 else Availability()) for i in range(9)]
+    sampler = AvailableSampler(9, Fleet(devices), seed=0)
+    with caplog.at_level(logging.INFO, logger="fedstack.sampling"):
+        assert sampler.sample(1, 5, now=0.0) == [0, 3, 6]
+    assert "3 clients online at t=0 s, fewer than the 5 wanted" in caplog.text
+    assert len(sampler.sample(1, 5, now=150.0)) == 5
+    nobody = AvailableSampler(2, Fleet([DeviceProfile(availability=online_late)] * 2))
+    assert nobody.sample(1, 1, now=500.0) == []
+
+
+def test_samplers_are_built_by_name():
+    system = UniformSystem()
+    assert isinstance(build_sampler("uniform", 10, system, 1), UniformSampler)
+    assert isinstance(build_sampler("available", 10, system, 1), AvailableSampler)
+    with pytest.raises(ValueError, match="unknown sampler 'oort'"):
+        build_sampler("oort", 10, system, 1)
+
+
+FLEET = heterogeneous(60, seed=11, diurnal=True, online_hours=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31), rnd=st.integers(1, 500), attempt=st.integers(0, 3),
+       now=st.floats(0, 30 * DAY_S, allow_nan=False), k=st.integers(1, 60))
+def test_the_available_sampler_never_picks_an_offline_client(seed, rnd, attempt, now, k):
+    sampler = AvailableSampler(60, FLEET, seed)
+    chosen = sampler.sample(rnd, k, attempt, now=now)
+    online = FLEET.online_ids(now, 60)
+    assert all(FLEET.online(c, now) for c in chosen)
+    assert chosen == sorted(set(chosen))
+    assert len(chosen) == min(k, len(online))
+    assert chosen == sampler.sample(rnd, k, attempt, now=now)  # deterministic
+
+
+def test_the_available_sampler_draws_uniformly_among_the_online():
+    fleet = heterogeneous(30, seed=1, diurnal=True, online_hours=12)
+    online = fleet.online_ids(0.0, 30)
+    sampler = AvailableSampler(30, fleet, seed=2)
+    counts = np.zeros(30)
+    for rnd in range(1, 2001):
+        for c in sampler.sample(rnd, 3, now=0.0):
+            counts[c] += 1
+    assert set(np.flatnonzero(counts)) == set(online)
+    expected = 2000 * 3 / len(online)
+    assert np.abs(counts[online] - expected).max() < 5 * np.sqrt(expected)
