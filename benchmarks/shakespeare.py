@@ -4,7 +4,7 @@ Goal (issue 4): ≥ 45 % next-character test accuracy in a run of ≤ 20 minutes
 LEAF and McMahan et al. report about 50–54 % after many more rounds.
 
     python benchmarks/shakespeare.py [--rounds 300] [--eval-every 25] [--out runs/bench-shakespeare]
-    python benchmarks/shakespeare.py --level word --lr 1.0 --rounds 100   # next-word prediction
+    python benchmarks/shakespeare.py --level word --rounds 200   # next-word prediction (lr 4.0 as well)
 
 Every speaking role is a client (787 of them); 10 per round, 1 local epoch, batch 10 (LEAF's setting),
 lr 4.0: LEAF's 0.8 was still at the always-a-space plateau (16 %) after 12 rounds, lr 4.0 reached 40 %
