@@ -64,8 +64,10 @@ def proc_stats(pid: int) -> tuple[float, float]:
     """(CPU seconds, peak resident MB) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
-    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
+    peak = next((int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                 if line.startswith("VmHWM:")), None)
+    if peak is None:  # it has exited and only its zombie is left: its figures are gone
+        raise ProcessLookupError(pid)
     return ticks / 100, peak / 1024
 
 
