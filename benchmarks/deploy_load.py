@@ -101,6 +101,7 @@ def main() -> None:
             except (FileNotFoundError, ProcessLookupError):
                 break
             time.sleep(0.2)
+        server.wait(timeout=60)
         for g in gens:
             g.join(timeout=60)
         total = time.perf_counter() - started
