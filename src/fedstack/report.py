@@ -128,8 +128,9 @@ def plot_report(run_dir) -> Path:
         total += mb
         cumulative_up[m["round"]] = total
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    acc_ax, loss_ax, bytes_ax, curve_ax = axes.flat
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    acc_ax, loss_ax, bytes_ax, curve_ax, time_ax, spare_ax = axes.flat
+    spare_ax.axis("off")
 
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
@@ -161,6 +162,11 @@ def plot_report(run_dir) -> Path:
     curve_ax.plot([cumulative_up[m["round"]] for m in evaluated],
                   [m["test_accuracy"] for m in evaluated], marker="o")
     curve_ax.set(title="Accuracy vs upload", xlabel="cumulative MiB uploaded", ylabel="accuracy")
+
+    # What a real fleet would take: the simulated clock of the device model (systems.py).
+    time_ax.plot([m.get("sim_time_s", 0.0) / 3600 for m in evaluated], [m["test_accuracy"] for m in evaluated],
+                 marker="o", color="tab:purple")
+    time_ax.set(title="Accuracy vs simulated time", xlabel="simulated hours", ylabel="accuracy")
 
     for ax in axes.flat:
         ax.grid(alpha=0.3)
