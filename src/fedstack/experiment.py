@@ -212,6 +212,17 @@ def dataset_of(config: Config):
                          vocab_size=d.vocab_size)
 
 
+def client_side(config: Config, dataset):
+    """What clients run under a Config: (trainer factory, initial params, local work, fine-tuning or None)."""
+    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
+                                dataset.num_classes, config.client.optimizer)
+    c = config.client
+    fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu)
+    steps = config.eval.finetune_steps
+    finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
+    return factory, initial_params(factory, config.seed), fit, finetune
+
+
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),
                engine: str | Engine | None = None, sampler=None, dataset=None) -> History:
     """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>).
@@ -235,15 +246,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     if sampler is None:
         sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)
     run_dir = prepare_run_dir(out)
-    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
-                                dataset.num_classes, config.client.optimizer)
-    params = initial_params(factory, config.seed)
-    c = config.client
-    strategy = build_strategy(config.server, FitConfig(epochs=c.epochs, local_steps=c.local_steps,
-                                                       batch_size=c.batch_size, lr=c.lr, mu=c.mu),
-                              dataset.num_clients)
-    steps = config.eval.finetune_steps
-    finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
+    factory, params, fit, finetune = client_side(config, dataset)
+    strategy = build_strategy(config.server, fit, dataset.num_clients)
     (run_dir / "config.toml").write_text(to_toml(config))
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,

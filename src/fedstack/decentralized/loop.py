@@ -34,7 +34,6 @@ A decentralized run keeps no store: running again into the same directory starts
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from dataclasses import replace
@@ -227,7 +226,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..experiment import History, dataset_of, initial_params, make_trainer, prepare_run_dir, summarize
+    from ..experiment import History, client_side, dataset_of, prepare_run_dir, summarize
 
     check_config(config)
     section = config.decentralized
@@ -235,13 +234,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     adjacency = build_topology(section, dataset.num_clients, config.seed)  # a disconnected graph fails here
     pipeline = build_pipeline(config.codec.pipeline, config.codec)
     run_dir = prepare_run_dir(out)
-    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
-                                dataset.num_classes, config.client.optimizer)
-    params = initial_params(factory, config.seed)
-    c = config.client
-    fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu)
-    steps = config.eval.finetune_steps
-    finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
+    factory, params, fit, finetune = client_side(config, dataset)
     (run_dir / "config.toml").write_text(to_toml(config))
     if engine is None or isinstance(engine, str):
         engine = make_engine(engine or config.engine.name, config.engine.workers)

@@ -107,7 +107,7 @@ class PoolEngine:
         self._workload = replace(workload, dataset=light)
         self._refs = refs
         self._params: dict[int, tuple[SharedMemory, _Shared]] = {}
-        self._version = self._size = 0
+        self._version = 0
         self._pool = [self._spawn() for _ in range(self.workers)]  # they start up while the caller prepares
 
     def _publish(self, params: np.ndarray) -> None:
@@ -122,7 +122,6 @@ class PoolEngine:
         shm, ref = self._params[size]
         np.ndarray(ref.shape, np.float32, buffer=shm.buf)[...] = params
         self._version += 1
-        self._size = size
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, (self._workload, self._refs))
@@ -143,7 +142,7 @@ class PoolEngine:
                     if w.ready and w.task is None and pending:
                         w.task = pending.popleft()
                         attempts[w.task] += 1
-                        w.conn.send((w.task, self._version, self._size, tasks[w.task]))
+                        w.conn.send((w.task, self._version, params.size, tasks[w.task]))
                 while next_out in done:
                     yield done.pop(next_out)
                     next_out += 1
