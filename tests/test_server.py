@@ -293,3 +293,20 @@ def test_local_and_pool_agree_bit_for_bit_on_a_heterogeneous_fleet_with_a_deadli
     assert sum(r["partial"] for r in local.rounds) > 0
     assert sum(r["failures_by_kind"]["dropout"] + r["overselected"] for r in local.rounds) > 0
     assert all(math.isfinite(r["sim_time_s"]) for r in local.rounds)
+
+
+def test_oort_learns_from_rounds_and_a_resumed_run_picks_the_same_clients(tmp_path):
+    from crashes import Crash, crash_after
+    from fedstack.config import load_config
+    from fedstack.experiment import run_config
+
+    overrides = ["data.name=digits", "model.name=logreg", "data.num_clients=30", "server.clients_per_round=5",
+                 "server.rounds=5", "eval.federated=false", "eval.every=0", "systems.profile=heterogeneous",
+                 "server.sampler=oort", "server.deadline_s=3", "seed=1"]
+    local, _ = run_on_both_engines(overrides, tmp_path)
+    config = load_config(None, [*overrides, "engine.name=local"])
+    with pytest.raises(Crash):
+        run_config(config, tmp_path / "resumed", on_round=[crash_after(3)])
+    resumed = run_config(config, tmp_path / "resumed")  # the sampler's utilities come back from the checkpoint
+    np.testing.assert_array_equal(resumed.params, local.params)
+    assert [r["sim_time_s"] for r in resumed.rounds] == [r["sim_time_s"] for r in local.rounds]

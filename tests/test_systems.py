@@ -224,7 +224,7 @@ def test_a_bad_trace_stops_the_run_before_training(tmp_path):
     (["server.overselect=-0.5"], "server.overselect"),
     (["data.num_clients=12", "server.clients_per_round=10", "server.overselect=0.3"], "server.overselect"),
     (["client.partial_work=true"], "client.partial_work"),
-    (["server.sampler=\"oort\""], "server.sampler"),
+    (["server.sampler=\"bogus\""], "server.sampler"),
     (["decentralized.topology=\"ring\"", "systems.profile=\"heterogeneous\""], "systems.profile"),
 ])
 def test_bad_systems_settings_are_config_errors_naming_the_key(overrides, key):

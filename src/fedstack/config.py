@@ -45,14 +45,21 @@ class ClientConfig(Section):
 
 
 class ServerConfig(Section):
-    strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
+                      "fedbuff", "fedasync"] = "fedavg"
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
     round_retries: int = Field(2, ge=0)  # a round with fewer than min_clients successes is tried again
     deadline_s: float = Field(0.0, ge=0)  # simulated seconds a round waits for results; 0 = no deadline
     overselect: float = Field(0.0, ge=0)  # ask ⌈(1+overselect)·clients_per_round⌉, aggregate the first to arrive
-    sampler: Literal["uniform", "available"] = "uniform"  # available: only clients online at the round's start
+    sampler: Literal["uniform", "available", "oort"] = "uniform"  # see fedstack.sampling for what each trades off
+    # fedbuff, fedasync (the asynchronous loop): clients training at once (0 = 2 × clients_per_round), and
+    # updates per server step (0 = clients_per_round for fedbuff; fedasync steps at each update)
+    concurrency: int = Field(0, ge=0)
+    buffer_size: int = Field(0, ge=0)
+    staleness_exponent: float = Field(0.5, ge=0)  # fedbuff, fedasync: an update τ versions old weighs (1+τ)^-a
+    alpha: float = Field(0.6, gt=0, le=1)  # fedasync: mixing weight of a fresh client model
     server_lr: float = Field(1.0, gt=0)  # adaptive server optimizers usually want 0.01–0.1
     momentum: float = Field(0.9, ge=0, lt=1)  # fedavgm
     beta1: float = Field(0.9, ge=0, lt=1)  # fedadam, fedyogi, fedadagrad
@@ -219,6 +226,18 @@ def _validate_systems(config: Config, serverless: bool) -> None:
     if config.client.partial_work and not server.deadline_s:
         raise ConfigError("client.partial_work", "partial work stops clients at the deadline: set "
                           "server.deadline_s > 0")
+    asynchronous = server.strategy in ("fedbuff", "fedasync")
+    for key in ("concurrency", "buffer_size"):
+        if getattr(server, key) and not asynchronous:
+            raise ConfigError(f"server.{key}", "applies to the asynchronous strategies (fedbuff, fedasync), "
+                              f"not to {server.strategy}")
+    if asynchronous and server.overselect:
+        raise ConfigError("server.overselect", "over-selection belongs to synchronous rounds; an asynchronous "
+                          "strategy keeps server.concurrency clients busy instead")
+    concurrency = server.concurrency or 2 * server.clients_per_round
+    if asynchronous and concurrency > config.data.num_clients:
+        raise ConfigError("server.concurrency", f"{concurrency} clients training at once, more than "
+                          f"data.num_clients = {config.data.num_clients}")
 
 
 def _explain(error: dict, tree: dict) -> ConfigError:

@@ -20,6 +20,7 @@ from .errors import ConfigError, FedstackError
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler
 from .seeding import int_seed
+from .async_loop import AsyncServer
 from .server import Server
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
@@ -48,7 +49,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              out: str | Path | None = None, config: dict | None = None,
              on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
              download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
-             overselect: float = 0.0, partial_work: bool = False) -> History:
+             overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
+             buffer_size: int = 0) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -61,7 +63,9 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
 
     `system` is the simulated device fleet (default: equal devices that never fail); with
     `deadline_s`, `overselect` and `partial_work` it shapes rounds on the simulated clock
-    (see fedstack.server).
+    (see fedstack.server). An asynchronous strategy (FedBuff, FedAsync) runs in the
+    asynchronous loop instead, `concurrency` clients at a time, `buffer_size` updates per
+    server step (see fedstack.async_loop).
     """
     if clients_per_round > dataset.num_clients:
         raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
@@ -81,19 +85,21 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                 raise FedstackError(f"--out {run_dir} holds a run with another config; choose another directory")
             (last, params), history.rounds = checkpoint, store.rounds()
             start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
-            restore_strategy_state(strategy, store.strategy_state())
+            restore_run_state(strategy, sampler, store.strategy_state())
             store.rewind_client_states(last)
         store.set_meta("config", config or {})
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
-                                                               strategy_state(strategy)),
+                                                               run_state(strategy, sampler)),
                      MetricsWriter(run_dir, history.rounds), *callbacks]
-    server = Server(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers),
-                    workload, rounds=rounds, clients_per_round=clients_per_round, min_clients=min_clients,
-                    round_retries=round_retries,
-                    eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
-                    sampler=sampler, client_states=store, finetune=finetune, download=download,
-                    system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
-                    on_round=callbacks)
+    loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
+        if getattr(strategy, "asynchronous", False) else (Server, {"min_clients": min_clients,
+                                                                   "round_retries": round_retries})
+    server = loop(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers),
+                  workload, rounds=rounds, clients_per_round=clients_per_round, **extra,
+                  eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
+                  sampler=sampler, client_states=store, finetune=finetune, download=download,
+                  system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
+                  on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
     except BaseException as exc:
@@ -107,6 +113,21 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
             if history.rounds:
                 write_report(history.run_dir)
     return history
+
+
+def run_state(strategy, sampler) -> dict[str, np.ndarray]:
+    """What a checkpoint keeps besides the params: the strategy's state and the sampler's (as "sampler.*")."""
+    state = strategy_state(strategy)
+    if hasattr(sampler, "state"):
+        state.update({f"sampler.{key}": value for key, value in sampler.state().items()})
+    return state
+
+
+def restore_run_state(strategy, sampler, state: dict[str, np.ndarray]) -> None:
+    """Give the strategy and the sampler back what `run_state` saved."""
+    restore_strategy_state(strategy, {k: v for k, v in state.items() if not k.startswith("sampler.")})
+    if hasattr(sampler, "load_state"):
+        sampler.load_state({k[len("sampler."):]: v for k, v in state.items() if k.startswith("sampler.")})
 
 
 def summarize(history: History, seed: int, config: dict) -> dict:
@@ -258,7 +279,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     federated_eval_every=config.eval.federated_every,
                     out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
                     finetune=finetune, download=download, system=system, deadline_s=config.server.deadline_s,
-                    overselect=config.server.overselect, partial_work=config.client.partial_work)
+                    overselect=config.server.overselect, partial_work=config.client.partial_work,
+                    concurrency=config.server.concurrency, buffer_size=config.server.buffer_size)
 
 
 def _refuse_simulated_fleet(config: Config) -> None:
@@ -266,7 +288,8 @@ def _refuse_simulated_fleet(config: Config) -> None:
     s, server = config.systems, config.server
     for key, simulated in (("systems.profile", s.profile != "uniform"), ("systems.dropout", s.dropout > 0),
                            ("server.deadline_s", server.deadline_s > 0), ("server.overselect", server.overselect > 0),
-                           ("server.sampler", server.sampler != "uniform")):
+                           ("server.sampler", server.sampler != "uniform"),
+                           ("server.strategy", server.strategy in ("fedbuff", "fedasync"))):
         if simulated:
             raise ConfigError(key, "simulated device fleets and their deadlines are simulation-only; a deployed "
                               "server samples among connected clients and waits --deadline for each")

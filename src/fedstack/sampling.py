@@ -1,9 +1,10 @@
 """Who takes part in a round (`server.sampler`), and how many are asked (`server.overselect`).
 
-A sampler offers `sample(round, k, attempt=0) -> sorted client ids` (at most `k`, distinct). One
-that looks at the simulated clock declares `clocked = True` and also takes `now` (seconds); the
-server then passes the time at which the attempt starts. Draws come from the "sampling" stream of
-the run seed keyed by (round, attempt), so a resumed run or another engine draws the same clients.
+A sampler offers `sample(round, k, attempt=0, exclude=()) -> sorted client ids` (at most `k`,
+distinct, none of those in `exclude`: an asynchronous server passes the clients still training).
+One that looks at the simulated clock declares `clocked = True` and also takes `now` (seconds);
+the server then passes the time at which the attempt starts. Draws come from the "sampling" stream
+of the run seed keyed by (round, attempt), so a resumed run or another engine draws the same clients.
 
 - `uniform` (`UniformSampler`, default): `k` clients uniformly among all. Unbiased: every client's
   data is equally likely to be seen; but it asks devices that are offline (they fail as
@@ -12,10 +13,18 @@ the run seed keyed by (round, attempt), so a resumed run or another engine draws
   (all of them when fewer are). No round is wasted on offline devices, at the price of a bias
   toward the clients that are online when the server happens to run rounds (in a diurnal fleet,
   toward time zones); if what a device is online for correlates with its data, so does the model.
-- `oort` (later, Lai et al. 2021): utility-based selection — statistical utility (recent loss)
-  × system utility (speed), with exploration and a staleness bonus — trading more bias toward fast,
-  high-loss clients for shorter rounds. It goes in `SAMPLERS`; it will also need the round's
-  outcomes (an `observe` hook) to learn utilities.
+- `oort` (`OortSampler`; Lai et al. 2021, "Oort: Efficient Federated Learning via Guided
+  Participant Selection", OSDI'21): among the online clients, mostly those with much to teach
+  (statistical utility: examples × training loss) that finish soon (clients slower than a
+  preferred duration are penalised); a decaying fraction of the slots explores clients never
+  heard from. Rounds get shorter and the loss falls faster, at the price of a bias toward fast,
+  high-loss clients, softened by the exploration and by a bonus for clients not seen for a while.
+  It learns from `observe(...)`, which the server calls for every result that reaches it, and
+  keeps what it learnt in `state()` for resuming. Simpler than the paper: the statistical utility
+  uses the mean loss a client reports (the paper: the root mean square of its per-example losses);
+  the preferred duration is a fixed quantile of the durations seen (the paper's pacer relaxes it
+  when utility stalls); unexplored clients are drawn uniformly (the paper prefers the faster ones);
+  no clipping of outlier utilities and no blacklist of clients picked too often.
 """
 
 from __future__ import annotations
@@ -38,10 +47,32 @@ def overselected(k: int, overselect: float) -> int:
     return max(k, math.ceil((1.0 + overselect) * k - 1e-9))
 
 
+def _stream(seed: int, round: int, attempt: int) -> np.random.Generator:
+    """The generator of one sampling call; attempt 0 is keyed by the round alone, as it always was."""
+    return rng(seed, "sampling", *((round, attempt) if attempt else (round,)))
+
+
 def _draw(seed: int, round: int, attempt: int, population, k: int) -> list[int]:
-    keys = (round, attempt) if attempt else (round,)
-    chosen = rng(seed, "sampling", *keys).choice(population, size=k, replace=False)
+    chosen = _stream(seed, round, attempt).choice(population, size=k, replace=False)
     return sorted(int(c) for c in chosen)
+
+
+def _without(population: np.ndarray, exclude) -> np.ndarray:
+    """The ascending ids of `population` (ascending) that are not in `exclude`."""
+    excluded = np.fromiter(exclude, dtype=np.int64)
+    return np.setdiff1d(population, excluded) if excluded.size else population
+
+
+def _online(system, num_clients: int, round: int, k: int, now: float, exclude) -> np.ndarray:
+    """Ascending ids of the clients online at `now` and not in `exclude`; logs when fewer than `k`."""
+    online = np.asarray(system.online_ids(now, num_clients), dtype=np.int64)
+    candidates = _without(online, exclude)
+    if len(candidates) < k:
+        n = len(candidates)
+        log.info("round %d: %d client%s online%s at t=%.0f s, fewer than the %d wanted: taking %s",
+                 round, n, "" if n == 1 else "s", " and not excluded" if n < len(online) else "", now, k,
+                 "all of them" if n else "none")
+    return candidates
 
 
 class UniformSampler:
@@ -51,15 +82,17 @@ class UniformSampler:
         self.num_clients = num_clients
         self.seed = seed
 
-    def sample(self, round: int, k: int, attempt: int = 0) -> list[int]:
-        """Sorted ids of the `k` clients of `round` (a retried round draws again, from `attempt`)."""
-        if not 0 < k <= self.num_clients:
-            raise ValueError(f"cannot sample {k} of {self.num_clients} clients")
-        return _draw(self.seed, round, attempt, self.num_clients, k)
+    def sample(self, round: int, k: int, attempt: int = 0, exclude=()) -> list[int]:
+        """Sorted ids of the `k` clients of `round` (a retried round draws again, from `attempt`), none in `exclude`."""
+        population = _without(np.arange(self.num_clients, dtype=np.int64), exclude)
+        if not 0 < k <= len(population):
+            others = " (the others are excluded)" if len(population) < self.num_clients else ""
+            raise ValueError(f"cannot sample {k} of {len(population)} clients{others}")
+        return _draw(self.seed, round, attempt, population, k)
 
 
 class AvailableSampler:
-    """`k` clients drawn uniformly among those of `system` online at time `now`; all of them if fewer.
+    """`k` clients drawn uniformly among those of `system` online at time `now` and not in `exclude`; all if fewer.
 
     With every client online it draws exactly what UniformSampler draws.
     """
@@ -71,23 +104,123 @@ class AvailableSampler:
         self.system = system
         self.seed = seed
 
-    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0) -> list[int]:
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
         if k <= 0:
             raise ValueError(f"cannot sample {k} clients")
-        online = self.system.online_ids(now, self.num_clients)
-        if len(online) <= k:
-            if len(online) < k:
-                log.info("round %d: %d client%s online at t=%.0f s, fewer than the %d wanted: taking %s",
-                         round, len(online), "" if len(online) == 1 else "s", now, k,
-                         "all of them" if online else "none")
-            return list(online)
-        return _draw(self.seed, round, attempt, np.asarray(online, dtype=np.int64), k)
+        candidates = _online(self.system, self.num_clients, round, k, now, exclude)
+        if len(candidates) <= k:
+            return candidates.tolist()
+        return _draw(self.seed, round, attempt, candidates, k)
 
 
-# server.sampler names → how to build one from (num_clients, system, seed). "oort" goes here.
+class OortSampler:
+    """Oort's guided selection: exploit the clients of high utility, explore those never observed.
+
+    Per client (one array each, indexed by client id) it remembers its statistical utility
+    (examples × mean training loss of its latest result), its latest task duration (NaN until one
+    is seen), the last round it was observed (0: never) and whether it ever was ("explored").
+    Before any observation it draws exactly what AvailableSampler draws.
+    """
+
+    clocked = True
+    STATE = {"utility": np.float64, "duration": np.float64, "last_round": np.int64, "explored": np.bool_}
+
+    def __init__(self, num_clients: int, system, seed: int = 0, *, explore: float = 0.9,
+                 explore_decay: float = 0.98, explore_min: float = 0.3, penalty: float = 2.0,
+                 cutoff: float = 0.95, preferred_quantile: float = 0.5):
+        if not (0 <= explore <= 1 and 0 < explore_decay <= 1 and 0 <= explore_min <= 1 and penalty >= 0
+                and 0 < cutoff <= 1 and 0 <= preferred_quantile <= 1):
+            raise ValueError("Oort needs explore, explore_min, preferred_quantile in [0, 1], explore_decay and "
+                             "cutoff in (0, 1], penalty >= 0")
+        self.num_clients, self.system, self.seed = num_clients, system, seed
+        self.explore, self.explore_decay, self.explore_min = explore, explore_decay, explore_min
+        self.penalty, self.cutoff, self.preferred_quantile = penalty, cutoff, preferred_quantile
+        self.utility = np.zeros(num_clients)
+        self.duration = np.full(num_clients, np.nan)
+        self.last_round = np.zeros(num_clients, dtype=np.int64)
+        self.explored = np.zeros(num_clients, dtype=bool)
+
+    def exploration(self, round: int) -> float:
+        """ε, the fraction of the slots of `round` kept for unexplored clients: `explore` decaying to `explore_min`."""
+        # Never above `explore`, so that explore=0 turns exploration off whatever explore_min is.
+        return min(self.explore, max(self.explore_min, self.explore * self.explore_decay ** max(round - 1, 0)))
+
+    def scores(self, ids: np.ndarray, round: int) -> np.ndarray:
+        """Oort's exploitation score of the explored clients `ids` in `round` (higher: more wanted)."""
+        u = self.utility[ids]
+        score = (u - u.min()) / (u.max() - u.min() + 1e-12)
+        # Staleness bonus: a client not observed for long may have more to teach than its old loss says.
+        score += np.sqrt(0.1 * math.log(max(round, 1)) / np.maximum(self.last_round[ids], 1))
+        known = self.duration[~np.isnan(self.duration)]
+        if known.size:
+            preferred = np.quantile(known, self.preferred_quantile)  # T, the round duration Oort aims at
+            t = self.duration[ids]
+            slow = t > preferred  # False for NaN: a client of unknown duration is not penalised
+            score[slow] *= (preferred / t[slow]) ** self.penalty
+        return score
+
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
+        """Sorted ids of at most `k` clients online at `now`, not in `exclude`: ε·k unexplored, the rest by score."""
+        if k <= 0:
+            raise ValueError(f"cannot sample {k} clients")
+        candidates = _online(self.system, self.num_clients, round, k, now, exclude)
+        if len(candidates) <= k:
+            return candidates.tolist()
+        seen, unseen = candidates[self.explored[candidates]], candidates[~self.explored[candidates]]
+        # Whichever side has too few candidates, the other fills the rest of the k slots.
+        n_explore = min(len(unseen), max(k - len(seen), math.floor(self.exploration(round) * k + 0.5)))
+        n_exploit = k - n_explore
+        gen = _stream(self.seed, round, attempt)
+        chosen = [gen.choice(unseen, size=n_explore, replace=False)]
+        if n_exploit:
+            score = self.scores(seen, round)
+            # Oort's cut-off: only clients within `cutoff` of the n-th best score stay, and among them
+            # the draw is ∝ score, so that near-equals share the rounds instead of the same few winning.
+            pool = score >= self.cutoff * np.sort(score)[-n_exploit]
+            p = score[pool]
+            p = p / p.sum() if np.count_nonzero(p) >= n_exploit else None  # too few positive scores: uniform
+            chosen.append(gen.choice(seen[pool], size=n_exploit, replace=False, p=p))
+        return sorted(int(c) for c in np.concatenate(chosen))
+
+    def observe(self, round: int, client_id: int, *, num_examples: int = 0, loss: float | None = None,
+                duration_s: float | None = None) -> None:
+        """Learn from a result of `round` that reached the server: `loss` None (the client failed) keeps the utility.
+
+        `loss` is the client's mean training loss, `duration_s` the simulated seconds its task took
+        (for a client past the deadline, at least took).
+        """
+        if not 0 <= client_id < self.num_clients:
+            raise ValueError(f"client {client_id} is not one of the {self.num_clients} clients")
+        self.explored[client_id] = True
+        self.last_round[client_id] = round
+        if loss is not None and math.isfinite(loss):
+            # The paper's |B_i|·sqrt(mean of squared per-example losses), with the mean loss we are given.
+            self.utility[client_id] = num_examples * loss
+        if duration_s is not None:
+            self.duration[client_id] = duration_s
+
+    def state(self) -> dict[str, np.ndarray]:
+        """A copy of what the sampler has learnt, for a checkpoint (`load_state` resumes from it)."""
+        return {name: getattr(self, name).copy() for name in self.STATE}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `state()` returned; a ValueError, changing nothing, if it does not fit these clients."""
+        arrays = {}
+        for name, dtype in self.STATE.items():
+            if name not in state:
+                raise ValueError(f"Oort state lacks {name!r}")
+            arrays[name] = np.array(state[name], dtype=dtype)
+            if arrays[name].shape != (self.num_clients,):
+                raise ValueError(f"Oort state {name!r} has shape {arrays[name].shape}, not ({self.num_clients},)")
+        for name, values in arrays.items():
+            setattr(self, name, values)
+
+
+# server.sampler names → how to build one from (num_clients, system, seed).
 SAMPLERS = {
     "uniform": lambda num_clients, system, seed: UniformSampler(num_clients, seed),
     "available": lambda num_clients, system, seed: AvailableSampler(num_clients, system, seed),
+    "oort": lambda num_clients, system, seed: OortSampler(num_clients, system, seed),
 }
 
 

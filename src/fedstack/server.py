@@ -73,6 +73,8 @@ class Server:
     `overselect` and `partial_work` shape rounds on its clock as the module docstring says.
     """
 
+    asynchronous = False  # which kind of strategy this loop runs (fedstack.async_loop runs the others)
+
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, min_clients: int = 1, eval_every: int = 1,
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
@@ -80,6 +82,9 @@ class Server:
                  download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
                  partial_work: bool = False,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
+        if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
+            raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
+                              f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
         self.strategy = strategy
         self.engine = engine
         self.workload = workload
@@ -208,6 +213,7 @@ class Server:
         states: dict[int, np.ndarray] = {}
         target = self.clients_per_round if self.overselect > 0 else None
         clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
+        observe = getattr(self.sampler, "observe", None)  # a sampler that learns from outcomes (oort)
 
         def arrival(outcome: Outcome) -> float:
             """Seconds after `now` at which a client's result reaches the server."""
@@ -231,6 +237,8 @@ class Server:
                 if self.deadline_s and seconds > self.deadline_s:
                     kinds["deadline"] += 1
                     clock["late"] = True
+                    if observe is not None:
+                        observe(rnd, outcome.task.client_id, duration_s=seconds)
                     log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
                              rnd, outcome.task.client_id, seconds, self.deadline_s)
                     continue
@@ -240,6 +248,9 @@ class Server:
                         states[update.client_id] = outcome.value.state
                     if update.client_id in partial:
                         tally["partial"] += 1
+                    if observe is not None:
+                        observe(rnd, update.client_id, num_examples=update.num_examples,
+                                loss=update.metrics.get("train_loss"), duration_s=seconds)
                     clock["last"] = max(clock["last"], seconds)
                     clock["full"] = target is not None and tally["clients"] >= target
                     yield update

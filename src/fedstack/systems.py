@@ -217,8 +217,20 @@ class SystemModel:
 
     def drops(self, rnd: int, attempt: int, client_id: int) -> bool:
         """Whether the client drops out of this attempt of this round (seeded; no draw when it never drops)."""
+        return self.drop_point(rnd, attempt, client_id) is not None
+
+    def drop_point(self, rnd: int, attempt: int, client_id: int) -> float | None:
+        """How far into its task (a fraction in [0, 1)) the client drops out, or None if it does not.
+
+        The first draw of the stream decides whether it drops, the second where.
+        """
         p = self.device(client_id).dropout
-        return p > 0 and bool(dropout_rng(self.seed, rnd, attempt, client_id).random() < p)
+        if p <= 0:
+            return None
+        draws = dropout_rng(self.seed, rnd, attempt, client_id)
+        if draws.random() >= p:
+            return None
+        return float(draws.random())
 
 
 class UniformSystem(SystemModel):

@@ -2,11 +2,12 @@
 
 from .base import (ClientUpdate, Strategy, Task, WeightedSum, broadcast, needs_client_state, restore_strategy_state,
                    strategy_state)
+from .asynchronous import FedAsync, FedBuff, staleness_weight
 from .fedavg import FedAvg
 from .fedopt import ADAPTIVE, FedOpt
 from .scaffold import Scaffold
 
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE)
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync")
 
 
 def build_strategy(server, fit, num_clients: int) -> Strategy:
@@ -17,10 +18,15 @@ def build_strategy(server, fit, num_clients: int) -> Strategy:
     """
     if server.strategy in ("fedavg", "fedprox"):
         return FedAvg(fit, server_lr=server.server_lr)
+    if server.strategy == "fedbuff":
+        return FedBuff(fit, server_lr=server.server_lr, staleness_exponent=server.staleness_exponent)
+    if server.strategy == "fedasync":
+        return FedAsync(fit, alpha=server.alpha, staleness_exponent=server.staleness_exponent)
     if server.strategy == "scaffold":
         return Scaffold(num_clients, fit, server_lr=server.server_lr)
     return FedOpt(server.strategy, fit, server_lr=server.server_lr, momentum=server.momentum,
                   beta1=server.beta1, beta2=server.beta2, tau=server.tau)
 
-__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "Scaffold", "STRATEGIES",
+__all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "FedBuff", "FedAsync",
+           "staleness_weight", "Scaffold", "STRATEGIES",
            "build_strategy", "strategy_state", "restore_strategy_state", "broadcast", "needs_client_state"]

@@ -27,12 +27,18 @@ class Task:
 
 @dataclass
 class ClientUpdate:
-    """A decoded, validated update as the strategy sees it."""
+    """A decoded, validated update as the strategy sees it.
+
+    The asynchronous loop also says how stale it is: `staleness` = server updates since the
+    client received its model, and `base` = that model (None: the current params).
+    """
 
     client_id: int
     update: np.ndarray
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    staleness: int = 0
+    base: np.ndarray | None = field(default=None, repr=False)
 
 
 class Strategy(Protocol):

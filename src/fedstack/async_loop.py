@@ -1,0 +1,284 @@
+"""The asynchronous loop: clients train all the time, the server updates as results arrive (FedBuff, FedAsync).
+
+It runs as a discrete-event simulation on the simulated clock of the fleet (`systems.py`):
+
+1. `server.concurrency` clients are training at any time. A free slot is filled at once: the
+   sampler draws among the clients not already training (`exclude`), each drawn client receives
+   the current global model (its *version*) and starts at the current simulated time. A drawn
+   client that is offline fails as "unavailable" and another is drawn (no time passes: an offline
+   device never answers), until every client has been tried. When nothing is training and no client
+   is online, the server idles until one is; while some train, free slots are filled again at the
+   next event.
+2. Each started client ends in one event: its result arrives after `DeviceProfile.task_seconds`
+   (download of its version, its local work, upload of its real encoded payload); or it drops out
+   (the fleet's `dropout`) a uniformly drawn fraction of the way through its planned task, and the
+   server sees the lost connection then; or, with `deadline_s`, the server gives up on it when the
+   deadline passes ("deadline": a per-task timeout here; with `partial_work` a client whose full
+   work would not fit is asked for the local steps that do, as in the synchronous loop).
+3. Events are handled in time order (ties: in the order the clients started). An accepted result
+   goes into the buffer with its staleness τ = server updates since it received its model; when
+   the buffer holds `server.buffer_size` updates the strategy aggregates them into the next version.
+   That is one "round" of the records: `server.rounds` counts server updates, and each record
+   gathers what happened since the previous update (clients started, failures, bytes).
+
+Training happens lazily, in batches: a started client's outcome is only needed when its event
+could be the next one. Its earliest possible event time (download + compute, or its deadline) is
+known before training, so the loop trains every waiting client — all of them at once on the
+engine, grouped by version — only when one of those bounds is not later than the earliest known
+event. What a client computes depends only on its version, its seed and its data, so results are
+the same on every engine and whatever the batching.
+
+Random choices come from the run seed: the sampler's draws keyed by (version, fill), the client's
+training seed by (version, client, start number), dropouts by (version, start number, client).
+A resumed run continues from its last update with nothing in flight (its clients start afresh),
+so it is deterministic but not bit-identical to a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .codec import CodecContext
+from .engine import Outcome
+from .errors import ConfigError, FedstackError
+from .seeding import int_seed
+from .server import FAILURE_KINDS, SERVER_ID, Server
+from .strategy import ClientUpdate, Task, broadcast
+
+log = logging.getLogger("fedstack.async")
+
+
+@dataclass
+class Flight:
+    """A client that was started: its task, the version it trains from, when it started and ends."""
+
+    task: Task
+    version: int
+    start: float
+    seq: int  # start number: orders events that happen at the same time
+    work: int  # samples it trains on
+    earliest: float  # its event cannot happen before this time
+    partial: bool = False  # asked for fewer local steps to meet the deadline
+    kind: str = "result"  # what its event is: result, error, dropout or deadline
+    outcome: Outcome | None = None
+    at: float = math.inf  # when its event happens, once known
+
+
+class AsyncServer(Server):
+    """Runs `rounds` asynchronous server updates of `strategy` (FedBuff, FedAsync) over `engine`.
+
+    Takes Server's arguments (not `overselect` or `min_clients`, which belong to rounds), plus
+    `concurrency` (clients training at once; 0 = 2 × clients_per_round) and `buffer_size` (updates
+    per server step; 0 = clients_per_round, or 1 for a strategy without `buffered`).
+    """
+
+    asynchronous = True
+
+    def __init__(self, strategy, engine, workload, *, concurrency: int = 0, buffer_size: int = 0, **kwargs):
+        if kwargs.get("overselect", 0):
+            raise ConfigError("server.overselect", "over-selection belongs to synchronous rounds; an asynchronous "
+                              "strategy keeps server.concurrency clients busy instead")
+        super().__init__(strategy, engine, workload, **kwargs)
+        self.concurrency = concurrency or 2 * self.clients_per_round
+        if self.concurrency > self.dataset.num_clients:
+            raise ConfigError("server.concurrency", f"asks {self.concurrency} clients at once of "
+                              f"{self.dataset.num_clients}")
+        self.buffer_size = buffer_size or (self.clients_per_round if getattr(strategy, "buffered", False) else 1)
+
+    def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
+        """Train from `params` until `rounds` server updates are done; returns the final params."""
+        self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.version = start_round - 1
+        self.now = sim_time
+        self.models: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # version → (params, sent, bytes down)
+        self.flights: dict[int, Flight] = {}  # client id → its flight
+        self.waiting: list[Flight] = []  # started, not yet trained
+        self.events: list[tuple[float, int, int]] = []  # (time, seq, client id) of flights whose event is known
+        self.buffer: list[ClientUpdate] = []
+        self.starts = self.fills = 0
+        self._new_period()
+        started = time.perf_counter()
+        stalls = 0
+        try:
+            self.engine.start(self.workload)
+            self._fill()
+            while self.version < self.rounds:
+                flight = self._next_event()
+                if flight is None:  # nothing is training: wait for a client to come online
+                    later = self.system.next_online(self.now, self.dataset.num_clients)
+                    stalls = stalls + 1 if later <= self.now else 0
+                    if not math.isfinite(later) or stalls > 10:
+                        raise FedstackError(f"at t={self.now:.0f} s no client can be started (none online, "
+                                            "nor will be; or none can finish a step before the deadline)")
+                    self.now = later
+                else:
+                    self._settle(flight)
+                    if len(self.buffer) >= self.buffer_size:
+                        self._update(started)
+                self._fill()
+        finally:
+            self.engine.close()
+        return self.params
+
+    def _new_period(self) -> None:
+        """Start counting what happens until the next server update."""
+        self.tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "bytes_down": 0, "bytes_down_raw": 0,
+                      "partial": 0, "sampled": 0}
+        self.kinds = dict.fromkeys(FAILURE_KINDS, 0)
+        self.states: dict[int, dict] = {}
+
+    def _model(self, version: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(params, what clients receive, its bytes on the wire) of `version`, made once per version."""
+        if version not in self.models:
+            sent = np.ascontiguousarray(broadcast(self.strategy, self.params), dtype=np.float32)
+            download = sent.nbytes
+            if self.download.stages:
+                ctx = CodecContext(version + 1, SERVER_ID, self.workload.seed)
+                payload = self.download.encode(sent, ctx)
+                sent, download = np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
+            self.models[version] = (self.params, sent, download)
+        return self.models[version]
+
+    def _fill(self) -> None:
+        """Start clients until `concurrency` are training, or until no client left to draw could start."""
+        n = self.dataset.num_clients
+        if not self.system.any_online(self.now, n):
+            return
+        skipped: set[int] = set()  # drawn in this fill and found offline, or too slow for the deadline
+        while len(self.flights) < self.concurrency:
+            k = min(self.concurrency - len(self.flights), n - len(self.flights) - len(skipped))
+            ids = self._draw(k, sorted(skipped.union(self.flights))) if k > 0 else []
+            if not ids:
+                return
+            for cid in ids:
+                if not self.system.online(cid, self.now):
+                    self.kinds["unavailable"] += 1
+                    skipped.add(cid)
+                elif not self._start(cid):
+                    skipped.add(cid)
+
+    def _draw(self, k: int, exclude: list[int]) -> list[int]:
+        self.fills += 1
+        rnd = self.version + 1
+        if getattr(self.sampler, "clocked", False):
+            return self.sampler.sample(rnd, k, self.fills, now=self.now, exclude=exclude)
+        return self.sampler.sample(rnd, k, self.fills, exclude=exclude)
+
+    def _start(self, cid: int) -> bool:
+        """Send client `cid` the current model and schedule what it will do; False if it cannot
+        finish one local step before the deadline (then it is not started)."""
+        seed, rnd = self.workload.seed, self.version + 1
+        self.starts += 1
+        _, sent, download = self._model(self.version)
+        task = self.strategy.configure(rnd, self.params, [cid])[0]
+        task = replace(task, config=replace(task.config, seed=int_seed(seed, "client", rnd, cid, self.starts)))
+        self.tally["sampled"] += 1
+        self.tally["bytes_down"] += download
+        self.tally["bytes_down_raw"] += sent.nbytes
+        fitted = self._fit_deadline(task, download, sent.size) if self.partial_work else task
+        if fitted is None:  # not even one step fits before the deadline
+            self.kinds["deadline"] += 1
+            return False
+        partial, task = fitted is not task, fitted
+        if self.keeps_state:
+            task = replace(task, state=self.client_states.get(cid))
+        device = self.system.device(cid)
+        work = task.config.samples(len(self.dataset.train_idx[cid]))
+        compute_done = self.now + device.task_seconds(work, download, 0)
+        earliest = min(compute_done, self.now + self.deadline_s) if self.deadline_s else compute_done
+        flight = Flight(task, self.version, self.now, self.starts, work, earliest, partial)
+        self.flights[cid] = flight
+        point = self.system.drop_point(rnd, self.starts, cid)
+        if point is not None:  # it drops out part of the way through its planned task
+            planned = device.task_seconds(work, download, 4 * sent.size)
+            self._schedule(flight, "dropout", self.now + point * planned)
+        else:
+            self.waiting.append(flight)
+        return True
+
+    def _schedule(self, flight: Flight, kind: str, at: float) -> None:
+        if self.deadline_s and at > flight.start + self.deadline_s:
+            kind, at = "deadline", flight.start + self.deadline_s
+        flight.kind, flight.at = kind, at
+        heapq.heappush(self.events, (at, flight.seq, flight.task.client_id))
+
+    def _next_event(self) -> Flight | None:
+        """The flight whose event comes next (training waiting clients first if one of them might)."""
+        while self.waiting and (not self.events or min(f.earliest for f in self.waiting) <= self.events[0][0]):
+            self._train_waiting()
+        if not self.events:
+            return None
+        at, _, cid = heapq.heappop(self.events)
+        self.now = at
+        return self.flights.pop(cid)
+
+    def _train_waiting(self) -> None:
+        """Train every waiting client on the engine, one batch per version, and schedule their events."""
+        waiting, self.waiting = self.waiting, []
+        for version in sorted({f.version for f in waiting}):
+            group = [f for f in waiting if f.version == version]
+            _, sent, download = self.models[version]
+            for flight, outcome in zip(group, self.engine.run(sent, [f.task for f in group])):
+                flight.outcome = outcome
+                device = self.system.device(flight.task.client_id)
+                if outcome.error is not None:
+                    self._schedule(flight, "error", flight.start + device.task_seconds(flight.work, download, 0))
+                else:
+                    seconds = device.task_seconds(flight.work, download, len(outcome.value.payload))
+                    self._schedule(flight, "result", flight.start + seconds)
+
+    def _settle(self, flight: Flight) -> None:
+        """Count a flight's event; an accepted result goes into the buffer."""
+        cid = flight.task.client_id
+        observe = getattr(self.sampler, "observe", None)
+        if flight.kind == "result":
+            update = self._accept(flight.outcome, self.models[flight.version][1].size, self.tally, self.kinds)
+            if update is not None:
+                update.staleness = self.version - flight.version
+                update.base = self.models[flight.version][0]
+                self.buffer.append(update)
+                self.tally["partial"] += flight.partial
+                if self.keeps_state and flight.outcome.value.state is not None:
+                    self.states[cid] = flight.outcome.value.state
+                if observe is not None:
+                    observe(self.version + 1, cid, num_examples=update.num_examples,
+                            loss=update.metrics.get("train_loss"), duration_s=self.now - flight.start)
+        else:
+            self.kinds[flight.kind] += 1
+            if flight.kind == "error":
+                log.warning("update %d: client %d failed: %s", self.version + 1, cid, flight.outcome.error)
+            if flight.kind == "deadline" and observe is not None:
+                observe(self.version + 1, cid, duration_s=self.now - flight.start)
+        self._forget_old_models()
+
+    def _forget_old_models(self) -> None:
+        """Drop versions no client trains from any more (the buffer keeps the bases it needs)."""
+        needed = {f.version for f in self.flights.values()} | {self.version}
+        for version in [v for v in self.models if v not in needed]:
+            del self.models[version]
+
+    def _update(self, started: float) -> None:
+        """Aggregate the buffer into the next version; record, evaluate, report it."""
+        rnd = self.version + 1
+        staleness = [u.staleness for u in self.buffer]
+        new = self.strategy.aggregate(rnd, self.params, iter(self.buffer))
+        self.params = np.ascontiguousarray(new, dtype=np.float32)
+        self.version = rnd
+        if self.states:
+            self.client_states.put(rnd, self.states)
+        record = {"round": rnd, **self.tally, "failures": sum(self.kinds.values()), "failures_by_kind": self.kinds,
+                  "overselected": 0, "attempts": 1, "sim_time_s": self.now,
+                  "staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
+        self.buffer = []
+        self._new_period()
+        self._forget_old_models()
+        record.update(self.evaluate(rnd, self.params))
+        record["wall_time_s"] = time.perf_counter() - started
+        for callback in self.on_round:
+            callback(record, self.params)
