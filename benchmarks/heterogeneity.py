@@ -14,7 +14,8 @@ Goal (issue 6): (b) and (c) each reach 75 % in at most half the simulated time o
 prints each mode's final and best accuracy after the same number of server steps — the price of a
 bias toward fast clients, if any — and writes heterogeneity.png (accuracy against simulated hours).
 
-    python benchmarks/heterogeneity.py [--rounds 30] [--modes sync,deadline,fedbuff,oort] [--out runs/bench-heterogeneity]
+    python benchmarks/heterogeneity.py [--rounds 30] [--modes sync,deadline,fedbuff,oort] [--seed 0]
+                                       [--out runs/bench-heterogeneity]
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ MODES = {
 TARGET = 0.75
 
 
-def run(mode: str, rounds: int, out: Path) -> dict:
+def run(mode: str, rounds: int, out: Path, seed: int = 0) -> dict:
     """Run one mode; its records and the wall time it took."""
-    config = load_config(None, [*FLEET, *MODES[mode], f"server.rounds={rounds}"])
+    config = load_config(None, [*FLEET, *MODES[mode], f"server.rounds={rounds}", f"seed={seed}"])
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not the resumption of an old one
     started = time.perf_counter()
     history = run_config(config, out)
@@ -61,11 +62,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="server steps per mode (rounds, or FedBuff steps)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-heterogeneity"))
+    parser.add_argument("--seed", type=int, default=0, help="run seed: data split, fleet, sampling, dropouts")
     args = parser.parse_args()
     modes = args.modes.split(",")
-    results = {mode: run(mode, args.rounds, args.out / mode) for mode in modes}
+    results = {mode: run(mode, args.rounds, args.out / mode, args.seed) for mode in modes}
 
-    print(f"\nsimulated time to {TARGET:.0%} test accuracy ({args.rounds} server steps per mode)")
+    print(f"\nsimulated time to {TARGET:.0%} test accuracy ({args.rounds} server steps per mode, seed {args.seed})")
     print(f"{'mode':<10} {'hours to 75%':>13} {'vs sync':>8} {'final acc':>10} {'best acc':>9} {'sim hours':>10} "
           f"{'clients':>8} {'failures (dropout/deadline/unavailable)':>40} {'wall s':>7}")
     base = hours_to(results["sync"]["rounds"], TARGET) if "sync" in results else None
