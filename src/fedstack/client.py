@@ -22,6 +22,7 @@ class FitConfig:
     seed: int = 0  # drives batch order; derived from the run seed, round and client id
     mu: float = 0.0  # FedProx proximal weight: adds mu/2·‖w − w_global‖² to the local objective
     scaffold: bool = False  # SCAFFOLD: params arrive as [x; c], the update returns as [Δy; Δc]
+    clip_norm: float = 0.0  # DP: the L2 bound the "clip" codec applies this round (adaptive clipping moves it)
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""

@@ -53,7 +53,8 @@ class ServerConfig(Section):
     round_retries: int = Field(2, ge=0)  # a round with fewer than min_clients successes is tried again
     deadline_s: float = Field(0.0, ge=0)  # simulated seconds a round waits for results; 0 = no deadline
     overselect: float = Field(0.0, ge=0)  # ask ⌈(1+overselect)·clients_per_round⌉, aggregate the first to arrive
-    sampler: Literal["uniform", "available", "oort"] = "uniform"  # see fedstack.sampling for what each trades off
+    # who takes part: see fedstack.sampling for what each trades off
+    sampler: Literal["uniform", "available", "oort", "poisson"] = "uniform"
     # fedbuff, fedasync (the asynchronous loop): clients training at once (0 = 2 × clients_per_round), and
     # updates per server step (0 = clients_per_round for fedbuff; fedasync steps at each update)
     concurrency: int = Field(0, ge=0)
@@ -104,6 +105,20 @@ class DecentralizedConfig(Section):
     node_failure: float = Field(0.0, ge=0, lt=1)  # probability that a node is silent in a round
 
 
+class PrivacyConfig(Section):
+    """Client-level differential privacy (DP-FedAvg) and its accounting (fedstack.privacy)."""
+
+    mode: Literal["central", "local", "distributed"] = "central"  # who adds the Gaussian noise
+    clip_norm: float = Field(1.0, gt=0)  # L2 bound of each client's update (codec stage "clip")
+    noise_multiplier: float = Field(0.0, ge=0)  # noise std = noise_multiplier · clip_norm on the sum
+    delta: float = Field(1e-5, gt=0, lt=1)
+    epsilon_budget: float = Field(0.0, ge=0)  # > 0: stop before a round would spend more
+    accountant: Literal["rdp", "pld"] = "rdp"
+    target_quantile: float = Field(0.0, ge=0, lt=1)  # > 0: adaptive clipping to this quantile of update norms
+    clip_lr: float = Field(0.2, gt=0)  # adaptive clipping: geometric step size η
+    clip_count_stddev: float = Field(0.0, ge=0)  # adaptive clipping: noise on the clipped count (0 = clients/20)
+
+
 class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
@@ -124,6 +139,7 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     decentralized: DecentralizedConfig = DecentralizedConfig()
     systems: SystemsConfig = SystemsConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -175,10 +191,12 @@ def validate(tree: dict) -> Config:
         raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
                           f"server.clients_per_round = {config.server.clients_per_round}")
     _validate_systems(config, serverless)
+    _validate_privacy(config, serverless)
     from .codec import build_pipeline
 
-    build_pipeline(config.codec.pipeline, config.codec)  # unknown names, bad parameters, impossible orders
-    download = build_pipeline(config.codec.download, config.codec, key="codec.download")
+    options = codec_options(config)
+    build_pipeline(config.codec.pipeline, options)  # unknown names, bad parameters, impossible orders
+    download = build_pipeline(config.codec.download, options, key="codec.download")
     if download.stateful:
         raise ConfigError("codec.download", "error-feedback codecs (topk, sign) compress uploads only: the "
                           "server keeps no residual for the global model")
@@ -194,6 +212,72 @@ def validate(tree: dict) -> Config:
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config
+
+
+def codec_options(config: Config, deployed: bool = False):
+    """The parameters of the codec stages, from `[codec]` and `[privacy]` (a deployed client draws DP
+    noise from the operating system instead of the run seed, which the server knows)."""
+    from .codec import CodecOptions
+
+    c, p = config.codec, config.privacy
+    return CodecOptions(bits=c.bits, qsgd_bucket=c.qsgd_bucket, topk_fraction=c.topk_fraction,
+                        zstd_level=c.zstd_level, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+                        noise_mode=p.mode, noise_clients=config.server.clients_per_round, seeded_noise=not deployed)
+
+
+def private(config: Config) -> bool:
+    """Whether the run is differentially private: DP noise, or at least clipping, is configured."""
+    return config.privacy.noise_multiplier > 0 or "clip" in config.codec.pipeline
+
+
+def _validate_privacy(config: Config, serverless: bool) -> None:
+    """DP settings that cannot give the guarantee they promise are refused, naming the key."""
+    from .sampling import overselected
+
+    p, pipeline, server = config.privacy, config.codec.pipeline, config.server
+    if "clip" in config.codec.download or "gaussian" in config.codec.download:
+        raise ConfigError("codec.download", "clip and gaussian protect client updates: use them in codec.pipeline")
+    if not private(config):
+        if "gaussian" in pipeline:
+            raise ConfigError("codec.pipeline", "\"gaussian\" needs privacy.noise_multiplier > 0 and \"clip\" "
+                              "before it")
+        for key, value in (("epsilon_budget", p.epsilon_budget), ("target_quantile", p.target_quantile)):
+            if value:
+                raise ConfigError(f"privacy.{key}", "needs differential privacy: set privacy.noise_multiplier > 0 "
+                                  "and put \"clip\" first in codec.pipeline")
+        return
+    if serverless:
+        raise ConfigError("privacy.noise_multiplier", "differential privacy is for runs with a server, not "
+                          "decentralized ones")
+    if pipeline[:1] != ["clip"]:
+        raise ConfigError("codec.pipeline", f"differential privacy clips each update first: codec.pipeline must "
+                          f"start with \"clip\", got {pipeline}")
+    noised_by_clients = p.mode in ("local", "distributed")
+    if noised_by_clients and p.noise_multiplier > 0 and pipeline[1:2] != ["gaussian"]:
+        raise ConfigError("codec.pipeline", f"privacy.mode = \"{p.mode}\": clients add the noise, so \"gaussian\" "
+                          f"must follow \"clip\", got {pipeline}")
+    if not noised_by_clients and "gaussian" in pipeline:
+        raise ConfigError("codec.pipeline", "privacy.mode = \"central\": the server adds the noise to the sum; "
+                          "\"gaussian\" (client-side noise) is for privacy.mode local or distributed")
+    if p.mode == "distributed" and "secagg" not in pipeline:
+        raise ConfigError("privacy.mode", "distributed noise is private only under secure aggregation: put "
+                          "\"secagg\" in codec.pipeline (otherwise the server sees each lightly noised update)")
+    if p.target_quantile and p.mode != "central":
+        raise ConfigError("privacy.target_quantile", "adaptive clipping is available with privacy.mode = "
+                          "\"central\" only (the server must count clipped updates)")
+    count_stddev = p.clip_count_stddev or overselected(server.clients_per_round, server.overselect) / 20
+    if p.target_quantile and p.noise_multiplier and 2 * count_stddev <= p.noise_multiplier:
+        raise ConfigError("privacy.clip_count_stddev", f"adaptive clipping's count noise {count_stddev:g} must exceed "
+                          f"privacy.noise_multiplier / 2 = {p.noise_multiplier / 2:g}, or counting clipped updates "
+                          "alone spends the whole privacy budget")
+    if p.epsilon_budget and not p.noise_multiplier:
+        raise ConfigError("privacy.epsilon_budget", "without noise (privacy.noise_multiplier = 0) ε is infinite")
+    if server.strategy in ("scaffold", "fedbuff", "fedasync"):
+        raise ConfigError("server.strategy", f"{server.strategy} is not supported with differential privacy "
+                          "(control variates and asynchronous updates are not accounted for)")
+    if p.target_quantile and any(stage not in ("clip", "zstd") for stage in pipeline):
+        raise ConfigError("privacy.target_quantile", "adaptive clipping counts the updates that were clipped from "
+                          "their norms, so only lossless stages (zstd) may follow \"clip\"")
 
 
 def _validate_systems(config: Config, serverless: bool) -> None:

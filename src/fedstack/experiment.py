@@ -14,16 +14,17 @@ import numpy as np
 from . import __version__
 from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
-from .config import Config, to_toml
+from .config import Config, codec_options, private, to_toml
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .report import MetricsWriter, write_report, write_summary
-from .sampling import build_sampler
+from .sampling import build_sampler, overselected
 from .seeding import int_seed
 from .async_loop import AsyncServer
 from .server import Server
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
+from .strategy.private import Private
 from .systems import SystemModel, build_system
 
 
@@ -35,6 +36,7 @@ class History:
     params: np.ndarray | None = None
     run_dir: Path | None = None
     status: str = "finished"
+    stopped: str | None = None  # why a run ended early (the privacy budget)
 
     def __call__(self, record: dict, params=None) -> None:
         self.rounds.append(record)
@@ -50,7 +52,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
              download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
              overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
-             buffer_size: int = 0) -> History:
+             buffer_size: int = 0, epsilon_budget: float = 0.0) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -99,9 +101,11 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                   eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                   sampler=sampler, client_states=store, finetune=finetune, download=download,
                   system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
-                  on_round=callbacks)
+                  epsilon_budget=epsilon_budget, on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
+        if getattr(server, "stopped", None):
+            history.status, history.stopped = "stopped", server.stopped
     except BaseException as exc:
         history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise
@@ -140,6 +144,7 @@ def summarize(history: History, seed: int, config: dict) -> dict:
     return {
         "run_dir": str(history.run_dir),
         "status": history.status,
+        "stopped": history.stopped,
         "rounds": len(rounds),
         "final": {
             "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
@@ -255,8 +260,9 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
 
         return run_decentralized(config, out, on_round, dataset, engine)
     dataset = dataset if dataset is not None else dataset_of(config)
-    pipeline = build_pipeline(config.codec.pipeline, config.codec)
-    download = build_pipeline(config.codec.download, config.codec, key="codec.download")
+    options = codec_options(config)
+    pipeline = build_pipeline(config.codec.pipeline, options)
+    download = build_pipeline(config.codec.download, options, key="codec.download")
     remote = engine is not None and not isinstance(engine, str)
     if remote and download.stages:
         raise ConfigError("codec.download", "the gRPC transport sends the global model as float32; "
@@ -269,6 +275,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     run_dir = prepare_run_dir(out)
     factory, params, fit, finetune = client_side(config, dataset)
     strategy = build_strategy(config.server, fit, dataset.num_clients)
+    if private(config):
+        strategy = private_strategy(config, strategy, dataset.num_clients)
     (run_dir / "config.toml").write_text(to_toml(config))
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
@@ -280,7 +288,18 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
                     finetune=finetune, download=download, system=system, deadline_s=config.server.deadline_s,
                     overselect=config.server.overselect, partial_work=config.client.partial_work,
-                    concurrency=config.server.concurrency, buffer_size=config.server.buffer_size)
+                    concurrency=config.server.concurrency, buffer_size=config.server.buffer_size,
+                    epsilon_budget=config.privacy.epsilon_budget)
+
+
+def private_strategy(config: Config, strategy: Strategy, num_clients: int) -> Private:
+    """`strategy` made differentially private as `[privacy]` says (DP-FedAvg around it)."""
+    p = config.privacy
+    return Private(strategy, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, mode=p.mode,
+                   clients_per_round=overselected(config.server.clients_per_round, config.server.overselect),
+                   population=num_clients, seed=config.seed, delta=p.delta, accountant=p.accountant,
+                   sampling="poisson" if config.server.sampler == "poisson" else "fixed",
+                   target_quantile=p.target_quantile, clip_lr=p.clip_lr, clip_count_stddev=p.clip_count_stddev)
 
 
 def _refuse_simulated_fleet(config: Config) -> None:

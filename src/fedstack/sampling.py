@@ -13,6 +13,9 @@ of the run seed keyed by (round, attempt), so a resumed run or another engine dr
   (all of them when fewer are). No round is wasted on offline devices, at the price of a bias
   toward the clients that are online when the server happens to run rounds (in a diurnal fleet,
   toward time zones); if what a device is online for correlates with its data, so does the model.
+- `poisson` (`PoissonSampler`): each client independently with probability k / N, the sampling
+  under which differential privacy's accountant amplifies privacy (`privacy.py`); the number of
+  clients per round varies.
 - `oort` (`OortSampler`; Lai et al. 2021, "Oort: Efficient Federated Learning via Guided
   Participant Selection", OSDI'21): among the online clients, mostly those with much to teach
   (statistical utility: examples × training loss) that finish soon (clients slower than a
@@ -216,11 +219,31 @@ class OortSampler:
             setattr(self, name, values)
 
 
+class PoissonSampler:
+    """Each client takes part independently with probability k / num_clients (so about k per round).
+
+    The sampling that differential privacy's accounting assumes when it amplifies privacy by
+    subsampling (McMahan et al. 2018): how many clients take part is itself random, and a round
+    may have none. Excluded clients (still training, in the asynchronous loop) are never drawn.
+    """
+
+    def __init__(self, num_clients: int, seed: int = 0):
+        self.num_clients = num_clients
+        self.seed = seed
+
+    def sample(self, round: int, k: int, attempt: int = 0, exclude=()) -> list[int]:
+        if not 0 < k <= self.num_clients:
+            raise ValueError(f"cannot sample {k} of {self.num_clients} clients")
+        chosen = np.flatnonzero(_stream(self.seed, round, attempt).random(self.num_clients) < k / self.num_clients)
+        return _without(chosen, exclude).tolist()
+
+
 # server.sampler names → how to build one from (num_clients, system, seed).
 SAMPLERS = {
     "uniform": lambda num_clients, system, seed: UniformSampler(num_clients, seed),
     "available": lambda num_clients, system, seed: AvailableSampler(num_clients, system, seed),
     "oort": lambda num_clients, system, seed: OortSampler(num_clients, system, seed),
+    "poisson": lambda num_clients, system, seed: PoissonSampler(num_clients, seed),
 }
 
 

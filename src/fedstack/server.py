@@ -80,7 +80,7 @@ class Server:
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
                  download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
-                 partial_work: bool = False,
+                 partial_work: bool = False, epsilon_budget: float = 0.0,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
             raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
@@ -115,6 +115,8 @@ class Server:
             raise ConfigError("server.overselect", f"asks {self.sample_size} clients of {self.dataset.num_clients}")
         self.on_round = list(on_round or [])
         self.rejected = 0
+        self.epsilon_budget = epsilon_budget
+        self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
         self.finetune = finetune
         self.download = download or Pipeline()
         self.keeps_state = False  # whether this server keeps client state and sends it with tasks
@@ -135,9 +137,14 @@ class Server:
         try:
             self.engine.start(self.workload)
             for rnd in range(start_round, self.rounds + 1):
+                if self._over_budget(rnd):
+                    break
+                clip_norm = getattr(self.strategy, "clip_norm", None)
                 params, record = self.round_with_retries(rnd, params, sim_time)
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
+                if hasattr(self.strategy, "epsilon"):  # differential privacy: what the run has spent
+                    record.update(epsilon=self.strategy.epsilon(), clip_norm=clip_norm)
                 record.update(self.evaluate(rnd, params))
                 record["wall_time_s"] = time.perf_counter() - started
                 for callback in self.on_round:
@@ -145,6 +152,18 @@ class Server:
         finally:
             self.engine.close()
         return params
+
+    def _over_budget(self, rnd: int) -> bool:
+        """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""
+        if not self.epsilon_budget or not hasattr(self.strategy, "epsilon_after"):
+            return False
+        after = self.strategy.epsilon_after(1)
+        if after <= self.epsilon_budget:
+            return False
+        self.stopped = (f"stopped before round {rnd}: it would raise ε to {after:.4g}, over "
+                        f"privacy.epsilon_budget = {self.epsilon_budget:g}")
+        log.warning("%s", self.stopped)
+        return True
 
     def round_with_retries(self, rnd: int, params: np.ndarray, start: float = 0.0) -> tuple[np.ndarray, dict]:
         """A round starting at simulated time `start`, tried again (with other clients, from when the

@@ -17,6 +17,7 @@ class CodecContext:
     round: int
     client_id: int
     seed: int
+    clip_norm: float = 0.0  # this round's DP clip norm (FitConfig.clip_norm); 0: the codec's own
 
 
 class Codec(Protocol):
@@ -130,10 +131,16 @@ class CodecOptions:
     qsgd_bucket: int = 512
     topk_fraction: float = 0.01
     zstd_level: int = 3
+    clip_norm: float = 1.0  # clip, gaussian: privacy.clip_norm
+    noise_multiplier: float = 0.0  # gaussian: privacy.noise_multiplier
+    noise_mode: str = "local"  # gaussian: privacy.mode (local or distributed)
+    noise_clients: int = 1  # gaussian, distributed: how many clients' noise adds up in the sum
+    seeded_noise: bool = True  # gaussian: from the run seed (simulation) or the OS (a deployed client)
 
 
 def _registry() -> dict[str, Callable[[Any], Codec]]:
     from .lossless import Zstd
+    from .privacy import Clip, Gaussian
     from .quantize import BF16, FP16, QSGD
     from .sparsify import RandK, Sign, TopK
 
@@ -146,10 +153,13 @@ def _registry() -> dict[str, Callable[[Any], Codec]]:
         "randk": lambda o: RandK(fraction=o.topk_fraction),
         "sign": lambda o: Sign(),
         "zstd": lambda o: Zstd(level=o.zstd_level),
+        "clip": lambda o: Clip(o.clip_norm),
+        "gaussian": lambda o: Gaussian(o.noise_multiplier, o.clip_norm, o.noise_mode, o.noise_clients,
+                                       o.seeded_noise),
     }
 
 
-CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd")
+CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd", "clip", "gaussian")
 
 
 def build_pipeline(names: list[str], options: Any = None, key: str = "codec.pipeline") -> Pipeline:

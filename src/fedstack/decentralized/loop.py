@@ -45,7 +45,7 @@ import numpy as np
 from .. import evaluation
 from ..client import FitConfig
 from ..codec import CodecContext, Pipeline, build_pipeline
-from ..config import Config, to_toml
+from ..config import Config, codec_options, to_toml
 from ..engine import Engine, Workload, make_engine
 from ..errors import ConfigError
 from ..report import MetricsWriter, write_report, write_summary
@@ -232,7 +232,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     section = config.decentralized
     dataset = dataset if dataset is not None else dataset_of(config)
     adjacency = build_topology(section, dataset.num_clients, config.seed)  # a disconnected graph fails here
-    pipeline = build_pipeline(config.codec.pipeline, config.codec)
+    pipeline = build_pipeline(config.codec.pipeline, codec_options(config))
     run_dir = prepare_run_dir(out)
     factory, params, fit, finetune = client_side(config, dataset)
     (run_dir / "config.toml").write_text(to_toml(config))

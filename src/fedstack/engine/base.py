@@ -85,7 +85,7 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
     """
     state = task.state or {}
     result = trainer.fit(params, data, task.config, state.get("trainer"))
-    ctx = CodecContext(task.round, task.client_id, seed)
+    ctx = CodecContext(task.round, task.client_id, seed, task.config.clip_norm)
     payload, new_state = pipeline.encode_with_state(result.update, ctx, state)
     if result.state is not None:
         new_state["trainer"] = result.state

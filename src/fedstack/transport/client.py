@@ -19,7 +19,7 @@ from ..client import FitConfig
 from ..engine.base import fit_and_encode
 from ..strategy import Task
 from ..codec import build_pipeline
-from ..config import validate
+from ..config import codec_options, validate
 from ..data import ClientData
 from ..errors import DataError, FedstackError
 from . import PROTOCOL
@@ -104,7 +104,7 @@ class Client:
             self.data = self._load_data()
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
-            self.pipeline = build_pipeline(self.config.codec.pipeline, self.config.codec)
+            self.pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
         log.info("joined as %s", self.name)
 
     def _load_data(self) -> ClientData:

@@ -1,0 +1,127 @@
+"""Client-level differential privacy around a server optimizer: DP-FedAvg and its adaptive clipping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+
+from ..privacy import Accountant, clip_update, noisy_fraction, update_noise_multiplier
+from ..seeding import rng, stable_hash
+from .base import ClientUpdate, Strategy, Task, restore_strategy_state, strategy_state
+
+# A decoded update whose norm is below C·(1 − this) was not clipped: clip lands just inside C, and
+# float32 transport moves a norm by ~1e-7 relative.
+_CLIPPED_TOLERANCE = 1e-6
+
+
+class Private:
+    """DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"):
+    every client's update is clipped to L2 norm C (codec stage "clip", with the C of
+    `FitConfig.clip_norm`); the server sums the clipped updates with weight 1, adds Gaussian noise of
+    std z·C to the sum (`mode` "central"; "local" and "distributed": the clients have added it),
+    divides by the expected number of clients — a fixed denominator, so one client's presence moves
+    the result by at most C / expected — and hands that one averaged update to `inner`, the server
+    optimizer (FedAvg, FedAvgM, FedAdam, ...).
+
+    With `target_quantile` > 0, C follows that quantile of the update norms (Andrew et al. 2021,
+    "Differentially Private Learning with Adaptive Clipping"): the server counts the updates that
+    were not clipped, adds noise of std `clip_count_stddev` to the count, and moves C geometrically
+    by `clip_lr`; the update noise shrinks to z_Δ so that both releases together cost z.
+
+    The accountant (`fedstack.privacy.Accountant`) composes one subsampled Gaussian of z per round
+    that counts; `epsilon()` is what the run has spent at `delta`, `epsilon_after(1)` what one
+    more round would make it. In "local" mode no sampling amplifies privacy (the server sees each
+    noised update and knows who sent it), so ε is that of the most frequent participant's releases.
+    """
+
+    def __init__(self, inner: Strategy, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
+                 clients_per_round: int, population: int, seed: int = 0, delta: float = 1e-5,
+                 accountant: str = "rdp", sampling: str = "fixed", target_quantile: float = 0.0,
+                 clip_lr: float = 0.2, clip_count_stddev: float = 0.0):
+        self.inner = inner
+        self.clip_norm = float(clip_norm)
+        self.noise_multiplier = float(noise_multiplier)
+        self.mode = mode
+        self.clients_per_round = clients_per_round
+        self.population = population
+        self.seed = seed
+        self.target_quantile = target_quantile
+        self.clip_lr = clip_lr
+        self.clip_count_stddev = clip_count_stddev or clients_per_round / 20  # the paper's suggestion
+        self.update_noise = self.noise_multiplier
+        if target_quantile:
+            self.update_noise = update_noise_multiplier(self.noise_multiplier, self.clip_count_stddev)
+        if mode == "local":
+            self.accountant = Accountant(accountant, "poisson", delta=delta)
+            self.participations = np.zeros(population, dtype=np.int64)
+        else:
+            self.accountant = Accountant(accountant, sampling, delta=delta, population=population)
+            self.participations = None
+
+    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
+        """The inner strategy's tasks, told this round's clip norm."""
+        tasks = self.inner.configure(round, params, sampled_ids)
+        return [replace(t, config=replace(t.config, clip_norm=self.clip_norm)) for t in tasks]
+
+    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
+        """(Σ clipped updates + noise) / expected clients, stepped by the inner strategy; then account."""
+        total = np.zeros(params.size, dtype=np.float64)
+        ids, unclipped = [], 0
+        for u in updates:
+            total += u.update
+            ids.append(u.client_id)
+            unclipped += bool(np.linalg.norm(u.update.astype(np.float64)) < self.clip_norm * (1 - _CLIPPED_TOLERANCE))
+        if not ids:
+            return params
+        noise = rng(self.seed, "noise", stable_hash("server"), round)
+        if self.mode == "central":
+            total += noise.normal(0.0, self.update_noise * self.clip_norm, total.shape)
+        # Local noise is on every update already: a plain mean. Central and distributed: fixed denominator.
+        denominator = len(ids) if self.mode == "local" else self.clients_per_round
+        mean = (total / denominator).astype(np.float32)
+        new = self.inner.aggregate(round, params, [ClientUpdate(-1, mean, 1)])
+        self._account(ids)
+        if self.target_quantile:
+            below = noisy_fraction(np.r_[np.ones(unclipped), np.zeros(len(ids) - unclipped)],
+                                   self.clip_count_stddev, noise, self.clients_per_round)
+            self.clip_norm = clip_update(self.clip_norm, below, self.target_quantile, self.clip_lr)
+        return new
+
+    def _account(self, ids: list[int]) -> None:
+        if self.participations is None:
+            self.accountant.step(self.noise_multiplier, clients_per_round=self.clients_per_round)
+            return
+        before = self.participations.max()
+        self.participations[ids] += 1
+        for _ in range(int(self.participations.max() - before)):
+            self.accountant.step(self.noise_multiplier, 1.0)  # one more unamplified release by the busiest client
+
+    def epsilon(self) -> float:
+        """ε spent so far, at the configured δ."""
+        return self.accountant.epsilon()
+
+    def epsilon_after(self, rounds: int = 1) -> float:
+        """What ε would be after `rounds` more rounds (a run stops before it would exceed its budget)."""
+        if self.participations is not None:  # worst case: the busiest client takes part every time
+            return self.accountant.epsilon_after(rounds, self.noise_multiplier, 1.0)
+        return self.accountant.epsilon_after(rounds, self.noise_multiplier, clients_per_round=self.clients_per_round)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The clip norm, the accountant's ledger and the inner strategy's state (checkpointed together)."""
+        state = {"clip_norm": np.array(self.clip_norm)}
+        state.update({f"accountant.{k}": v for k, v in self.accountant.state().items()})
+        state.update({f"inner.{k}": v for k, v in strategy_state(self.inner).items()})
+        if self.participations is not None:
+            state["participations"] = self.participations.copy()
+        return state
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if not state:
+            return
+        self.clip_norm = float(state["clip_norm"])
+        self.accountant.load_state({k[len("accountant."):]: v for k, v in state.items() if k.startswith("accountant.")})
+        restore_strategy_state(self.inner, {k[len("inner."):]: v for k, v in state.items() if k.startswith("inner.")})
+        if self.participations is not None:
+            self.participations = np.array(state["participations"], dtype=np.int64)

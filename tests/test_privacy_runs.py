@@ -1,0 +1,80 @@
+"""Differentially private runs end to end: ε in every record, the budget stop, resume, bad settings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from both_engines import run_on_both_engines
+from crashes import Crash, crash_after
+from fedstack.config import load_config
+from fedstack.errors import ConfigError
+from fedstack.experiment import run_config
+
+DP = ["data.name=digits", "model.name=logreg", "data.num_clients=40", "server.clients_per_round=8",
+      "eval.federated=false", 'codec.pipeline=["clip"]', "privacy.noise_multiplier=1.0", "privacy.clip_norm=0.5",
+      "client.lr=0.2"]
+
+
+def test_central_dp_records_a_growing_epsilon_and_is_bit_identical_on_both_engines(tmp_path):
+    local, _ = run_on_both_engines([*DP, "server.rounds=4", "server.sampler=poisson"], tmp_path)
+    epsilons = [r["epsilon"] for r in local.rounds]
+    assert all(0 < a < b for a, b in zip(epsilons, epsilons[1:]))
+    assert all(r["clip_norm"] == 0.5 for r in local.rounds)
+
+
+def test_the_budget_stops_the_run_before_it_is_exceeded_and_says_so(tmp_path):
+    config = load_config(None, [*DP, "server.rounds=50", "privacy.epsilon_budget=3.0", "server.sampler=poisson"])
+    history = run_config(config, tmp_path / "run")
+    assert history.status == "stopped" and "epsilon_budget" in history.stopped
+    assert 0 < len(history.rounds) < 50
+    assert history.rounds[-1]["epsilon"] <= 3.0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["stopped"] == history.stopped
+
+
+def test_a_resumed_private_run_continues_its_ledger_and_adaptive_clip_exactly(tmp_path):
+    overrides = [*DP, "server.rounds=5", "engine.name=local", "privacy.target_quantile=0.5",
+                 "privacy.clip_count_stddev=1.0"]
+    config = load_config(None, overrides)
+    whole = run_config(config, tmp_path / "whole")
+    with pytest.raises(Crash):
+        run_config(config, tmp_path / "resumed", on_round=[crash_after(2)])
+    resumed = run_config(config, tmp_path / "resumed")
+    np.testing.assert_array_equal(resumed.params, whole.params)
+    assert [r["epsilon"] for r in resumed.rounds] == [r["epsilon"] for r in whole.rounds]
+    clips = [r["clip_norm"] for r in whole.rounds]
+    assert clips == [r["clip_norm"] for r in resumed.rounds] and len(set(clips)) > 1  # adaptive: it moved
+
+
+def test_local_dp_noises_each_update_and_learns_less_than_central(tmp_path):
+    central = run_config(load_config(None, [*DP, "server.rounds=6", "engine.name=local"]), tmp_path / "c")
+    local = run_config(load_config(None, [*DP, "server.rounds=6", "engine.name=local", "privacy.mode=local",
+                                          'codec.pipeline=["clip", "gaussian"]']), tmp_path / "l")
+    # the same z on every single update instead of once on the sum: far more noise, far less accuracy
+    assert local.rounds[-1]["test_accuracy"] < central.rounds[-1]["test_accuracy"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["privacy.noise_multiplier=1"], "codec.pipeline"),  # no clip
+    (['codec.pipeline=["qsgd", "clip"]', "privacy.noise_multiplier=1"], "codec.pipeline"),  # clip not first
+    (['codec.pipeline=["clip", "gaussian"]', "privacy.noise_multiplier=1"], "codec.pipeline"),  # central + gaussian
+    (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "privacy.mode=local"], "codec.pipeline"),
+    (['codec.pipeline=["clip", "gaussian"]', "privacy.noise_multiplier=1", "privacy.mode=distributed"],
+     "privacy.mode"),  # distributed without secure aggregation
+    (['codec.pipeline=["clip"]', "privacy.epsilon_budget=1"], "privacy.epsilon_budget"),  # no noise
+    (["privacy.epsilon_budget=1"], "privacy.epsilon_budget"),
+    (['codec.pipeline=["clip", "qsgd"]', "privacy.noise_multiplier=1", "privacy.target_quantile=0.5",
+      "privacy.clip_count_stddev=1"],
+     "privacy.target_quantile"),
+    (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "privacy.target_quantile=0.5"],
+     "privacy.clip_count_stddev"),  # 10 clients / 20 = 0.5 ≤ z/2
+    (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "server.strategy=scaffold"], "server.strategy"),
+    (["privacy.delta=0"], "privacy.delta"),
+    (["privacy.clip_norm=-1"], "privacy.clip_norm"),
+    (['codec.download=["clip"]'], "codec.download"),
+])
+def test_privacy_settings_that_break_the_guarantee_are_refused_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    assert error.value.key == key
