@@ -79,13 +79,15 @@ def main() -> None:
         kinds = {k: sum(r["failures_by_kind"][k] for r in rounds) for k in ("dropout", "deadline", "unavailable")}
         print(f"{mode:<10} {'not reached' if reached is None else f'{reached:.3f}':>13} {ratio:>8} "
               f"{accuracies[-1]:>10.4f} {max(accuracies):>9.4f} {rounds[-1]['sim_time_s'] / 3600:>10.3f} "
-              f"{sum(r['clients'] for r in rounds):>8} {'/'.join(map(str, kinds.values())):>40} {result['wall_s']:>7.0f}")
+              f"{sum(r['clients'] for r in rounds):>8} {'/'.join(map(str, kinds.values())):>40} "
+              f"{result['wall_s']:>7.0f}")
     if base:
         for mode in ("deadline", "fedbuff"):
             if mode in results:
                 reached = hours_to(results[mode]["rounds"], TARGET)
                 met = reached is not None and reached <= base / 2
-                print(f"goal: {mode} reaches {TARGET:.0%} in at most half of sync's time: {'met' if met else 'NOT met'}")
+                verdict = "met" if met else "NOT met"
+                print(f"goal: {mode} reaches {TARGET:.0%} in at most half of sync's time: {verdict}")
 
     import matplotlib
 

@@ -85,6 +85,9 @@ class AsyncServer(Server):
             raise ConfigError("server.overselect", "over-selection belongs to synchronous rounds; an asynchronous "
                               "strategy keeps server.concurrency clients busy instead")
         super().__init__(strategy, engine, workload, **kwargs)
+        if self.secure is not None:
+            raise ConfigError("codec.pipeline", "secure aggregation needs a round of clients to sum; the "
+                              "asynchronous loop aggregates updates as they arrive")
         self.concurrency = concurrency or 2 * self.clients_per_round
         if self.concurrency > self.dataset.num_clients:
             raise ConfigError("server.concurrency", f"asks {self.concurrency} clients at once of "

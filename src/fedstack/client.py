@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -9,6 +12,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .params import ParamSpec, spec_of
+from .seeding import int_seed
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,9 @@ class FitConfig:
     mu: float = 0.0  # FedProx proximal weight: adds mu/2·‖w − w_global‖² to the local objective
     scaffold: bool = False  # SCAFFOLD: params arrive as [x; c], the update returns as [Δy; Δc]
     clip_norm: float = 0.0  # DP: the L2 bound the "clip" codec applies this round (adaptive clipping moves it)
+    dp_sgd: bool = False  # record-level DP: DP-SGD with per-example clipping and noise (Opacus)
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
@@ -128,10 +135,23 @@ class TorchTrainer:
 
     Client algorithms, switched on by the FitConfig: FedProx's proximal term (`mu`) and
     SCAFFOLD's control variates (`scaffold`, option II of Karimireddy et al. 2020).
+
+    Record-level DP (`dp_sgd`): DP-SGD (Abadi et al. 2016, "Deep Learning with Differential
+    Privacy", CCS'16) through Opacus (Yousefpour et al. 2021, "Opacus: User-Friendly Differential
+    Privacy Library in PyTorch"); see `fit`, `_per_example_gradients` and `_dp_optimizer`. By
+    default (`dp_seeded_noise`) the noise is drawn from a generator seeded from `config.seed`, so a
+    fit is reproducible bit for bit in simulation, and anyone who knows the seed can subtract the
+    noise. A deployed client clears `dp_seeded_noise` (noise seeded from the OS's entropy, as the
+    "gaussian" codec's `seeded_noise=False`), or, for the guarantee against an attacker who studies
+    torch's generator and floating-point noise too, sets `dp_secure_mode` (Opacus's secure mode:
+    a CSPRNG from torchcsprng and noise robust to floating-point attacks). Neither is reproducible.
+    The batches still follow `config.seed`: against a party who knows it, the amplification by
+    subsampling that ε counts on does not hold.
     """
 
     def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
-                 eval_batch_size: int = 100, jit_eval: bool = False):
+                 eval_batch_size: int = 100, jit_eval: bool = False, dp_seeded_noise: bool = True,
+                 dp_secure_mode: bool = False):
         import torch
 
         self.torch = torch
@@ -141,6 +161,9 @@ class TorchTrainer:
         self.eval_batch_size = eval_batch_size
         self.jit_eval = jit_eval
         self._frozen = None  # (params it was built from, frozen module)
+        self.dp_seeded_noise = dp_seeded_noise
+        self.dp_secure_mode = dp_secure_mode
+        self._grad_sampler = None  # Opacus's GradSampleModule around self.model, made by the first DP-SGD fit
         tensors = list(model.parameters())
         self.spec: ParamSpec = spec_of([(n, tuple(p.shape)) for n, p in model.named_parameters()])
         self._flat = torch.zeros(self.spec.size, dtype=torch.float32)
@@ -173,9 +196,18 @@ class TorchTrainer:
         Under `config.scaffold`, `params` is [x; c] (global model, server control variate),
         `state` the client's control variate cᵢ (None on its first round), and the update
         is [y − x; cᵢ⁺ − cᵢ] with cᵢ⁺ = cᵢ − c + (x − y)/(K·lr) (option II); cᵢ⁺ is the new state.
+
+        Under `config.dp_sgd` every step is a DP-SGD step (Abadi et al. 2016, Algorithm 1): each
+        example's gradient is clipped to L2 norm C = `dp_max_grad_norm`, the clipped gradients are
+        summed, Gaussian noise of std z·C (z = `dp_noise_multiplier`) is added, and the sum is divided
+        by the fixed `batch_size`. The metrics then hold `dp_steps` and `dp_sample_rate` (batch_size /
+        training examples, capped at 1), what a `privacy.RecordLevelLedger` needs for this client's ε.
         """
         torch = self.torch
         size = self.spec.size
+        dp = config.dp_sgd
+        if dp:
+            self._fit_dp_check(config)
         if config.scaffold:
             if params.shape != (2 * size,):
                 raise ValueError(f"scaffold expects [params; control] of {2 * size} values, got {params.shape}")
@@ -184,7 +216,6 @@ class TorchTrainer:
             correction = torch.from_numpy(control - own)  # c − cᵢ, added to every gradient
         self.set_params(params)
         self.model.train()
-        opt = self._make_optimizer(config.lr)
         weights = list(self.model.parameters())
         views = self.spec.offsets()
         if config.mu > 0:  # the global model, as views shaped like the parameters
@@ -193,33 +224,141 @@ class TorchTrainer:
         if config.scaffold:
             corrections = [correction[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
         loss_sum, seen, steps = 0.0, 0, 0
-        for idx in batch_order(data.train_idx, config):
-            x = torch.from_numpy(data.x[idx])
-            y = torch.from_numpy(data.y[idx])
-            opt.zero_grad()
-            out, y = _predictions(self.model(x), y)
-            if len(y) == 0:  # every target of this batch is ignored: nothing to learn from
-                continue
-            loss = self.loss_fn(out, y)
-            loss.backward()
-            with torch.no_grad():
-                if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
-                    for p, p0 in zip(weights, anchors):
-                        p.grad.add_(p.data - p0, alpha=config.mu)
-                if config.scaffold:
-                    for p, c in zip(weights, corrections):
-                        p.grad.add_(c)
-            opt.step()
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            steps += 1
+        with self._per_example_gradients() if dp else contextlib.nullcontext():
+            opt = self._make_optimizer(config.lr)
+            if dp:
+                opt = self._dp_optimizer(opt, config)
+            for idx in batch_order(data.train_idx, config):
+                x = torch.from_numpy(data.x[idx])
+                y = torch.from_numpy(data.y[idx])
+                opt.zero_grad()
+                out, y = _predictions(self.model(x), y)
+                # Nothing to learn from a batch whose targets are all ignored; but a DP-SGD step is
+                # taken (and its noise released) whatever the batch holds, as the accounting assumes.
+                if len(y) == 0 and not dp:
+                    continue
+                # DP-SGD clips the gradient of each example's own loss: summed, not averaged over
+                # the batch, whose denominator would make one example's gradient depend on the others.
+                loss = self.loss_fn(out, y, reduction="sum") if dp else self.loss_fn(out, y)
+                loss.backward()
+                if dp:  # p.grad ← (Σᵢ clip(gᵢ, C) + N(0, z²C²)) / batch_size
+                    opt.pre_step()
+                with torch.no_grad():
+                    # The proximal term depends on no example, so adding it after the noise costs no privacy.
+                    if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
+                        for p, p0 in zip(weights, anchors):
+                            p.grad.add_(p.data - p0, alpha=config.mu)
+                    if config.scaffold:
+                        for p, c in zip(weights, corrections):
+                            p.grad.add_(c)
+                (opt.original_optimizer if dp else opt).step()
+                steps += 1
+                # The training loss is a statistic of the records that DP-SGD does not noise: sent
+                # as is, it would leak outside ε (Oort's utility reads it). Under DP-SGD it is NaN,
+                # which readers of train_loss skip.
+                if not dp:
+                    loss_sum += loss.item() * len(y)
+                    seen += len(y)
         update = self._flat.numpy() - params
         metrics = {"train_loss": loss_sum / seen if seen else float("nan"), "steps": steps}
+        if dp:
+            metrics["dp_steps"] = steps
+            examples = len(data.train_idx)
+            metrics["dp_sample_rate"] = min(1.0, config.batch_size / examples) if examples else 0.0
         if not config.scaffold:
             return FitResult(update=update, num_examples=int(data.num_examples), metrics=metrics)
         new_own = own - control - update / np.float32(steps * config.lr) if steps else own
         return FitResult(update=np.concatenate([update, new_own - own]), num_examples=int(data.num_examples),
                          metrics=metrics, state=new_own.astype(np.float32))
+
+    # -- DP-SGD ----------------------------------------------------------------------------------
+
+    def _fit_dp_check(self, config: FitConfig) -> None:
+        """A ValueError for a DP-SGD config or model this trainer cannot train privately."""
+        z, c = config.dp_noise_multiplier, config.dp_max_grad_norm
+        if not (z >= 0 and math.isfinite(z)):
+            raise ValueError(f"dp_noise_multiplier must be finite and non-negative, not {z}")
+        if not (c > 0 and math.isfinite(c)):
+            raise ValueError(f"dp_max_grad_norm must be positive and finite, not {c}")
+        if config.batch_size < 1:
+            raise ValueError(f"DP-SGD needs batch_size >= 1, not {config.batch_size}")
+        if config.scaffold:
+            # cᵢ⁺ would be a function of the private update only, but the pairing is untested: refuse.
+            raise ValueError("DP-SGD (client.dp_sgd) cannot be combined with SCAFFOLD")
+        recurrent = [type(m).__name__ for m in self.model.modules() if isinstance(m, self.torch.nn.RNNBase)]
+        if recurrent:
+            # Opacus computes per-example gradients of recurrent layers only for its own DPLSTM/DPGRU/DPRNN.
+            raise ValueError(f"DP-SGD cannot compute per-example gradients of torch's {', '.join(recurrent)} "
+                             f"(Opacus needs opacus.layers.DPLSTM and friends)")
+
+    @contextlib.contextmanager
+    def _per_example_gradients(self):
+        """Opacus's per-example gradient hooks on the model for one DP-SGD fit, removed on exit.
+
+        Opacus's GradSampleModule (Yousefpour et al. 2021) records each layer's input in the
+        forward pass and, in the backward pass, turns it and the gradient w.r.t. the layer's output
+        into `p.grad_sample` [batch, *p.shape]: the gradient of each example's own loss. The hooks
+        only read the parameters, so parameters that are views into `_flat` work as any other.
+        The wrapper is made once (it validates the model) and its hooks re-attached for each DP-SGD
+        fit; they come off afterwards, with every attribute they leave on parameters and modules,
+        so non-DP fits and traced evaluation see the plain model and no fit sees another's state.
+        """
+        from opacus import GradSampleModule
+
+        try:
+            # loss_reduction="sum": the loss is a sum of per-example losses, so grad_sample needs no rescaling.
+            if self._grad_sampler is None:
+                self._grad_sampler = GradSampleModule(self.model, batch_first=True, loss_reduction="sum",
+                                                      strict=True)
+            else:
+                self._grad_sampler.add_hooks(loss_reduction="sum", batch_first=True)
+                for p in self.model.parameters():  # as GradSampleModule's constructor leaves them
+                    p.grad_sample, p._forward_counter = None, 0
+            with warnings.catch_warnings():
+                # The first layer's input needs no gradient; Opacus's hook still gets what it needs.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+                yield
+        finally:
+            if self._grad_sampler is not None:
+                self._grad_sampler.remove_hooks()
+            for p in self.model.parameters():
+                p.grad = None
+                for attr in _OPACUS_PARAM_ATTRS:
+                    if hasattr(p, attr):
+                        delattr(p, attr)
+            for m in self.model.modules():
+                for attr in _OPACUS_MODULE_ATTRS:
+                    if hasattr(m, attr):
+                        delattr(m, attr)
+
+    def _dp_optimizer(self, optimizer, config: FitConfig):
+        """Opacus's DPOptimizer around `optimizer`: clip each example's gradient, sum, add noise, average.
+
+        Its `pre_step()` turns the `grad_sample` of every parameter into `p.grad` = (Σᵢ gᵢ·min(1,
+        C / (‖gᵢ‖ + 10⁻⁶)) + N(0, z²C² I)) / batch_size, dividing by the fixed `config.batch_size`
+        (not the batch's actual size, which would depend on the data, as the last batch of an epoch
+        may be smaller); the wrapped optimizer's `step()` then applies it.
+        """
+        from opacus.optimizers import DPOptimizer
+
+        if self.dp_secure_mode:
+            try:
+                import torchcsprng
+            except ImportError as e:  # as Opacus's PrivacyEngine(secure_mode=True) does
+                raise ImportError("dp_secure_mode needs the torchcsprng package (https://github.com/pytorch/csprng)"
+                                  ) from e
+            generator = torchcsprng.create_random_device_generator("/dev/urandom")
+        elif self.dp_seeded_noise:
+            # Derived from the fit's seed (which also orders its batches) in a stream of its own:
+            # the same FitConfig draws the same noise on every engine.
+            generator = self.torch.Generator().manual_seed(int_seed(config.seed, "noise"))
+        else:
+            generator = self.torch.Generator().manual_seed(secrets.randbits(63))  # fresh OS entropy
+        # loss_reduction="mean": divide the noisy sum by expected_batch_size (grad_sample itself is
+        # of the summed loss, see _per_example_gradients).
+        return DPOptimizer(optimizer, noise_multiplier=config.dp_noise_multiplier,
+                           max_grad_norm=config.dp_max_grad_norm, expected_batch_size=config.batch_size,
+                           loss_reduction="mean", generator=generator, secure_mode=self.dp_secure_mode)
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
         """Summed loss and correct predictions of `params` on (x, y), in fixed-size batches."""
@@ -261,6 +400,11 @@ class TorchTrainer:
         return self._frozen[1]
 
 
+# What Opacus's GradSampleModule and DPOptimizer leave on parameters and modules during a fit.
+_OPACUS_PARAM_ATTRS = ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample", "summed_grad")
+_OPACUS_MODULE_ATTRS = ("activations", "max_batch_len")
+
+
 def _predictions(out, y):
     """Logits [n, classes] and targets [n]: sequence outputs flattened, ignored (-1) targets dropped."""
     if out.dim() == 3:
@@ -276,8 +420,9 @@ class _PlainSGD:
 
     def __init__(self, params: list, lr: float):
         self.params, self.lr = params, lr
+        self.param_groups = [{"params": params, "lr": lr}]  # how Opacus's DPOptimizer finds the parameters
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
             p.grad = None
 

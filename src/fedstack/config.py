@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,10 @@ class ClientConfig(Section):
     # With server.deadline_s: a client that would miss the deadline does the local steps that fit before it
     # (FedProx's variable local work; see Server._fit_deadline) and counts, instead of being dropped.
     partial_work: bool = False
+    # Record-level DP for organisations: each client trains with DP-SGD (Opacus), per-example clipping + noise
+    dp_sgd: bool = False
+    dp_noise_multiplier: float = Field(1.0, ge=0)  # DP-SGD noise std / dp_max_grad_norm
+    dp_max_grad_norm: float = Field(1.0, gt=0)  # DP-SGD per-example gradient clip
 
 
 class ServerConfig(Section):
@@ -94,6 +99,10 @@ class CodecConfig(Section):
     qsgd_bucket: int = Field(512, ge=1)  # qsgd: coordinates sharing one norm
     topk_fraction: float = 0.01  # topk / randk: fraction of coordinates sent, in (0, 1]
     zstd_level: int = Field(3, ge=1, le=22)
+    secagg_threshold: float = Field(0.6, gt=0.5, le=1)  # secagg: t as a fraction of each client's share holders
+    secagg_plus: bool = False  # secagg: O(log n) neighbours per client (SecAgg+) instead of all
+    secagg_bits: int = Field(32, ge=16, le=62)  # secagg: sums mod 2**bits
+    secagg_frac_bits: int = Field(16, ge=1, le=40)  # secagg: fixed-point resolution 2**-frac_bits
 
 
 class DecentralizedConfig(Section):
@@ -220,9 +229,17 @@ def codec_options(config: Config, deployed: bool = False):
     from .codec import CodecOptions
 
     c, p = config.codec, config.privacy
+    secure = "secagg" in c.pipeline
+    # Distributed noise is split among the fewest clients a secure round can end with (its threshold),
+    # so that the sum always carries at least the noise the accountant counts.
+    cohort = config.server.clients_per_round
+    noise_clients = max(1, math.ceil(c.secagg_threshold * cohort)) if secure else cohort
+    noise = p.noise_multiplier * p.clip_norm / math.sqrt(noise_clients) if p.mode == "distributed" else 0.0
     return CodecOptions(bits=c.bits, qsgd_bucket=c.qsgd_bucket, topk_fraction=c.topk_fraction,
                         zstd_level=c.zstd_level, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
-                        noise_mode=p.mode, noise_clients=config.server.clients_per_round, seeded_noise=not deployed)
+                        noise_mode=p.mode, noise_clients=noise_clients, seeded_noise=not deployed,
+                        secagg_threshold=c.secagg_threshold, secagg_plus=c.secagg_plus, secagg_bits=c.secagg_bits,
+                        secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise)
 
 
 def private(config: Config) -> bool:
@@ -237,6 +254,18 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
     p, pipeline, server = config.privacy, config.codec.pipeline, config.server
     if "clip" in config.codec.download or "gaussian" in config.codec.download:
         raise ConfigError("codec.download", "clip and gaussian protect client updates: use them in codec.pipeline")
+    if "secagg" in pipeline:
+        if pipeline[-1] != "secagg":
+            raise ConfigError("codec.pipeline", f"\"secagg\" must be the last stage (the server only sees the sum; "
+                              f"nothing may transform masked values), got {pipeline}")
+        if pipeline[0] != "clip":
+            raise ConfigError("codec.pipeline", "secure aggregation sums fixed-point values in a bounded range: "
+                              f"put \"clip\" first (with privacy.clip_norm as the bound), got {pipeline}")
+        if server.strategy in ("scaffold", "fedbuff", "fedasync"):
+            raise ConfigError("server.strategy", f"{server.strategy} needs each client's update; secure aggregation "
+                              "gives only their sum")
+    if "secagg" in config.codec.download:
+        raise ConfigError("codec.download", "secure aggregation protects uploads only")
     if not private(config):
         if "gaussian" in pipeline:
             raise ConfigError("codec.pipeline", "\"gaussian\" needs privacy.noise_multiplier > 0 and \"clip\" "

@@ -243,7 +243,8 @@ def client_side(config: Config, dataset):
     factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
                                 dataset.num_classes, config.client.optimizer)
     c = config.client
-    fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu)
+    fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu,
+                    dp_sgd=c.dp_sgd, dp_noise_multiplier=c.dp_noise_multiplier, dp_max_grad_norm=c.dp_max_grad_norm)
     steps = config.eval.finetune_steps
     finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
     return factory, initial_params(factory, config.seed), fit, finetune

@@ -399,3 +399,118 @@ def update_noise_multiplier(total_noise_multiplier: float, bits_noise_std: float
                          f"query alone would cost more than the whole budget (it needs bits_noise_std > {z / 2})")
     # z / √(1 − (z / 2σ_b)²) is the same number, without overflowing z⁻² for tiny z.
     return z / math.sqrt(1.0 - (z / (2.0 * sigma_b)) ** 2)
+
+
+class RecordLevelLedger:
+    """Record-level DP of each client under DP-SGD: every client's own ε, at a fixed δ, across rounds.
+
+    With `client.dp_sgd`, each client trains with DP-SGD (Abadi et al. 2016, "Deep Learning with
+    Differential Privacy", CCS'16; through Opacus, Yousefpour et al. 2021): every local step clips
+    each example's gradient to C and adds Gaussian noise of std z·C to their sum, so a step is a
+    subsampled Gaussian mechanism over that client's records, and all the steps the client ever took
+    (in every round it trained) compose into its ε. Neighbouring datasets differ by adding or
+    removing one record of that client (an organisation such as a hospital protects its patients,
+    not its own participation): unlike `Accountant`'s user-level ε, this is one ε per client.
+
+    The ledger keeps dense arrays over the `num_clients` clients: the DP-SGD steps each has taken,
+    and the noise multiplier z and sample rate q (batch size / training examples) those steps ran
+    with. ε is computed by an RDP `Accountant` with Poisson sampling at q for that many steps;
+    clients with equal (z, q, steps) share one computation. A client's steps must all have one
+    (z, q): `add` refuses a change, which this summary could not account for.
+
+    Our batches are shuffled fixed-size batches (`client.batch_order`), not Poisson samples, so the
+    Poisson-amplified ε is the usual approximation, the one Opacus reports when its data loader
+    does not sample with Poisson; it is not a proof for shuffled batches, whose true ε can be larger
+    (Chua et al. 2024, "How Private are DP-SGD Implementations?"). The analysis also takes each
+    client's number of records as public (its sample rate, steps and `num_examples` reveal it), and
+    assumes DP-SGD's update is all the client releases from its records.
+    """
+
+    def __init__(self, num_clients: int, *, delta: float, orders=None) -> None:
+        if int(num_clients) != num_clients or num_clients < 1:
+            raise ValueError(f"num_clients must be a positive integer, not {num_clients}")
+        self.num_clients = int(num_clients)
+        # Checks delta and orders, and fixes the orders every ε of this ledger is computed over.
+        self.orders = Accountant("rdp", "poisson", delta=delta, orders=orders).orders
+        self.delta = float(delta)
+        self.steps = np.zeros(self.num_clients, dtype=np.int64)
+        self.sample_rates = np.zeros(self.num_clients, dtype=np.float64)
+        self.noise_multipliers = np.zeros(self.num_clients, dtype=np.float64)
+        self._cache: dict[tuple[float, float, int], float] = {}  # (z, q, steps) -> ε
+
+    def add(self, client_id: int, steps: int, sample_rate: float, noise_multiplier: float) -> None:
+        """Account for `steps` more DP-SGD steps of client `client_id` (a fit's `dp_steps` and `dp_sample_rate`)."""
+        client_id = self._client(client_id)
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, not {steps}")
+        rate, noise = float(sample_rate), float(noise_multiplier)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"sample_rate must be in [0, 1], not {sample_rate}")
+        if not (noise >= 0 and math.isfinite(noise)):
+            raise ValueError(f"noise_multiplier must be finite and non-negative, not {noise_multiplier}")
+        if steps == 0:
+            return
+        if self.steps[client_id] > 0:
+            known = (float(self.noise_multipliers[client_id]), float(self.sample_rates[client_id]))
+            if not (math.isclose(noise, known[0], rel_tol=1e-9) and math.isclose(rate, known[1], rel_tol=1e-9)):
+                raise ValueError(f"client {client_id} took its DP-SGD steps at noise multiplier {known[0]} and "
+                                 f"sample rate {known[1]}, not {noise} and {rate}: the ledger composes one kind "
+                                 f"of step per client")
+        else:
+            self.noise_multipliers[client_id], self.sample_rates[client_id] = noise, rate
+        self.steps[client_id] += int(steps)
+
+    def epsilon(self, client_id: int) -> float:
+        """ε such that client `client_id`'s DP-SGD steps so far are (ε, δ)-DP for its records (0 before any)."""
+        client_id = self._client(client_id)
+        steps = int(self.steps[client_id])
+        if steps == 0:
+            return 0.0
+        key = (float(self.noise_multipliers[client_id]), float(self.sample_rates[client_id]), steps)
+        if key not in self._cache:
+            accountant = Accountant("rdp", "poisson", delta=self.delta, orders=self.orders)
+            accountant.step(key[0], key[1], count=steps)
+            self._cache[key] = accountant.epsilon()
+        return self._cache[key]
+
+    def epsilons(self, ids=None) -> np.ndarray:
+        """ε of each client in `ids` (every client when None), as float64."""
+        ids = range(self.num_clients) if ids is None else ids
+        return np.array([self.epsilon(i) for i in ids], dtype=np.float64)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to resume the ledger exactly (`load_state`), as NumPy arrays."""
+        return {
+            "delta": np.array(self.delta, dtype=np.float64),
+            "orders": self.orders.copy(),
+            "steps": self.steps.copy(),
+            "sample_rates": self.sample_rates.copy(),
+            "noise_multipliers": self.noise_multipliers.copy(),
+        }
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Resume from what `state()` returned; a ValueError, changing nothing, if it is not this ledger's."""
+        missing = [name for name in self.state() if name not in state]
+        if missing:
+            raise ValueError(f"ledger state lacks {', '.join(missing)}")
+        for name, mine in (("delta", np.array(self.delta)), ("orders", self.orders)):
+            theirs = np.asarray(state[name])
+            if theirs.shape != mine.shape or not np.array_equal(theirs, mine):
+                raise ValueError(f"ledger state has {name}={theirs.tolist()!r}, this ledger {mine.tolist()!r}")
+        steps = np.asarray(state["steps"])
+        rates = np.asarray(state["sample_rates"], dtype=np.float64)
+        noises = np.asarray(state["noise_multipliers"], dtype=np.float64)
+        if not steps.shape == rates.shape == noises.shape == (self.num_clients,):
+            raise ValueError(f"ledger state: steps, sample_rates and noise_multipliers must have shape "
+                             f"({self.num_clients},)")
+        if not (np.all(steps >= 0) and np.all(steps == np.round(steps)) and np.all((rates >= 0) & (rates <= 1))
+                and np.all(noises >= 0) and np.all(np.isfinite(noises))):
+            raise ValueError("ledger state holds invalid entries (negative or fractional steps, rate outside "
+                             "[0, 1], negative or infinite noise)")
+        self.steps = steps.astype(np.int64)
+        self.sample_rates, self.noise_multipliers = rates.copy(), noises.copy()
+
+    def _client(self, client_id) -> int:
+        if int(client_id) != client_id or not 0 <= client_id < self.num_clients:
+            raise ValueError(f"client_id must be an integer in [0, {self.num_clients}), not {client_id}")
+        return int(client_id)

@@ -87,6 +87,9 @@ class Server:
                               f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
         self.strategy = strategy
         self.engine = engine
+        # A summing protocol (secagg) is run by this loop; workers apply only the stages before it.
+        self.secure = workload.pipeline.summing
+        workload = replace(workload, pipeline=workload.pipeline.before_summing())
         self.workload = workload
         self.rounds = rounds
         self.clients_per_round = clients_per_round
@@ -203,13 +206,13 @@ class Server:
             payload = self.download.encode(sent, ctx)
             sent, download = np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
         kinds = dict.fromkeys(FAILURE_KINDS, 0)
-        tasks, reached, partial = [], 0, set()
+        tasks, reached, partial = [], [], set()
         for task in self.strategy.configure(rnd, params, ids):
             cid = task.client_id
             if not self.system.online(cid, now):
                 kinds["unavailable"] += 1
                 continue
-            reached += 1  # it receives the global model
+            reached.append(cid)  # it receives the global model
             if self.system.drops(rnd, attempt, cid):
                 kinds["dropout"] += 1
                 continue
@@ -229,6 +232,9 @@ class Server:
             log.info("round %d: %d sampled, %d offline, %d dropped out, %d cannot finish a step by the deadline",
                      rnd, len(ids), kinds["unavailable"], kinds["dropout"], kinds["deadline"])
         tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0}
+        secure = self._secure_round(rnd, attempt, reached)
+        if self.secure is not None and secure is None:
+            tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
         states: dict[int, np.ndarray] = {}
         target = self.clients_per_round if self.overselect > 0 else None
         clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
@@ -272,7 +278,12 @@ class Server:
                                 loss=update.metrics.get("train_loss"), duration_s=seconds)
                     clock["last"] = max(clock["last"], seconds)
                     clock["full"] = target is not None and tally["clients"] >= target
-                    yield update
+                    if secure is None:
+                        yield update
+                    else:  # the client's device masks it; the server will see only the sum
+                        secure.submit(update.client_id, update.update)
+            if secure is not None and tally["clients"]:
+                yield from self._unmask(rnd, secure, tally)
 
         new_params = self.strategy.aggregate(rnd, params, updates())
         if tally["clients"] < self.min_clients:
@@ -280,9 +291,42 @@ class Server:
         duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s
         record = {"round": rnd, **tally, "failures": sum(kinds.values()), "failures_by_kind": kinds,
                   "sampled": len(ids), "overselected": clock["overselected"],
-                  "bytes_down": download * reached, "bytes_down_raw": sent.nbytes * reached,
+                  "bytes_down": download * len(reached) + (secure.bytes_down if secure else 0),
+                  "bytes_down_raw": sent.nbytes * len(reached),
                   "round_sim_s": waited + duration, "client_states": states}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
+
+    def _secure_round(self, rnd: int, attempt: int, cohort: list[int]):
+        """Secure aggregation's key exchange with every client that received the model, or None without it.
+
+        In simulation each client's side of the protocol runs on its own simulated device object
+        (secagg.simulation), which hands the server only protocol messages.
+        """
+        if self.secure is None or not cohort:
+            return None
+        from .secagg import SecAggAbort
+        from .secagg.simulation import SecureRound
+
+        params = self.secure.params(len(cohort), int_seed(self.workload.seed, "codec", rnd, attempt))
+        try:
+            return SecureRound(params, cohort)
+        except (SecAggAbort, ValueError) as exc:
+            log.warning("round %d: secure aggregation cannot start: %s", rnd, exc)
+            return None
+
+    def _unmask(self, rnd: int, secure, tally: dict) -> Iterator[ClientUpdate]:
+        """Secure aggregation's unmasking: one update, the mean of the survivors' (nothing if it aborts)."""
+        from .secagg import SecAggAbort
+
+        try:
+            total, members = secure.finish()
+        except SecAggAbort as exc:
+            log.warning("round %d: secure aggregation aborted, nothing aggregated: %s", rnd, exc)
+            tally["clients"] = 0
+            return
+        tally["bytes_up"] = secure.bytes_up  # what crossed the wire: keys, shares, masked vectors, unmasking
+        tally["clients"] = len(members)
+        yield ClientUpdate(-1, (total / len(members)).astype(np.float32), len(members), members=tuple(members))
 
     def _wait_for_online(self, rnd: int, start: float) -> tuple[float, float]:
         """(when the attempt starts, how long the server idled for it): until some client is online."""

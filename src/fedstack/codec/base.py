@@ -86,6 +86,16 @@ class Pipeline:
         return all(s.linear for s in self.stages)
 
     @property
+    def summing(self):
+        """The last stage if it is a secure-summing protocol (secagg), which the round loop runs; else None."""
+        last = self.stages[-1] if self.stages else None
+        return last if getattr(last, "sums", False) else None
+
+    def before_summing(self) -> "Pipeline":
+        """The stages a client applies itself, before a summing protocol takes over (all when there is none)."""
+        return Pipeline(self.stages[:-1]) if self.summing else self
+
+    @property
     def stateful(self) -> bool:
         """Whether some stage keeps client state across rounds (the error-feedback residual)."""
         return any(getattr(s, "stateful", False) for s in self.stages)
@@ -136,11 +146,17 @@ class CodecOptions:
     noise_mode: str = "local"  # gaussian: privacy.mode (local or distributed)
     noise_clients: int = 1  # gaussian, distributed: how many clients' noise adds up in the sum
     seeded_noise: bool = True  # gaussian: from the run seed (simulation) or the OS (a deployed client)
+    secagg_threshold: float = 0.6  # secagg: t as a fraction of each client's share holders
+    secagg_plus: bool = False
+    secagg_bits: int = 32
+    secagg_frac_bits: int = 16
+    secagg_range: float = 1.0  # secagg: the bound of every coordinate (clip norm plus room for DP noise)
 
 
 def _registry() -> dict[str, Callable[[Any], Codec]]:
     from .lossless import Zstd
     from .privacy import Clip, Gaussian
+    from .secagg import SecAgg
     from .quantize import BF16, FP16, QSGD
     from .sparsify import RandK, Sign, TopK
 
@@ -156,10 +172,12 @@ def _registry() -> dict[str, Callable[[Any], Codec]]:
         "clip": lambda o: Clip(o.clip_norm),
         "gaussian": lambda o: Gaussian(o.noise_multiplier, o.clip_norm, o.noise_mode, o.noise_clients,
                                        o.seeded_noise),
+        "secagg": lambda o: SecAgg(o.secagg_threshold, o.secagg_plus, o.secagg_bits, o.secagg_frac_bits,
+                                   o.secagg_range),
     }
 
 
-CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd", "clip", "gaussian")
+CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd", "clip", "gaussian", "secagg")
 
 
 def build_pipeline(names: list[str], options: Any = None, key: str = "codec.pipeline") -> Pipeline:

@@ -30,7 +30,8 @@ class ClientUpdate:
     """A decoded, validated update as the strategy sees it.
 
     The asynchronous loop also says how stale it is: `staleness` = server updates since the
-    client received its model, and `base` = that model (None: the current params).
+    client received its model, and `base` = that model (None: the current params). Under secure
+    aggregation the strategy gets one update, the mean of its `members`' (each weighing the same).
     """
 
     client_id: int
@@ -39,6 +40,7 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
     staleness: int = 0
     base: np.ndarray | None = field(default=None, repr=False)
+    members: tuple[int, ...] = ()  # secure aggregation: the clients whose updates this one averages
 
 
 class Strategy(Protocol):

@@ -70,8 +70,9 @@ class Private:
         total = np.zeros(params.size, dtype=np.float64)
         ids, unclipped = [], 0
         for u in updates:
-            total += u.update
-            ids.append(u.client_id)
+            members = u.members or (u.client_id,)  # a secure sum stands for several clients
+            total += u.update.astype(np.float64) * len(members)
+            ids.extend(members)
             unclipped += bool(np.linalg.norm(u.update.astype(np.float64)) < self.clip_norm * (1 - _CLIPPED_TOLERANCE))
         if not ids:
             return params
