@@ -78,3 +78,20 @@ def test_privacy_settings_that_break_the_guarantee_are_refused_naming_the_key(ov
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert error.value.key == key
+
+
+def test_dp_sgd_clients_report_their_own_epsilon_which_grows_and_survives_a_resume(tmp_path):
+    overrides = ["data.name=digits", "model.name=logreg", "data.num_clients=10", "server.clients_per_round=10",
+                 "server.rounds=3", "eval.federated=false", "client.dp_sgd=true", "client.dp_noise_multiplier=1.0",
+                 "engine.name=local"]
+    config = load_config(None, overrides)
+    whole = run_config(config, tmp_path / "whole")
+    spent = [r["client_epsilon_max"] for r in whole.rounds]
+    assert all(0 < a < b for a, b in zip(spent, spent[1:]))  # every client trains every round here
+    with pytest.raises(Crash):
+        run_config(config, tmp_path / "resumed", on_round=[crash_after(2)])
+    resumed = run_config(config, tmp_path / "resumed")
+    assert [r["client_epsilon_max"] for r in resumed.rounds] == spent
+    np.testing.assert_array_equal(resumed.params, whole.params)
+    with pytest.raises(ConfigError, match="client.dp_sgd"):
+        load_config(None, ["client.dp_sgd=true", "server.strategy=scaffold"])

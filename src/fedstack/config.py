@@ -266,6 +266,11 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
                               "gives only their sum")
     if "secagg" in config.codec.download:
         raise ConfigError("codec.download", "secure aggregation protects uploads only")
+    if config.client.dp_sgd and config.model.name in ("char_lstm", "word_lstm"):
+        raise ConfigError("client.dp_sgd", f"Opacus computes per-example gradients of torch's LSTM only through "
+                          f"its own DPLSTM; {config.model.name} is not supported with DP-SGD")
+    if config.client.dp_sgd and server.strategy == "scaffold":
+        raise ConfigError("client.dp_sgd", "DP-SGD with SCAFFOLD's control variates is not supported")
     if not private(config):
         if "gaussian" in pipeline:
             raise ConfigError("codec.pipeline", "\"gaussian\" needs privacy.noise_multiplier > 0 and \"clip\" "

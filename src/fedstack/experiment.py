@@ -24,6 +24,7 @@ from .async_loop import AsyncServer
 from .server import Server
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
+from .privacy import RecordLevelLedger
 from .strategy.private import Private
 from .systems import SystemModel, build_system
 
@@ -52,7 +53,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
              download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
              overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
-             buffer_size: int = 0, epsilon_budget: float = 0.0) -> History:
+             buffer_size: int = 0, epsilon_budget: float = 0.0, record_ledger=None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -87,11 +88,11 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                 raise FedstackError(f"--out {run_dir} holds a run with another config; choose another directory")
             (last, params), history.rounds = checkpoint, store.rounds()
             start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
-            restore_run_state(strategy, sampler, store.strategy_state())
+            restore_run_state(strategy, sampler, store.strategy_state(), record_ledger)
             store.rewind_client_states(last)
         store.set_meta("config", config or {})
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
-                                                               run_state(strategy, sampler)),
+                                                               run_state(strategy, sampler, record_ledger)),
                      MetricsWriter(run_dir, history.rounds), *callbacks]
     loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
         if getattr(strategy, "asynchronous", False) else (Server, {"min_clients": min_clients,
@@ -101,7 +102,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                   eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                   sampler=sampler, client_states=store, finetune=finetune, download=download,
                   system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
-                  epsilon_budget=epsilon_budget, on_round=callbacks)
+                  epsilon_budget=epsilon_budget, record_ledger=record_ledger, on_round=callbacks)
     try:
         history.params = server.run(params, start_round, sim_time)
         if getattr(server, "stopped", None):
@@ -119,19 +120,23 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     return history
 
 
-def run_state(strategy, sampler) -> dict[str, np.ndarray]:
-    """What a checkpoint keeps besides the params: the strategy's state and the sampler's (as "sampler.*")."""
+def run_state(strategy, sampler, ledger=None) -> dict[str, np.ndarray]:
+    """What a checkpoint keeps besides the params: the strategy's state, the sampler's ("sampler.*") and
+    the DP-SGD clients' privacy ledger ("ledger.*")."""
     state = strategy_state(strategy)
-    if hasattr(sampler, "state"):
-        state.update({f"sampler.{key}": value for key, value in sampler.state().items()})
+    for prefix, part in (("sampler", sampler), ("ledger", ledger)):
+        if hasattr(part, "state"):
+            state.update({f"{prefix}.{key}": value for key, value in part.state().items()})
     return state
 
 
-def restore_run_state(strategy, sampler, state: dict[str, np.ndarray]) -> None:
-    """Give the strategy and the sampler back what `run_state` saved."""
-    restore_strategy_state(strategy, {k: v for k, v in state.items() if not k.startswith("sampler.")})
-    if hasattr(sampler, "load_state"):
-        sampler.load_state({k[len("sampler."):]: v for k, v in state.items() if k.startswith("sampler.")})
+def restore_run_state(strategy, sampler, state: dict[str, np.ndarray], ledger=None) -> None:
+    """Give the strategy, the sampler and the ledger back what `run_state` saved."""
+    parts = {"sampler": sampler, "ledger": ledger}
+    restore_strategy_state(strategy, {k: v for k, v in state.items() if k.split(".")[0] not in parts})
+    for prefix, part in parts.items():
+        if hasattr(part, "load_state"):
+            part.load_state({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
 
 
 def summarize(history: History, seed: int, config: dict) -> dict:
@@ -290,7 +295,9 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     finetune=finetune, download=download, system=system, deadline_s=config.server.deadline_s,
                     overselect=config.server.overselect, partial_work=config.client.partial_work,
                     concurrency=config.server.concurrency, buffer_size=config.server.buffer_size,
-                    epsilon_budget=config.privacy.epsilon_budget)
+                    epsilon_budget=config.privacy.epsilon_budget,
+                    record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
+                    if config.client.dp_sgd else None)
 
 
 def private_strategy(config: Config, strategy: Strategy, num_clients: int) -> Private:

@@ -80,7 +80,7 @@ class Server:
                  federated_eval_every: int | None = 0, test_shard: int = 1000, sampler=None,
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
                  download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
-                 partial_work: bool = False, epsilon_budget: float = 0.0,
+                 partial_work: bool = False, epsilon_budget: float = 0.0, record_ledger=None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
             raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
@@ -119,6 +119,7 @@ class Server:
         self.on_round = list(on_round or [])
         self.rejected = 0
         self.epsilon_budget = epsilon_budget
+        self.record_ledger = record_ledger  # DP-SGD clients: each one's own ε (privacy.RecordLevelLedger)
         self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
         self.finetune = finetune
         self.download = download or Pipeline()
@@ -148,6 +149,9 @@ class Server:
                 record["sim_time_s"] = sim_time
                 if hasattr(self.strategy, "epsilon"):  # differential privacy: what the run has spent
                     record.update(epsilon=self.strategy.epsilon(), clip_norm=clip_norm)
+                if self.record_ledger is not None:  # DP-SGD: the largest own ε of this round's clients
+                    spent = self.record_ledger.epsilons(record.pop("dp_clients", []))
+                    record["client_epsilon_max"] = float(spent.max()) if spent.size else None
                 record.update(self.evaluate(rnd, params))
                 record["wall_time_s"] = time.perf_counter() - started
                 for callback in self.on_round:
@@ -232,6 +236,7 @@ class Server:
             log.info("round %d: %d sampled, %d offline, %d dropped out, %d cannot finish a step by the deadline",
                      rnd, len(ids), kinds["unavailable"], kinds["dropout"], kinds["deadline"])
         tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0}
+        dp_clients: list[int] = []  # DP-SGD clients that trained in this attempt
         secure = self._secure_round(rnd, attempt, reached)
         if self.secure is not None and secure is None:
             tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
@@ -268,6 +273,11 @@ class Server:
                              rnd, outcome.task.client_id, seconds, self.deadline_s)
                     continue
                 update = self._accept(outcome, sent.size, tally, kinds)
+                if update is not None and self.record_ledger is not None and "dp_steps" in update.metrics:
+                    config = outcome.task.config
+                    self.record_ledger.add(update.client_id, int(update.metrics["dp_steps"]),
+                                           update.metrics["dp_sample_rate"], config.dp_noise_multiplier)
+                    dp_clients.append(update.client_id)
                 if update is not None:
                     if self.keeps_state and outcome.value.state is not None:
                         states[update.client_id] = outcome.value.state
@@ -293,7 +303,7 @@ class Server:
                   "sampled": len(ids), "overselected": clock["overselected"],
                   "bytes_down": download * len(reached) + (secure.bytes_down if secure else 0),
                   "bytes_down_raw": sent.nbytes * len(reached),
-                  "round_sim_s": waited + duration, "client_states": states}
+                  "round_sim_s": waited + duration, "client_states": states, "dp_clients": dp_clients}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
     def _secure_round(self, rnd: int, attempt: int, cohort: list[int]):
