@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
                        "default: localhost and 127.0.0.1)")
     certs.set_defaults(func=cmd_certs)
 
+    keys = sub.add_parser("keys", help="make a CKKS key pair for homomorphic aggregation (codec stage ckks)")
+    keys.add_argument("out", help="directory for ckks_public.bin (clients, server) and ckks_secret.bin (key holder)")
+    keys.add_argument("--overwrite", action="store_true", help="replace existing keys")
+    keys.set_defaults(func=cmd_keys)
+
     data = sub.add_parser("data", help="say where a dataset is, or how to get it")
     data.add_argument("name", choices=["fashion_mnist", "digits", "synthetic", "shakespeare"])
     data.add_argument("--path", default="", help="also look in this directory")
@@ -86,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="download Fashion-MNIST to ~/.cache/fedstack (checked by SHA-256)")
     data.set_defaults(func=cmd_data)
     return parser
+
+
+def cmd_keys(args) -> int:
+    from . import he
+
+    try:
+        public, secret = he.write_keys(args.out, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        raise FedstackError(f"{exc}; pass --overwrite to replace the keys") from None
+    print(f"public key (clients and server): {public}\nsecret key (the key holder only): {secret}")
+    return 0
 
 
 def cmd_run(args) -> int:

@@ -103,6 +103,7 @@ class CodecConfig(Section):
     secagg_plus: bool = False  # secagg: O(log n) neighbours per client (SecAgg+) instead of all
     secagg_bits: int = Field(32, ge=16, le=62)  # secagg: sums mod 2**bits
     secagg_frac_bits: int = Field(16, ge=1, le=40)  # secagg: fixed-point resolution 2**-frac_bits
+    ckks_keys: str = ""  # ckks: directory written by `fedstack keys`; "" = a fresh key holder per simulation
 
 
 class DecentralizedConfig(Section):
@@ -229,17 +230,18 @@ def codec_options(config: Config, deployed: bool = False):
     from .codec import CodecOptions
 
     c, p = config.codec, config.privacy
-    secure = "secagg" in c.pipeline
-    # Distributed noise is split among the fewest clients a secure round can end with (its threshold),
-    # so that the sum always carries at least the noise the accountant counts.
+    # Distributed noise is split among the fewest clients a secure round can end with (secagg: its
+    # threshold; ckks: server.min_clients), so that the sum always carries the noise the accountant counts.
     cohort = config.server.clients_per_round
-    noise_clients = max(1, math.ceil(c.secagg_threshold * cohort)) if secure else cohort
+    noise_clients = max(1, math.ceil(c.secagg_threshold * cohort)) if "secagg" in c.pipeline else \
+        max(1, config.server.min_clients) if "ckks" in c.pipeline else cohort
     noise = p.noise_multiplier * p.clip_norm / math.sqrt(noise_clients) if p.mode == "distributed" else 0.0
     return CodecOptions(bits=c.bits, qsgd_bucket=c.qsgd_bucket, topk_fraction=c.topk_fraction,
                         zstd_level=c.zstd_level, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
                         noise_mode=p.mode, noise_clients=noise_clients, seeded_noise=not deployed,
                         secagg_threshold=c.secagg_threshold, secagg_plus=c.secagg_plus, secagg_bits=c.secagg_bits,
-                        secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise)
+                        secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise,
+                        ckks_keys=c.ckks_keys)
 
 
 def private(config: Config) -> bool:
@@ -254,17 +256,27 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
     p, pipeline, server = config.privacy, config.codec.pipeline, config.server
     if "clip" in config.codec.download or "gaussian" in config.codec.download:
         raise ConfigError("codec.download", "clip and gaussian protect client updates: use them in codec.pipeline")
-    if "secagg" in pipeline:
-        if pipeline[-1] != "secagg":
-            raise ConfigError("codec.pipeline", f"\"secagg\" must be the last stage (the server only sees the sum; "
-                              f"nothing may transform masked values), got {pipeline}")
+    summing = [stage for stage in pipeline if stage in ("secagg", "ckks")]
+    if len(summing) > 1:
+        raise ConfigError("codec.pipeline", f"one summing protocol per pipeline, got {summing}")
+    if summing:
+        stage = summing[0]
+        if pipeline[-1] != stage:
+            raise ConfigError("codec.pipeline", f"\"{stage}\" must be the last stage (the server only sees the sum; "
+                              f"nothing may transform protected values), got {pipeline}")
         if pipeline[0] != "clip":
-            raise ConfigError("codec.pipeline", "secure aggregation sums fixed-point values in a bounded range: "
-                              f"put \"clip\" first (with privacy.clip_norm as the bound), got {pipeline}")
+            raise ConfigError("codec.pipeline", f"\"{stage}\" sums values in a bounded range: put \"clip\" first "
+                              f"(with privacy.clip_norm as the bound), got {pipeline}")
         if server.strategy in ("scaffold", "fedbuff", "fedasync"):
             raise ConfigError("server.strategy", f"{server.strategy} needs each client's update; secure aggregation "
                               "gives only their sum")
-    if "secagg" in config.codec.download:
+    if "ckks" in pipeline and config.codec.ckks_keys:
+        keys = Path(config.codec.ckks_keys)
+        for name in ("ckks_public.bin", "ckks_secret.bin"):
+            if not (keys / name).is_file():
+                raise ConfigError("codec.ckks_keys", f"{keys / name} does not exist: make the keys with "
+                                  f"`fedstack keys {keys}`")
+    if {"secagg", "ckks"} & set(config.codec.download):
         raise ConfigError("codec.download", "secure aggregation protects uploads only")
     if config.client.dp_sgd and config.model.name in ("char_lstm", "word_lstm"):
         raise ConfigError("client.dp_sgd", f"Opacus computes per-example gradients of torch's LSTM only through "
@@ -293,9 +305,10 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
     if not noised_by_clients and "gaussian" in pipeline:
         raise ConfigError("codec.pipeline", "privacy.mode = \"central\": the server adds the noise to the sum; "
                           "\"gaussian\" (client-side noise) is for privacy.mode local or distributed")
-    if p.mode == "distributed" and "secagg" not in pipeline:
+    if p.mode == "distributed" and not {"secagg", "ckks"} & set(pipeline):
         raise ConfigError("privacy.mode", "distributed noise is private only under secure aggregation: put "
-                          "\"secagg\" in codec.pipeline (otherwise the server sees each lightly noised update)")
+                          "\"secagg\" or \"ckks\" last in codec.pipeline (otherwise the server sees each lightly "
+                          "noised update)")
     if p.target_quantile and p.mode != "central":
         raise ConfigError("privacy.target_quantile", "adaptive clipping is available with privacy.mode = "
                           "\"central\" only (the server must count clipped updates)")

@@ -307,19 +307,17 @@ class Server:
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
     def _secure_round(self, rnd: int, attempt: int, cohort: list[int]):
-        """Secure aggregation's key exchange with every client that received the model, or None without it.
+        """A summing protocol's round (secagg, ckks) with every client that received the model, or None.
 
-        In simulation each client's side of the protocol runs on its own simulated device object
-        (secagg.simulation), which hands the server only protocol messages.
+        In simulation each client's side of the protocol runs on its own simulated device object,
+        which hands the server only protocol messages.
         """
         if self.secure is None or not cohort:
             return None
         from .secagg import SecAggAbort
-        from .secagg.simulation import SecureRound
 
-        params = self.secure.params(len(cohort), int_seed(self.workload.seed, "codec", rnd, attempt))
         try:
-            return SecureRound(params, cohort)
+            return self.secure.open_round(cohort, int_seed(self.workload.seed, "codec", rnd, attempt))
         except (SecAggAbort, ValueError) as exc:
             log.warning("round %d: secure aggregation cannot start: %s", rnd, exc)
             return None
@@ -330,7 +328,7 @@ class Server:
 
         try:
             total, members = secure.finish()
-        except SecAggAbort as exc:
+        except (SecAggAbort, ValueError) as exc:
             log.warning("round %d: secure aggregation aborted, nothing aggregated: %s", rnd, exc)
             tally["clients"] = 0
             return

@@ -151,11 +151,13 @@ class CodecOptions:
     secagg_bits: int = 32
     secagg_frac_bits: int = 16
     secagg_range: float = 1.0  # secagg: the bound of every coordinate (clip norm plus room for DP noise)
+    ckks_keys: str = ""  # ckks: directory of `fedstack keys`; "" = a fresh key holder for the run
 
 
 def _registry() -> dict[str, Callable[[Any], Codec]]:
     from .lossless import Zstd
     from .privacy import Clip, Gaussian
+    from .ckks import CKKS
     from .secagg import SecAgg
     from .quantize import BF16, FP16, QSGD
     from .sparsify import RandK, Sign, TopK
@@ -174,10 +176,11 @@ def _registry() -> dict[str, Callable[[Any], Codec]]:
                                        o.seeded_noise),
         "secagg": lambda o: SecAgg(o.secagg_threshold, o.secagg_plus, o.secagg_bits, o.secagg_frac_bits,
                                    o.secagg_range),
+        "ckks": lambda o: CKKS(o.ckks_keys),
     }
 
 
-CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd", "clip", "gaussian", "secagg")
+CODECS = ("identity", "fp16", "bf16", "qsgd", "topk", "randk", "sign", "zstd", "clip", "gaussian", "secagg", "ckks")
 
 
 def build_pipeline(names: list[str], options: Any = None, key: str = "codec.pipeline") -> Pipeline:

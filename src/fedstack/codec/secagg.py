@@ -43,6 +43,12 @@ class SecAgg:
         return SecAggParams(threshold=t, bits=self.bits, clip=self.value_range, frac_bits=self.frac_bits,
                             k=k if self.plus else None, graph_seed=graph_seed)
 
+    def open_round(self, cohort, seed: int):
+        """One round's protocol with `cohort`, keys and shares exchanged (secagg.simulation.SecureRound)."""
+        from ..secagg.simulation import SecureRound
+
+        return SecureRound(self.params(len(cohort), seed), cohort)
+
     def encode(self, value, ctx):
         raise NotImplementedError("secagg runs as a protocol in the round loop, not inside a worker")
 
