@@ -62,3 +62,14 @@ def test_secure_aggregation_needs_individual_updates_for_scaffold_and_a_sane_thr
         load_config(None, ['codec.pipeline=["clip", "secagg"]', "server.strategy=scaffold"])
     with pytest.raises(ConfigError, match="codec.secagg_threshold"):
         load_config(None, ['codec.pipeline=["clip", "secagg"]', "codec.secagg_threshold=0.5"])
+
+
+@pytest.mark.parametrize("overrides, key", [(['codec.pipeline=["clip", "secagg"]'], "codec.pipeline"),
+                                            (['codec.pipeline=["clip", "ckks"]'], "codec.pipeline"),
+                                            (["server.strategy=fedbuff"], "server.strategy")])
+def test_what_only_simulation_offers_is_refused_for_a_deployed_server(overrides, key, tmp_path):
+    from fedstack.engine import LocalEngine
+
+    with pytest.raises(ConfigError) as error:  # an Engine object stands for the deployment's remote clients
+        run_config(load_config(None, overrides), tmp_path / "run", engine=LocalEngine())
+    assert error.value.key == key

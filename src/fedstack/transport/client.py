@@ -105,6 +105,8 @@ class Client:
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
             self.pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
+            if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
+                self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
 
     def _load_data(self) -> ClientData:
