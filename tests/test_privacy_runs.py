@@ -95,3 +95,16 @@ def test_dp_sgd_clients_report_their_own_epsilon_which_grows_and_survives_a_resu
     np.testing.assert_array_equal(resumed.params, whole.params)
     with pytest.raises(ConfigError, match="client.dp_sgd"):
         load_config(None, ["client.dp_sgd=true", "server.strategy=scaffold"])
+
+
+def test_a_private_runs_report_and_summary_table_show_the_privacy_spent(tmp_path):
+    from rich.console import Console
+
+    from fedstack.report import print_summary
+
+    run_config(load_config(None, [*DP, "server.rounds=2", "engine.name=local"]), tmp_path / "run")
+    console = Console(record=True, width=200)
+    print_summary(tmp_path / "run", console)
+    text = console.export_text()
+    assert "privacy spent" in text and "δ = 1e-05" in text
+    assert (tmp_path / "run" / "report.png").stat().st_size > 0

@@ -275,8 +275,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                           "download codecs are simulation-only for now")
     if remote:
         _refuse_simulated_fleet(config)
-        if {"secagg", "ckks"} & set(config.codec.pipeline):
-            raise ConfigError("codec.pipeline", "secure aggregation (secagg, ckks) runs in simulation only so far; "
+        if "ckks" in config.codec.pipeline:  # secagg runs with the deployed clients (secagg.remote)
+            raise ConfigError("codec.pipeline", "homomorphic aggregation (ckks) runs in simulation only so far; "
                               "over the gRPC transport it is not available yet")
     system = build_system(config.systems, dataset.num_clients, config.seed)  # a bad trace fails here
     if sampler is None:

@@ -129,8 +129,18 @@ def plot_report(run_dir) -> Path:
         cumulative_up[m["round"]] = total
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    acc_ax, loss_ax, bytes_ax, curve_ax, time_ax, spare_ax = axes.flat
-    spare_ax.axis("off")
+    acc_ax, loss_ax, bytes_ax, curve_ax, time_ax, privacy_ax = axes.flat
+    private = [m for m in metrics if m.get("epsilon") is not None or m.get("client_epsilon_max") is not None]
+    if private:  # differential privacy: what the run has spent, round by round
+        for key, label in (("epsilon", "ε of the run (client level)"),
+                           ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
+            points = [(m["round"], m[key]) for m in private if m.get(key) is not None]
+            if points:
+                privacy_ax.plot(*zip(*points), marker="o", label=label)
+        privacy_ax.set(title="Privacy spent", xlabel="round", ylabel="ε")
+        privacy_ax.legend()
+    else:
+        privacy_ax.axis("off")
 
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
@@ -195,6 +205,12 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     table.add_row("rounds", str(rounds))
     table.add_row("final test accuracy", _percent(final.get("test_accuracy")))
     table.add_row("best test accuracy", _percent(summary.get("best_test_accuracy")))
+    spent = next((m.get("epsilon") for m in reversed(metrics) if m.get("epsilon") is not None), None)
+    if spent is not None:
+        delta = (summary.get("config") or {}).get("privacy", {}).get("delta")
+        table.add_row("privacy spent", f"ε = {spent:.3g}" + (f" at δ = {delta:g}" if delta else ""))
+    if summary.get("stopped"):
+        table.add_row("stopped early", summary["stopped"])
     if final.get("test_top3_accuracy") is not None:
         table.add_row("final test top-3 accuracy", _percent(final.get("test_top3_accuracy")))
     loss = final.get("test_loss")

@@ -240,6 +240,9 @@ class Server:
         secure = self._secure_round(rnd, attempt, reached)
         if self.secure is not None and secure is None:
             tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
+        remote = hasattr(secure, "collect")  # deployed secagg: each device masks its own update
+        if remote:
+            tasks, reached = self._masking_tasks(rnd, secure, tasks, reached, kinds)
         states: dict[int, np.ndarray] = {}
         target = self.clients_per_round if self.overselect > 0 else None
         clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
@@ -272,7 +275,10 @@ class Server:
                     log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
                              rnd, outcome.task.client_id, seconds, self.deadline_s)
                     continue
-                update = self._accept(outcome, sent.size, tally, kinds)
+                if remote:  # a masked vector, which the server cannot read: the protocol checks it
+                    update = self._collect(outcome, secure, sent.size, tally, kinds)
+                else:
+                    update = self._accept(outcome, sent.size, tally, kinds)
                 if update is not None and self.record_ledger is not None and "dp_steps" in update.metrics:
                     config = outcome.task.config
                     self.record_ledger.add(update.client_id, int(update.metrics["dp_steps"]),
@@ -290,12 +296,16 @@ class Server:
                     clock["full"] = target is not None and tally["clients"] >= target
                     if secure is None:
                         yield update
-                    else:  # the client's device masks it; the server will see only the sum
+                    elif not remote:  # the client's simulated device masks it; the server will see only the sum
                         secure.submit(update.client_id, update.update)
             if secure is not None and tally["clients"]:
                 yield from self._unmask(rnd, secure, tally)
 
         new_params = self.strategy.aggregate(rnd, params, updates())
+        if remote:  # protocol messages the deployed secure round refused (malformed, misaddressed, ...)
+            tally["secagg_rejected"] = sum(secure.rejected.values())
+            if tally["secagg_rejected"]:
+                log.warning("round %d: secure aggregation rejected %s", rnd, dict(secure.rejected))
         if tally["clients"] < self.min_clients:
             new_params = params
         duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s
@@ -310,17 +320,48 @@ class Server:
         """A summing protocol's round (secagg, ckks) with every client that received the model, or None.
 
         In simulation each client's side of the protocol runs on its own simulated device object,
-        which hands the server only protocol messages.
+        which hands the server only protocol messages. With an engine that can `exchange` protocol
+        messages (deployed clients), secagg runs with the devices themselves, a round trip per step.
         """
         if self.secure is None or not cohort:
             return None
         from .secagg import SecAggAbort
 
+        seed = int_seed(self.workload.seed, "codec", rnd, attempt)
         try:
-            return self.secure.open_round(cohort, int_seed(self.workload.seed, "codec", rnd, attempt))
+            if hasattr(self.engine, "exchange"):
+                return self.secure.open_round(cohort, seed, engine=self.engine, round=rnd)
+            return self.secure.open_round(cohort, seed)
         except (SecAggAbort, ValueError) as exc:
             log.warning("round %d: secure aggregation cannot start: %s", rnd, exc)
             return None
+
+    def _masking_tasks(self, rnd: int, secure, tasks: list, reached: list[int], kinds: dict) -> tuple[list, list]:
+        """Deployed secagg: (the fit tasks of the clients that shared their keys, each carrying its
+        masked-input request; the clients the model goes to). One silent before is a dropout."""
+        requests = {t.client_id: secure.request_for(t.client_id) for t in tasks}
+        lost = sorted(cid for cid, request in requests.items() if request is None)
+        if lost:
+            kinds["dropout"] += len(lost)
+            log.warning("round %d: clients %s dropped out while agreeing keys", rnd, lost)
+        tasks = [replace(t, protocol=requests[t.client_id]) for t in tasks if requests[t.client_id] is not None]
+        return tasks, [cid for cid in reached if requests.get(cid) is not None]
+
+    def _collect(self, outcome: Outcome, secure, size: int, tally: dict, kinds: dict) -> ClientUpdate | None:
+        """A deployed client's masked input, handed unread to the secure round; None if the protocol refuses it.
+
+        The returned update carries no vector: only its client's figures (weight, metrics).
+        """
+        task, reply = outcome.task, outcome.value
+        tally["bytes_up"] += len(reply.payload)
+        tally["bytes_up_raw"] += 4 * size
+        if not secure.collect(task.client_id, reply.payload, size):
+            kinds["rejected"] += 1
+            self.rejected += 1
+            log.warning("round %d: rejected the masked input of client %d", task.round, task.client_id)
+            return None
+        tally["clients"] += 1
+        return ClientUpdate(task.client_id, np.empty(0, dtype=np.float32), reply.num_examples, reply.metrics)
 
     def _unmask(self, rnd: int, secure, tally: dict) -> Iterator[ClientUpdate]:
         """Secure aggregation's unmasking: one update, the mean of the survivors' (nothing if it aborts)."""

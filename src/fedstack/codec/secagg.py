@@ -2,9 +2,10 @@
 
 It is not a transform a worker applies: it runs as the SecAgg protocol (fedstack.secagg) between
 the server and the clients of a round (`server.py` drives it; in simulation through
-`secagg.simulation.SecureRound`). In the pipeline it marks where the protocol takes over: it must
-be the last stage, every stage before it must decode linearly (sums pass through), and "clip" must
-come first, because the protocol sums fixed-point numbers in a bounded range.
+`secagg.simulation.SecureRound`, deployed through `secagg.remote.RemoteSecureRound`). In the
+pipeline it marks where the protocol takes over: it must be the last stage, every stage before it
+must decode linearly (sums pass through), and "clip" must come first, because the protocol sums
+fixed-point numbers in a bounded range.
 
 Parameters (`[codec]`): `secagg_threshold` — t as a fraction of each client's k + 1 share holders,
 in (1/2, 1]: a round survives dropouts while at least that fraction of holders answers;
@@ -43,8 +44,14 @@ class SecAgg:
         return SecAggParams(threshold=t, bits=self.bits, clip=self.value_range, frac_bits=self.frac_bits,
                             k=k if self.plus else None, graph_seed=graph_seed)
 
-    def open_round(self, cohort, seed: int):
-        """One round's protocol with `cohort`, keys and shares exchanged (secagg.simulation.SecureRound)."""
+    def open_round(self, cohort, seed: int, engine=None, round: int = 0):
+        """Round `round`'s protocol with `cohort`, keys and shares exchanged: with simulated devices
+        (secagg.simulation.SecureRound), or with the deployed clients of an `engine` that offers
+        `exchange` (secagg.remote.RemoteSecureRound)."""
+        if engine is not None and hasattr(engine, "exchange"):
+            from ..secagg.remote import RemoteSecureRound
+
+            return RemoteSecureRound(self.params(len(cohort), seed), cohort, engine, round)
         from ..secagg.simulation import SecureRound
 
         return SecureRound(self.params(len(cohort), seed), cohort)

@@ -16,6 +16,8 @@ class Task:
 
     `span` = (start, stop): the client trains the slice [start, stop) of the vector the engine was
     given instead of all of it (decentralized nodes each hold their own model in one stacked vector).
+    `protocol` = (stage, message): a protocol step the task is part of (a deployed secure round's
+    masked-input request): the client answers with that step's reply instead of its encoded update.
     """
 
     round: int
@@ -23,6 +25,7 @@ class Task:
     config: FitConfig
     state: Any = field(default=None, repr=False, compare=False)
     span: tuple[int, int] | None = None
+    protocol: tuple[str, bytes] | None = field(default=None, repr=False)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from .. import __version__
 from ..client import FitConfig
 from ..engine.base import fit_and_encode
 from ..strategy import Task
-from ..codec import build_pipeline
+from ..codec import CodecContext, build_pipeline
 from ..config import codec_options, validate
 from ..data import ClientData
 from ..errors import DataError, FedstackError
@@ -78,8 +78,9 @@ class Client:
         self.data_path, self.partition = data, partition
         self.max_backoff_s = max_backoff_s
         self.trainer = trainer  # None: the model the run's config names
-        self.submitted = self.refused = 0
+        self.submitted = self.refused = 0  # updates (fit replies); protocol replies count only when refused
         self.data = None
+        self.secagg = None  # this device's side of secure aggregation, when the run's pipeline ends in secagg
         # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
         # state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
@@ -104,7 +105,14 @@ class Client:
             self.data = self._load_data()
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
-            self.pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
+            pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
+            # A summing stage (secagg) is a protocol with the server, not an encoding: the device applies the
+            # stages before it and masks the result when the server asks (secagg.remote.SecAggDevice).
+            self.pipeline = pipeline.before_summing()
+            if pipeline.summing is not None:
+                from ..secagg.remote import SecAggDevice
+
+                self.secagg = SecAggDevice(pipeline.summing)
             if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
                 self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
@@ -180,6 +188,9 @@ class Client:
             return False
         if header.kind == pb.TaskHeader.WAIT:
             return True
+        if header.kind == pb.TaskHeader.PROTOCOL:
+            self._answer(header)
+            return True
         params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
                                dtype=np.float32)
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
@@ -189,20 +200,51 @@ class Client:
                 config = FitConfig(**json.loads(header.fit_config_json))
                 task = Task(header.round, header.client_id, config, state=self.state)
                 reply = fit_and_encode(self.trainer, self.pipeline, self.config.seed, task, self.data, params)
-                payload = reply.payload
+                payload = self._masked(header, task, reply.payload) if self.secagg else reply.payload
                 update.num_examples = reply.num_examples
                 update.metrics.update({k: float(v) for k, v in reply.metrics.items()})
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
                 update.error = f"{type(exc).__name__}: {exc}"
-        update.payload_bytes = len(payload)
-        messages = [pb.UpdateChunk(header=update), *(pb.UpdateChunk(payload=p) for p in chunks(payload))]
-        answer = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
-        if answer.accepted:
+        if self._submit(header, update, payload, "update"):
             self.submitted += 1
             if reply is not None and reply.state is not None:  # the server took it: the state moves on
                 self.state = reply.state
                 self._save_state()
-        else:
-            self.refused += 1
-            log.warning("round %d: server refused the update: %s", header.round, answer.reason)
         return True
+
+    def _masked(self, header, task: Task, payload: bytes) -> bytes:
+        """Secure aggregation: this device's update, masked for the round's sum (a MaskedInput's bytes)."""
+        from ..secagg.remote import MASKED_INPUT
+
+        if header.protocol_stage != MASKED_INPUT:  # never an unmasked update where the run promises a sum
+            raise FedstackError(f"the run aggregates securely, but the server asked for {header.protocol_stage!r} "
+                                f"instead of {MASKED_INPUT!r}: refusing to send an unmasked update")
+        ctx = CodecContext(task.round, task.client_id, self.config.seed, task.config.clip_norm)
+        vector = self.pipeline.decode(payload, ctx)  # exactly what the server would have decoded in simulation
+        return self.secagg.mask(header.round, header.client_id, header.protocol_request, vector)
+
+    def _answer(self, header) -> None:
+        """One step of a protocol the server runs with the round's clients (secure aggregation)."""
+        update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
+        payload = b""
+        with self._beating():
+            try:
+                if self.secagg is None:
+                    raise FedstackError(f"protocol step {header.protocol_stage!r}, but the run has no secure "
+                                        "aggregation")
+                payload = self.secagg.answer(header.round, header.client_id, header.protocol_stage,
+                                             header.protocol_request)
+            except Exception as exc:  # the server counts this client out of the step; the protocol copes
+                update.error = f"{type(exc).__name__}: {exc}"
+                log.warning("round %d: %s failed: %s", header.round, header.protocol_stage, update.error)
+        self._submit(header, update, payload, header.protocol_stage)
+
+    def _submit(self, header, update, payload: bytes, what: str) -> bool:
+        """Send a reply (update or protocol message) in chunks; whether the server accepted it."""
+        update.payload_bytes = len(payload)
+        messages = [pb.UpdateChunk(header=update), *(pb.UpdateChunk(payload=p) for p in chunks(payload))]
+        answer = self.stub.Submit(iter(messages), metadata=self.metadata, timeout=120)
+        if not answer.accepted:
+            self.refused += 1
+            log.warning("round %d: server refused the %s: %s", header.round, what, answer.reason)
+        return answer.accepted

@@ -40,15 +40,17 @@ class Beat(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "fit_config_json", "params_bytes", "deadline_s", "client_id")
+    __slots__ = ("kind", "task_id", "round", "fit_config_json", "params_bytes", "deadline_s", "client_id", "protocol_stage", "protocol_request")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[TaskHeader.Kind]
         FIT: _ClassVar[TaskHeader.Kind]
         STOP: _ClassVar[TaskHeader.Kind]
+        PROTOCOL: _ClassVar[TaskHeader.Kind]
     WAIT: TaskHeader.Kind
     FIT: TaskHeader.Kind
     STOP: TaskHeader.Kind
+    PROTOCOL: TaskHeader.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,8 @@ class TaskHeader(_message.Message):
     PARAMS_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_STAGE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_REQUEST_FIELD_NUMBER: _ClassVar[int]
     kind: TaskHeader.Kind
     task_id: int
     round: int
@@ -63,7 +67,9 @@ class TaskHeader(_message.Message):
     params_bytes: int
     deadline_s: float
     client_id: int
-    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., fit_config_json: _Optional[str] = ..., params_bytes: _Optional[int] = ..., deadline_s: _Optional[float] = ..., client_id: _Optional[int] = ...) -> None: ...
+    protocol_stage: str
+    protocol_request: bytes
+    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., fit_config_json: _Optional[str] = ..., params_bytes: _Optional[int] = ..., deadline_s: _Optional[float] = ..., client_id: _Optional[int] = ..., protocol_stage: _Optional[str] = ..., protocol_request: _Optional[bytes] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("header", "params")

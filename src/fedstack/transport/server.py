@@ -27,6 +27,16 @@ from .wire import GRPC_OPTIONS, assemble, chunks
 log = logging.getLogger("fedstack.transport")
 
 
+@dataclasses.dataclass(frozen=True)
+class ProtocolTask:
+    """One step of a protocol the round runs with a client (secure aggregation): a message to answer."""
+
+    round: int
+    client_id: int
+    stage: str
+    request: bytes = dataclasses.field(repr=False)
+
+
 @dataclasses.dataclass
 class _Assignment:
     """A task handed to a client, awaited by the round."""
@@ -44,7 +54,8 @@ class GrpcEngine:
 
     Client ids are positions in the registry's list of names. A task not answered within
     `deadline_s` is a dropout; a refused update (foreign, replayed, late, malformed) is
-    counted in `refused` by reason and the client is told why.
+    counted in `refused` by reason and the client is told why. `exchange` runs one step of a
+    protocol (secure aggregation) with several clients: each gets a message and answers it.
     """
 
     client_state = "device"
@@ -85,11 +96,32 @@ class GrpcEngine:
                 yield execute(self.trainer, self.workload, task, params)
 
     def _run_remote(self, params, tasks, fits) -> Iterator[Outcome]:
+        outcomes = self._dispatch(fits, params)
+        # Every fit task now has a result or a dropout; evaluation tasks run here, in order.
+        for index, task in enumerate(tasks):
+            yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
+
+    def exchange(self, round: int, stage: str, requests: dict[int, bytes]) -> dict[int, bytes]:
+        """One protocol step: each client gets its request, and its reply comes back; {client id: reply}
+        for the clients that answered within `deadline_s` (a silent or failing client is left out)."""
+        steps = [ProtocolTask(round, int(cid), stage, bytes(request)) for cid, request in sorted(requests.items())]
+        replies = {}
+        for index, outcome in sorted(self._dispatch(list(enumerate(steps))).items()):
+            if outcome.error is not None:
+                log.warning("round %d: %s: client %d did not answer: %s", round, stage, steps[index].client_id,
+                            outcome.error)
+            else:
+                replies[steps[index].client_id] = bytes(outcome.value.payload)
+        return replies
+
+    def _dispatch(self, items: list, params: np.ndarray | None = None) -> dict[int, Outcome]:
+        """Hand out (index, task) pairs and wait up to `deadline_s`: {index: Outcome}, dropouts included."""
         started = time.monotonic()
         results: queue.Queue = queue.Queue()
         with self._lock:
-            self._params_payload = np.ascontiguousarray(params, dtype=np.float32).tobytes()
-            for index, task in fits:
+            if params is not None:
+                self._params_payload = np.ascontiguousarray(params, dtype=np.float32).tobytes()
+            for index, task in items:
                 name = self.names[task.client_id]
                 # Random ids: unguessable, and never reused by a restarted server.
                 assignment = _Assignment(secrets.randbits(63), index, name, task.round, task, results)
@@ -98,7 +130,7 @@ class GrpcEngine:
             self._lock.notify_all()
         outcomes: dict[int, Outcome] = {}
         deadline = started + self.deadline_s
-        while len(outcomes) < len(fits) and time.monotonic() < deadline:
+        while len(outcomes) < len(items) and time.monotonic() < deadline:
             try:
                 index, outcome = results.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())))
                 outcomes[index] = outcome
@@ -110,13 +142,11 @@ class GrpcEngine:
                 outcomes[index] = outcome
             for assignment in list(self._open.values()):
                 if assignment.index not in outcomes:
-                    outcomes[assignment.index] = Outcome(assignment.task, error=f"no update from "
+                    outcomes[assignment.index] = Outcome(assignment.task, error=f"no answer from "
                                                          f"{assignment.name} within {self.deadline_s:g} s")
                     self._inbox[assignment.name].clear()
             self._open.clear()
-        # Every fit task now has a result or a dropout; evaluation tasks run here, in order.
-        for index, task in enumerate(tasks):
-            yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
+        return outcomes
 
     def _drop_silent(self, outcomes: dict[int, Outcome]) -> None:
         """Clients silent for three heartbeat intervals while holding a task have dropped out."""
@@ -183,7 +213,10 @@ class GrpcEngine:
             if header.round != assignment.round:
                 return self.refuse(name, f"task {header.task_id} is for round {assignment.round}, "
                                    f"not {header.round}", "stale")
-            problem = None if header.error else self._check(assignment, header, payload)
+            # A protocol message, or a fit task's masked vector, is no update the server could decode:
+            # the protocol checks it. The checks above and the size limit still hold for it.
+            opaque = isinstance(assignment.task, ProtocolTask) or getattr(assignment.task, "protocol", None) is not None
+            problem = None if header.error or opaque else self._check(assignment, header, payload)
             if problem:
                 return self.refuse(name, problem, "malformed")
             del self._open[header.task_id]
@@ -248,12 +281,18 @@ class FederationService(pb_grpc.FederationServicer):
         if task == "stop":
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.STOP))
             return
+        common = dict(task_id=task.task_id, round=task.round, deadline_s=self.engine.deadline_s,
+                      client_id=self.engine.ids[name])
+        if isinstance(task.task, ProtocolTask):
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.PROTOCOL, protocol_stage=task.task.stage,
+                                                    protocol_request=task.task.request, **common))
+            return
         payload = self.engine._params_payload
         config = json.dumps(dataclasses.asdict(task.task.config))
-        yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, task_id=task.task_id, round=task.round,
-                                                fit_config_json=config, params_bytes=len(payload),
-                                                deadline_s=self.engine.deadline_s,
-                                                client_id=self.engine.ids[name]))
+        stage, request = task.task.protocol or ("", b"")
+        yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, fit_config_json=config,
+                                                params_bytes=len(payload), protocol_stage=stage,
+                                                protocol_request=request, **common))
         for piece in chunks(payload):
             yield pb.TaskChunk(params=piece)
 
