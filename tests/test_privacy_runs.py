@@ -70,6 +70,7 @@ def test_local_dp_noises_each_update_and_learns_less_than_central(tmp_path):
     (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "privacy.target_quantile=0.5"],
      "privacy.clip_count_stddev"),  # 10 clients / 20 = 0.5 ≤ z/2
     (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "server.strategy=scaffold"], "server.strategy"),
+    (['codec.pipeline=["clip"]', "privacy.noise_multiplier=1", "privacy.trusted_server=false"], "privacy.mode"),
     (["privacy.delta=0"], "privacy.delta"),
     (["privacy.clip_norm=-1"], "privacy.clip_norm"),
     (['codec.download=["clip"]'], "codec.download"),

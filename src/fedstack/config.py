@@ -119,6 +119,7 @@ class PrivacyConfig(Section):
     """Client-level differential privacy (DP-FedAvg) and its accounting (fedstack.privacy)."""
 
     mode: Literal["central", "local", "distributed"] = "central"  # who adds the Gaussian noise
+    trusted_server: bool = True  # false: the server may not see un-noised updates or sums (no central mode)
     clip_norm: float = Field(1.0, gt=0)  # L2 bound of each client's update (codec stage "clip")
     noise_multiplier: float = Field(0.0, ge=0)  # noise std = noise_multiplier · clip_norm on the sum
     delta: float = Field(1e-5, gt=0, lt=1)
@@ -299,6 +300,10 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
         raise ConfigError("codec.pipeline", f"differential privacy clips each update first: codec.pipeline must "
                           f"start with \"clip\", got {pipeline}")
     noised_by_clients = p.mode in ("local", "distributed")
+    if not p.trusted_server and not noised_by_clients:
+        raise ConfigError("privacy.mode", "privacy.trusted_server = false: the server must never see an un-noised "
+                          "update or sum, so its noise cannot be central; use \"local\", or \"distributed\" with "
+                          "secure aggregation")
     if noised_by_clients and p.noise_multiplier > 0 and pipeline[1:2] != ["gaussian"]:
         raise ConfigError("codec.pipeline", f"privacy.mode = \"{p.mode}\": clients add the noise, so \"gaussian\" "
                           f"must follow \"clip\", got {pipeline}")
