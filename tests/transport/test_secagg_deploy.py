@@ -15,6 +15,8 @@ import time
 import numpy as np
 import pytest
 
+from fedstack.client import FitResult
+from fedstack.codec import build_pipeline
 from fedstack.codec.secagg import SecAgg
 from fedstack.config import load_config
 from fedstack.experiment import run_config
@@ -23,6 +25,7 @@ from fedstack.secagg.remote import MASKED_INPUT, START, SecAggDevice
 from fedstack.secagg.simulation import SecureRound
 from fedstack.store import RunStore
 from fedstack.transport import fedstack_pb2 as pb
+from fedstack.transport.client import Client
 from fedstack.transport.security import make_credentials
 from fedstack.transport.server import FederationService, GrpcEngine
 
@@ -131,6 +134,38 @@ def test_the_engine_exchanges_protocol_messages_through_its_service():
     exchange.join(timeout=30)  # "b" never answers: dropped at the deadline
     assert replies == {0: b"keys of a"} and time.monotonic() - started < 10
     assert engine.refused == {"stale": 2, "foreign": 1}
+
+
+class Trainer:
+    def fit(self, params, data, config, state=None):
+        return FitResult(np.full_like(params, 0.25), 10)
+
+
+class Stub:
+    """Hands the client one task and keeps what it submits."""
+
+    def __init__(self, header):
+        self.header, self.submitted = header, []
+
+    def Poll(self, request, **kw):
+        return iter([pb.TaskChunk(header=self.header), pb.TaskChunk(params=np.zeros(3, np.float32).tobytes())])
+
+    def Submit(self, messages, **kw):
+        self.submitted.append(list(messages))
+        return pb.SubmitReply(accepted=True)
+
+
+def test_a_device_of_a_secure_run_never_sends_its_update_in_the_clear():
+    client = Client("127.0.0.1:1", "token", insecure=True, trainer=Trainer())
+    client.config = load_config(None, OVERRIDES)
+    client.pipeline, client.heartbeat_s = build_pipeline(["clip"]), 60.0
+    client.summing = SecAgg()
+    client.secagg = SecAggDevice(client.summing)
+    client.stub = Stub(pb.TaskHeader(kind=pb.TaskHeader.FIT, task_id=1, round=1, fit_config_json="{}",
+                                     params_bytes=12))  # a plain fit task: no masked-input request
+    assert client.poll_once()
+    (header, *payload), = client.stub.submitted
+    assert "refusing to send an unmasked update" in header.header.error and not payload
 
 
 # --- a real deployment on loopback ---

@@ -80,7 +80,8 @@ class Client:
         self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0  # updates (fit replies); protocol replies count only when refused
         self.data = None
-        self.secagg = None  # this device's side of secure aggregation, when the run's pipeline ends in secagg
+        self.summing = None  # the run's summing stage (secagg): then no update ever leaves in the clear
+        self.secagg = None  # this device's side of secure aggregation (secagg.remote.SecAggDevice)
         # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
         # state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
@@ -108,11 +109,11 @@ class Client:
             pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
             # A summing stage (secagg) is a protocol with the server, not an encoding: the device applies the
             # stages before it and masks the result when the server asks (secagg.remote.SecAggDevice).
-            self.pipeline = pipeline.before_summing()
-            if pipeline.summing is not None:
+            self.pipeline, self.summing = pipeline.before_summing(), pipeline.summing
+            if getattr(self.summing, "name", None) == "secagg":
                 from ..secagg.remote import SecAggDevice
 
-                self.secagg = SecAggDevice(pipeline.summing)
+                self.secagg = SecAggDevice(self.summing)
             if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
                 self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
@@ -200,7 +201,7 @@ class Client:
                 config = FitConfig(**json.loads(header.fit_config_json))
                 task = Task(header.round, header.client_id, config, state=self.state)
                 reply = fit_and_encode(self.trainer, self.pipeline, self.config.seed, task, self.data, params)
-                payload = self._masked(header, task, reply.payload) if self.secagg else reply.payload
+                payload = self._masked(header, task, reply.payload) if self.summing else reply.payload
                 update.num_examples = reply.num_examples
                 update.metrics.update({k: float(v) for k, v in reply.metrics.items()})
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
@@ -216,9 +217,9 @@ class Client:
         """Secure aggregation: this device's update, masked for the round's sum (a MaskedInput's bytes)."""
         from ..secagg.remote import MASKED_INPUT
 
-        if header.protocol_stage != MASKED_INPUT:  # never an unmasked update where the run promises a sum
-            raise FedstackError(f"the run aggregates securely, but the server asked for {header.protocol_stage!r} "
-                                f"instead of {MASKED_INPUT!r}: refusing to send an unmasked update")
+        if self.secagg is None or header.protocol_stage != MASKED_INPUT:  # never in the clear under a sum
+            raise FedstackError(f"the run aggregates with {self.summing.name!r}, but the server asked for "
+                                f"{header.protocol_stage or 'a plain update'!r}: refusing to send an unmasked update")
         ctx = CodecContext(task.round, task.client_id, self.config.seed, task.config.clip_norm)
         vector = self.pipeline.decode(payload, ctx)  # exactly what the server would have decoded in simulation
         return self.secagg.mask(header.round, header.client_id, header.protocol_request, vector)
