@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--key", help="client private key, for mutual TLS (PEM)")
     client.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for tests")
     client.add_argument("--state", help="file keeping this device's client state (SCAFFOLD) across restarts")
+    client.add_argument("--ckks-secret", metavar="FILE", help="ckks_secret.bin of `fedstack keys`: this client is "
+                        "the key holder that decrypts the aggregate of homomorphic aggregation (codec stage ckks)")
     client.set_defaults(func=cmd_client)
 
     certs = sub.add_parser("certs", help="make a CA, a server certificate and client credentials")
@@ -187,7 +189,8 @@ def cmd_client(args) -> int:
         raise FedstackError("give --ca (the CA that signed the server's certificate), or --insecure")
     client = Client(args.server, read_token(args.token_file), data=args.data, partition=args.partition,
                     ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
-                    key=read_pem(args.key) if args.key else None, insecure=args.insecure, state_path=args.state)
+                    key=read_pem(args.key) if args.key else None, insecure=args.insecure, state_path=args.state,
+                    ckks_secret=args.ckks_secret)
     client.run()
     print(f"run over: {client.submitted} updates accepted, {client.refused} refused")
     return 0

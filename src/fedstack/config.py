@@ -273,7 +273,7 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
                               "gives only their sum")
     if "ckks" in pipeline and config.codec.ckks_keys:
         keys = Path(config.codec.ckks_keys)
-        for name in ("ckks_public.bin", "ckks_secret.bin"):
+        for name in ("ckks_public.bin",):  # the secret file is only on the key holder's machine
             if not (keys / name).is_file():
                 raise ConfigError("codec.ckks_keys", f"{keys / name} does not exist: make the keys with "
                                   f"`fedstack keys {keys}`")

@@ -275,9 +275,15 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                           "download codecs are simulation-only for now")
     if remote:
         _refuse_simulated_fleet(config)
-        if "ckks" in config.codec.pipeline:  # secagg runs with the deployed clients (secagg.remote)
-            raise ConfigError("codec.pipeline", "homomorphic aggregation (ckks) runs in simulation only so far; "
-                              "over the gRPC transport it is not available yet")
+        # Deployed clients (an engine that exchanges protocol messages) encrypt under the public key of
+        # codec.ckks_keys; without it the server would make the key pair, and so hold the secret key.
+        if "ckks" in config.codec.pipeline and hasattr(engine, "exchange") and not config.codec.ckks_keys:
+            raise ConfigError("codec.ckks_keys", "homomorphic aggregation with deployed clients needs a key pair "
+                              "from `fedstack keys DIR`: the server reads DIR/ckks_public.bin only, and one client, "
+                              "started with --ckks-secret DIR/ckks_secret.bin, decrypts the aggregate")
+    secret = Path(config.codec.ckks_keys) / "ckks_secret.bin"
+    if not remote and "ckks" in config.codec.pipeline and config.codec.ckks_keys and not secret.is_file():
+        raise ConfigError("codec.ckks_keys", f"a simulation plays the key holder too and needs {secret}")
     system = build_system(config.systems, dataset.num_clients, config.seed)  # a bad trace fails here
     if sampler is None:
         sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)

@@ -225,11 +225,16 @@ def encrypt(public_context: bytes, vector: np.ndarray) -> bytes:
     return _pack(v.size, key_id, chunks)
 
 
-def add(public_context: bytes, payloads: list[bytes]) -> bytes:
+def key_id(public_context: bytes) -> bytes:
+    """The 8-byte id that names a public context's key pair in every payload (ValueError if it is no public context)."""
+    return _public(public_context)[1]
+
+
+def add(public_context: bytes, payloads: list[bytes], length: int | None = None) -> bytes:
     """The homomorphic sum of payloads from `encrypt` (what the server does), as a payload of the same format.
 
     Refuses (ValueError) an empty list, malformed payloads, payloads under another key, and payloads
-    of different lengths.
+    of different lengths, or of another length than `length` when given.
     """
     ctx, key_id, slots = _public(public_context)
     if not payloads:
@@ -243,6 +248,8 @@ def add(public_context: bytes, payloads: list[bytes]) -> bytes:
                              f"this public context's is {key_id.hex()})")
         if n_i != n:
             raise ValueError(f"payload {i}: {n_i} values, but payload 0 has {n}")
+    if length is not None and n != length:
+        raise ValueError(f"payload 0: {n} values, expected {length}")
     # Chunk by chunk, so only one chunk of each payload is deserialized at a time.
     summed = []
     for j, size in enumerate(_chunk_sizes(n, slots)):

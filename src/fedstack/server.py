@@ -87,7 +87,7 @@ class Server:
                               f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
         self.strategy = strategy
         self.engine = engine
-        # A summing protocol (secagg) is run by this loop; workers apply only the stages before it.
+        # A summing protocol (secagg, ckks) is run by this loop; workers apply only the stages before it.
         self.secure = workload.pipeline.summing
         workload = replace(workload, pipeline=workload.pipeline.before_summing())
         self.workload = workload
@@ -240,7 +240,7 @@ class Server:
         secure = self._secure_round(rnd, attempt, reached)
         if self.secure is not None and secure is None:
             tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
-        remote = hasattr(secure, "collect")  # deployed secagg: each device masks its own update
+        remote = hasattr(secure, "collect")  # deployed secagg or ckks: each device masks or encrypts its update
         if remote:
             tasks, reached = self._masking_tasks(rnd, secure, tasks, reached, kinds)
         states: dict[int, np.ndarray] = {}
@@ -275,7 +275,7 @@ class Server:
                     log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
                              rnd, outcome.task.client_id, seconds, self.deadline_s)
                     continue
-                if remote:  # a masked vector, which the server cannot read: the protocol checks it
+                if remote:  # a masked or encrypted vector, which the server cannot read: the protocol checks it
                     update = self._collect(outcome, secure, sent.size, tally, kinds)
                 else:
                     update = self._accept(outcome, sent.size, tally, kinds)
@@ -302,10 +302,11 @@ class Server:
                 yield from self._unmask(rnd, secure, tally)
 
         new_params = self.strategy.aggregate(rnd, params, updates())
-        if remote:  # protocol messages the deployed secure round refused (malformed, misaddressed, ...)
-            tally["secagg_rejected"] = sum(secure.rejected.values())
-            if tally["secagg_rejected"]:
-                log.warning("round %d: secure aggregation rejected %s", rnd, dict(secure.rejected))
+        if remote:  # protocol messages the deployed round refused (malformed, misaddressed, ...)
+            key = f"{self.secure.name}_rejected"  # secagg_rejected, ckks_rejected
+            tally[key] = sum(secure.rejected.values())
+            if tally[key]:
+                log.warning("round %d: %s rejected %s", rnd, self.secure.name, dict(secure.rejected))
         if tally["clients"] < self.min_clients:
             new_params = params
         duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s
@@ -321,7 +322,7 @@ class Server:
 
         In simulation each client's side of the protocol runs on its own simulated device object,
         which hands the server only protocol messages. With an engine that can `exchange` protocol
-        messages (deployed clients), secagg runs with the devices themselves, a round trip per step.
+        messages (deployed clients), it runs with the devices themselves, a round trip per step.
         """
         if self.secure is None or not cohort:
             return None
@@ -337,18 +338,19 @@ class Server:
             return None
 
     def _masking_tasks(self, rnd: int, secure, tasks: list, reached: list[int], kinds: dict) -> tuple[list, list]:
-        """Deployed secagg: (the fit tasks of the clients that shared their keys, each carrying its
-        masked-input request; the clients the model goes to). One silent before is a dropout."""
+        """Deployed secagg or ckks: (the fit tasks of the clients the protocol's setup reached, each carrying
+        its request — secagg: the masked-input request, ckks: the key id —; the clients the model goes to).
+        One silent during the setup is a dropout."""
         requests = {t.client_id: secure.request_for(t.client_id) for t in tasks}
         lost = sorted(cid for cid, request in requests.items() if request is None)
         if lost:
             kinds["dropout"] += len(lost)
-            log.warning("round %d: clients %s dropped out while agreeing keys", rnd, lost)
+            log.warning("round %d: clients %s dropped out during the protocol's setup (keys)", rnd, lost)
         tasks = [replace(t, protocol=requests[t.client_id]) for t in tasks if requests[t.client_id] is not None]
         return tasks, [cid for cid in reached if requests.get(cid) is not None]
 
     def _collect(self, outcome: Outcome, secure, size: int, tally: dict, kinds: dict) -> ClientUpdate | None:
-        """A deployed client's masked input, handed unread to the secure round; None if the protocol refuses it.
+        """A deployed client's masked input or ciphertext, handed unread to the secure round; None if refused.
 
         The returned update carries no vector: only its client's figures (weight, metrics).
         """
@@ -358,13 +360,14 @@ class Server:
         if not secure.collect(task.client_id, reply.payload, size):
             kinds["rejected"] += 1
             self.rejected += 1
-            log.warning("round %d: rejected the masked input of client %d", task.round, task.client_id)
+            log.warning("round %d: rejected the protected update of client %d", task.round, task.client_id)
             return None
         tally["clients"] += 1
         return ClientUpdate(task.client_id, np.empty(0, dtype=np.float32), reply.num_examples, reply.metrics)
 
     def _unmask(self, rnd: int, secure, tally: dict) -> Iterator[ClientUpdate]:
-        """Secure aggregation's unmasking: one update, the mean of the survivors' (nothing if it aborts)."""
+        """Secure aggregation's unmasking (ckks: the key holder's decryption): one update, the mean of the
+        survivors' (nothing if it aborts)."""
         from .secagg import SecAggAbort
 
         try:
@@ -373,7 +376,7 @@ class Server:
             log.warning("round %d: secure aggregation aborted, nothing aggregated: %s", rnd, exc)
             tally["clients"] = 0
             return
-        tally["bytes_up"] = secure.bytes_up  # what crossed the wire: keys, shares, masked vectors, unmasking
+        tally["bytes_up"] = secure.bytes_up  # what crossed the wire: keys, shares, masked vectors or ciphertexts, ...
         tally["clients"] = len(members)
         yield ClientUpdate(-1, (total / len(members)).astype(np.float32), len(members), members=tuple(members))
 

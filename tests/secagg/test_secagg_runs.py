@@ -64,14 +64,14 @@ def test_secure_aggregation_needs_individual_updates_for_scaffold_and_a_sane_thr
         load_config(None, ['codec.pipeline=["clip", "secagg"]', "codec.secagg_threshold=0.5"])
 
 
-@pytest.mark.parametrize("overrides, key", [(['codec.pipeline=["clip", "ckks"]'], "codec.pipeline"),
-                                            (["server.strategy=fedbuff"], "server.strategy"),
-                                            (['codec.pipeline=["clip", "secagg"]'], None)])
+@pytest.mark.parametrize("overrides, key", [(["server.strategy=fedbuff"], "server.strategy"),
+                                            (['codec.pipeline=["clip", "secagg"]'], None),
+                                            (['codec.pipeline=["clip", "ckks"]'], None)])
 def test_what_only_simulation_offers_is_refused_for_a_deployed_server(overrides, key, tmp_path):
     from fedstack.engine import LocalEngine
 
     config = load_config(None, [*BASE, "server.rounds=1", *overrides])
-    if key is None:  # secagg runs deployed too (tests/transport/test_secagg_deploy.py): not refused
+    if key is None:  # secagg and ckks run deployed too (tests/transport/test_secagg_deploy.py, test_ckks_deploy.py)
         assert run_config(config, tmp_path / "run", engine=LocalEngine()).rounds[0]["clients"] == 8
         return
     with pytest.raises(ConfigError) as error:  # an Engine object stands for the deployment's remote clients

@@ -9,15 +9,35 @@ holder alone); without it a simulation makes a fresh key holder for the run. In 
 holder is its own object beside the server, which is only ever given the public context.
 It must be the last stage of the pipeline, after "clip" (CKKS keeps ~1e-8 absolute precision on
 values of moderate size; clipping bounds them).
+
+Deployed (an engine that can `exchange` protocol messages, transport.server.GrpcEngine), the server
+reads ckks_public.bin only; the key holder is a client started with `--ckks-secret FILE` (it also
+trains when sampled); devices answer through `CKKSDevice`, and `RemoteEncryptedRound` runs each round
+with them, one stage a round trip:
+
+    PUBLIC_KEY  the public context  -> JSON {"key_id", "key_holder"}   (once per client and session)
+    ENCRYPT     the key id, with the fit task -> the encrypted update  (in place of the update)
+    DECRYPT     the aggregate, to the key holder -> its float64 values  (at the end of the round)
+
+A round opens only with a key holder connected, and aborts (nothing aggregated) if it does not
+decrypt. The key holder decrypts what the server sends it: like the simulation, this protects
+updates from an honest-but-curious server, not from a server that deviates from the protocol.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from .. import he
+
+log = logging.getLogger("fedstack.ckks")
+
+PUBLIC_KEY, ENCRYPT, DECRYPT = "ckks.public_key", "ckks.encrypt", "ckks.decrypt"
 
 
 class CKKS:
@@ -30,6 +50,7 @@ class CKKS:
     def __init__(self, keys: str = ""):
         self.keys = keys
         self._holder = None  # made or read when the first round opens: key generation takes a moment
+        self._roster: Roster | None = None  # deployed: what the server knows of the devices, all run long
 
     def key_holder(self) -> he.KeyHolder:
         """The party that can decrypt the aggregate: read from `keys`, or made fresh for this run."""
@@ -40,8 +61,16 @@ class CKKS:
                 self._holder = he.KeyHolder()
         return self._holder
 
-    def open_round(self, cohort, seed: int) -> "EncryptedRound":
-        """One round's encrypted sum (the cohort needs no setup: clients encrypt under a fixed public key)."""
+    def open_round(self, cohort, seed: int, engine=None, round: int = 0):
+        """One round's encrypted sum (the cohort needs no setup: clients encrypt under a fixed public key):
+        with a simulated key holder (EncryptedRound), or with the deployed clients of an `engine` that
+        offers `exchange` (RemoteEncryptedRound; ValueError if no key holder is connected)."""
+        if engine is not None and hasattr(engine, "exchange"):
+            if self._roster is None:
+                if not self.keys:  # a server that made the keys would hold the secret one
+                    raise ValueError("deployed homomorphic aggregation needs codec.ckks_keys (`fedstack keys DIR`)")
+                self._roster = Roster(he.read_public(Path(self.keys) / he.PUBLIC_FILE))
+            return RemoteEncryptedRound(self._roster, cohort, engine, round)
         holder = self.key_holder()
         return EncryptedRound(holder.public_context(), holder)
 
@@ -76,3 +105,135 @@ class EncryptedRound:
             raise ValueError("nothing was submitted")
         self.bytes_down += len(self._sum)  # the aggregate travels to the key holder
         return self._key_holder.decrypt(self._sum, dtype=np.float64), tuple(self.members)
+
+
+class Roster:
+    """What a deployed server knows of the devices across rounds: which ones have the public context
+    (in which session: a client that joins again may have lost it) and which hold the secret key."""
+
+    def __init__(self, public_context: bytes):
+        self.public_context = public_context
+        self.key_id = he.key_id(public_context)
+        self.sessions: dict[int, int] = {}  # client id -> the session it received the public context in
+        self.holders: set[int] = set()
+
+
+class RemoteEncryptedRound:
+    """Round `round`'s encrypted sum with the deployed clients of `engine`, through protocol exchanges.
+
+    Creating it sends the public context to the connected and cohort clients that lack it (finding the
+    key holder among them); `request_for(cid)` is what a fit task carries; `collect` adds a client's
+    ciphertext to the sum; `finish` has the key holder decrypt the sum and returns (float64 sum, the
+    clients it sums). `rejected` counts refused ciphertexts by reason. The engine offers `exchange`,
+    `connected()` and `session(cid)` (how many times the client has joined).
+    """
+
+    def __init__(self, roster: Roster, cohort, engine, round: int):
+        self.roster, self.engine, self.round = roster, engine, round
+        self.bytes_up = self.bytes_down = 0
+        self.rejected: Counter[str] = Counter()
+        self.members: list[int] = []
+        self._sum: bytes | None = None
+        self._length: int | None = None
+        connected = set(engine.connected())
+        self._introduce(sorted(connected | {int(c) for c in cohort}))
+        holders = sorted(roster.holders & connected)
+        if not holders:
+            raise ValueError("no client holding the CKKS secret key is connected (start one with --ckks-secret)")
+        self.holder = holders[0]
+
+    def _introduce(self, clients: list[int]) -> None:
+        """Send the public context to the clients that lack it, and note which of them hold the secret key."""
+        sessions = {c: self.engine.session(c) for c in clients}
+        new = [c for c in clients if self.roster.sessions.get(c) != sessions[c]]
+        if not new:
+            return
+        for c in new:  # until it answers, a client has no (current) public context
+            self.roster.sessions.pop(c, None)
+            self.roster.holders.discard(c)
+        self.bytes_down += len(self.roster.public_context) * len(new)
+        replies = self.engine.exchange(self.round, PUBLIC_KEY, dict.fromkeys(new, self.roster.public_context))
+        for c, reply in sorted(replies.items()):
+            self.bytes_up += len(reply)
+            try:
+                answer = json.loads(reply)
+                if answer["key_id"] != self.roster.key_id.hex():
+                    raise ValueError(f"it names key id {answer['key_id']}")
+            except (ValueError, TypeError, KeyError) as exc:
+                self.rejected["public_key"] += 1
+                log.warning("round %d: client %d did not take the public context: %s", self.round, c, exc)
+                continue
+            self.roster.sessions[c] = sessions[c]
+            if answer.get("key_holder") is True:
+                self.roster.holders.add(c)
+
+    def request_for(self, client_id: int) -> tuple[str, bytes] | None:
+        """(stage, message) for the client's fit task: encrypt under this key id; None if it lacks the context."""
+        if client_id not in self.roster.sessions:
+            return None
+        self.bytes_down += len(self.roster.key_id)
+        return ENCRYPT, self.roster.key_id
+
+    def collect(self, client_id: int, payload: bytes, length: int) -> bool:
+        """Add a client's ciphertext (of `length` values) to the sum, unread; False if it is malformed."""
+        self.bytes_up += len(payload)
+        try:
+            payloads = [bytes(payload)] if self._sum is None else [self._sum, bytes(payload)]
+            self._sum = he.add(self.roster.public_context, payloads, length=length)
+        except ValueError as exc:  # the running sum stays as it was: one bad client spoils nothing
+            self.rejected["malformed"] += 1
+            log.warning("round %d: rejected the ciphertext of client %d: %s", self.round, client_id, exc)
+            return False
+        self._length = length
+        self.members.append(client_id)
+        return True
+
+    def finish(self) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The key holder decrypts the aggregate: (float64 sum, the clients it sums); ValueError if it does not."""
+        if self._sum is None:
+            raise ValueError("nothing was collected")
+        self.bytes_down += len(self._sum)
+        reply = self.engine.exchange(self.round, DECRYPT, {self.holder: self._sum}).get(self.holder)
+        if reply is None:
+            raise ValueError(f"the key holder (client {self.holder}) did not decrypt the aggregate")
+        self.bytes_up += len(reply)
+        if len(reply) != 8 * self._length:
+            raise ValueError(f"the key holder sent {len(reply)} bytes for {self._length} float64 values")
+        total = np.frombuffer(reply, dtype="<f8").astype(np.float64)
+        if not np.isfinite(total).all():
+            raise ValueError("the key holder's sum has non-finite values")
+        return total, tuple(self.members)
+
+
+class CKKSDevice:
+    """A deployed client's side of homomorphic aggregation: keeps the public contexts the server sends
+    (by key id), encrypts its update under one, and — given the secret key (`fedstack client
+    --ckks-secret`) — decrypts the aggregate."""
+
+    def __init__(self, key_holder: he.KeyHolder | None = None):
+        self.key_holder = key_holder
+        self.contexts: dict[bytes, bytes] = {}
+
+    def answer(self, round: int, client_id: int, stage: str, request: bytes) -> bytes:
+        """The reply to a PUBLIC_KEY or DECRYPT request (bytes); ValueError if it cannot be answered."""
+        if stage == PUBLIC_KEY:
+            context = bytes(request)
+            key_id = he.key_id(context)
+            holder = self.key_holder
+            if holder is not None and holder.key_id != key_id:
+                raise ValueError(f"--ckks-secret holds key pair {holder.key_id.hex()}, the server's public key "
+                                 f"is {key_id.hex()}")
+            self.contexts[key_id] = context
+            return json.dumps({"key_id": key_id.hex(), "key_holder": holder is not None}).encode()
+        if stage == DECRYPT:
+            if self.key_holder is None:
+                raise ValueError("asked to decrypt, but this client holds no secret key (--ckks-secret)")
+            return self.key_holder.decrypt(bytes(request), dtype=np.float64).astype("<f8").tobytes()
+        raise ValueError(f"unknown protocol stage {stage!r}")
+
+    def encrypt(self, request: bytes, vector: np.ndarray) -> bytes:
+        """The vector encrypted under the public context whose key id the server's ENCRYPT request names."""
+        context = self.contexts.get(bytes(request))
+        if context is None:
+            raise ValueError(f"no public context for key id {bytes(request).hex()} (the server sends it first)")
+        return he.encrypt(context, vector)

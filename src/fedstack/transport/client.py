@@ -60,7 +60,8 @@ class Client:
 
     def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
                  ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
-                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None, state_path: str | None = None):
+                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None, state_path: str | None = None,
+                 ckks_secret: str | None = None):
         import grpc
 
         if trainer is None:
@@ -80,8 +81,18 @@ class Client:
         self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0  # updates (fit replies); protocol replies count only when refused
         self.data = None
-        self.summing = None  # the run's summing stage (secagg): then no update ever leaves in the clear
+        self.summing = None  # the run's summing stage (secagg, ckks): then no update ever leaves in the clear
         self.secagg = None  # this device's side of secure aggregation (secagg.remote.SecAggDevice)
+        self.ckks = None  # this device's side of homomorphic aggregation (codec.ckks.CKKSDevice)
+        # The key holder of homomorphic aggregation: the one device that can decrypt the aggregate.
+        self.key_holder = None
+        if ckks_secret:
+            from .. import he
+
+            try:
+                self.key_holder = he.read_secret(ckks_secret)
+            except (OSError, ValueError) as exc:
+                raise FedstackError(f"--ckks-secret {ckks_secret}: not a CKKS secret key ({exc})") from None
         # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
         # state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
@@ -102,18 +113,26 @@ class Client:
         if self.data is None:
             from ..experiment import make_trainer
 
-            self.config = validate(tomllib.loads(reply.config_toml))
+            tree = tomllib.loads(reply.config_toml)
+            # codec.ckks_keys names a directory on the server's machine: a device gets the public context
+            # from the server (and the key holder its secret key from --ckks-secret).
+            tree.get("codec", {}).pop("ckks_keys", None)
+            self.config = validate(tree)
             self.data = self._load_data()
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
             pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
-            # A summing stage (secagg) is a protocol with the server, not an encoding: the device applies the
-            # stages before it and masks the result when the server asks (secagg.remote.SecAggDevice).
+            # A summing stage (secagg, ckks) is a protocol with the server, not an encoding: the device applies
+            # the stages before it and masks or encrypts the result when the server asks.
             self.pipeline, self.summing = pipeline.before_summing(), pipeline.summing
             if getattr(self.summing, "name", None) == "secagg":
                 from ..secagg.remote import SecAggDevice
 
                 self.secagg = SecAggDevice(self.summing)
+            if getattr(self.summing, "name", None) == "ckks":
+                from ..codec.ckks import CKKSDevice
+
+                self.ckks = CKKSDevice(self.key_holder)
             if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
                 self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
@@ -214,27 +233,35 @@ class Client:
         return True
 
     def _masked(self, header, task: Task, payload: bytes) -> bytes:
-        """Secure aggregation: this device's update, masked for the round's sum (a MaskedInput's bytes)."""
+        """This device's update protected for the round's sum: masked (secagg: a MaskedInput's bytes) or
+        encrypted (ckks: a CKKS payload), as the server's request on the fit task asks."""
+        from ..codec.ckks import ENCRYPT
         from ..secagg.remote import MASKED_INPUT
 
-        if self.secagg is None or header.protocol_stage != MASKED_INPUT:  # never in the clear under a sum
+        stage = header.protocol_stage
+        masking = self.secagg is not None and stage == MASKED_INPUT
+        encrypting = self.ckks is not None and stage == ENCRYPT
+        if not (masking or encrypting):  # never in the clear under a sum
             raise FedstackError(f"the run aggregates with {self.summing.name!r}, but the server asked for "
-                                f"{header.protocol_stage or 'a plain update'!r}: refusing to send an unmasked update")
+                                f"{stage or 'a plain update'!r}: refusing to send an unmasked update")
         ctx = CodecContext(task.round, task.client_id, self.config.seed, task.config.clip_norm)
         vector = self.pipeline.decode(payload, ctx)  # exactly what the server would have decoded in simulation
+        if encrypting:
+            return self.ckks.encrypt(header.protocol_request, vector)
         return self.secagg.mask(header.round, header.client_id, header.protocol_request, vector)
 
     def _answer(self, header) -> None:
-        """One step of a protocol the server runs with the round's clients (secure aggregation)."""
+        """One step of a protocol the server runs with the round's clients (secure or homomorphic aggregation)."""
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload = b""
+        device = {"secagg": self.secagg, "ckks": self.ckks}.get(header.protocol_stage.split(".")[0])
         with self._beating():
             try:
-                if self.secagg is None:
-                    raise FedstackError(f"protocol step {header.protocol_stage!r}, but the run has no secure "
+                if device is None:
+                    raise FedstackError(f"protocol step {header.protocol_stage!r}, but the run has no such "
                                         "aggregation")
-                payload = self.secagg.answer(header.round, header.client_id, header.protocol_stage,
-                                             header.protocol_request)
+                payload = device.answer(header.round, header.client_id, header.protocol_stage,
+                                        header.protocol_request)
             except Exception as exc:  # the server counts this client out of the step; the protocol copes
                 update.error = f"{type(exc).__name__}: {exc}"
                 log.warning("round %d: %s failed: %s", header.round, header.protocol_stage, update.error)

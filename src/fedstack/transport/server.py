@@ -29,7 +29,7 @@ log = logging.getLogger("fedstack.transport")
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolTask:
-    """One step of a protocol the round runs with a client (secure aggregation): a message to answer."""
+    """One step of a protocol the round runs with a client (secagg, ckks): a message to answer."""
 
     round: int
     client_id: int
@@ -55,7 +55,9 @@ class GrpcEngine:
     Client ids are positions in the registry's list of names. A task not answered within
     `deadline_s` is a dropout; a refused update (foreign, replayed, late, malformed) is
     counted in `refused` by reason and the client is told why. `exchange` runs one step of a
-    protocol (secure aggregation) with several clients: each gets a message and answers it.
+    protocol (secure or homomorphic aggregation) with several clients: each gets a message and
+    answers it; `session` tells whether a client has joined again since (a restarted client has
+    lost what earlier steps gave it).
     """
 
     client_state = "device"
@@ -68,6 +70,7 @@ class GrpcEngine:
         self.poll_s = poll_s
         self.max_update_bytes = max_update_bytes
         self.last_seen: dict[str, float] = {}
+        self.joins: collections.Counter = collections.Counter()  # Join calls by client name
         self.refused: collections.Counter = collections.Counter()
         self._lock = threading.Condition()
         self._inbox: dict[str, collections.deque] = {name: collections.deque() for name in self.names}
@@ -94,6 +97,11 @@ class GrpcEngine:
         else:
             for task in tasks:
                 yield execute(self.trainer, self.workload, task, params)
+
+    def session(self, client_id: int) -> int:
+        """How many times the client has joined: a new value means a new client process or connection."""
+        with self._lock:
+            return self.joins[self.names[client_id]]
 
     def _run_remote(self, params, tasks, fits) -> Iterator[Outcome]:
         outcomes = self._dispatch(fits, params)
@@ -168,6 +176,12 @@ class GrpcEngine:
         self.trainer = None
 
     # --- the service side, called from gRPC threads ---
+    def joined(self, name: str) -> None:
+        """A client (re)joined: a new session, whatever it was given before may be lost."""
+        with self._lock:
+            self.joins[name] += 1
+            self.last_seen[name] = time.monotonic()
+
     def heartbeat(self, name: str) -> None:
         with self._lock:
             self.last_seen[name] = time.monotonic()
@@ -262,7 +276,7 @@ class FederationService(pb_grpc.FederationServicer):
         if request.protocol != PROTOCOL:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"server speaks protocol {PROTOCOL}, client {request.protocol}")
-        self.engine.heartbeat(name)
+        self.engine.joined(name)
         log.info("%s joined (fedstack %s)", name, request.client_version)
         return pb.JoinReply(client=name, config_toml=self.config_toml, protocol=PROTOCOL,
                             input_shape=self.input_shape, num_classes=self.num_classes,
