@@ -183,6 +183,8 @@ class Server:
             before = strategy_state(self.strategy)
             new_params, record = self.round(rnd, params, attempt, start + totals["round_sim_s"])
             states = record.pop("client_states")
+            if "secure_aborts" in record:
+                totals.setdefault("secure_aborts", 0)
             for key in totals:
                 totals[key] += record[key]
             for kind, count in record["failures_by_kind"].items():
@@ -238,8 +240,11 @@ class Server:
         tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0}
         dp_clients: list[int] = []  # DP-SGD clients that trained in this attempt
         secure = self._secure_round(rnd, attempt, reached)
-        if self.secure is not None and secure is None:
-            tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
+        if self.secure is not None:
+            tally["secure_aborts"] = 0  # attempts whose secure aggregation aborted (counted over retries)
+            if secure is None:
+                tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
+                tally["secure_aborts"] = int(bool(reached))
         remote = hasattr(secure, "collect")  # deployed secagg or ckks: each device masks or encrypts its update
         if remote:
             tasks, reached = self._masking_tasks(rnd, secure, tasks, reached, kinds)
@@ -375,6 +380,7 @@ class Server:
         except (SecAggAbort, ValueError) as exc:
             log.warning("round %d: secure aggregation aborted, nothing aggregated: %s", rnd, exc)
             tally["clients"] = 0
+            tally["secure_aborts"] = 1
             return
         tally["bytes_up"] = secure.bytes_up  # what crossed the wire: keys, shares, masked vectors or ciphertexts, ...
         tally["clients"] = len(members)

@@ -41,6 +41,7 @@ def test_too_many_dropouts_abort_the_round_and_the_global_model_is_kept(tmp_path
     assert "secure aggregation aborted" in caplog.text
     aborted = [r for r in history.rounds if r["clients"] == 0]
     assert aborted  # with every share holder needed, one dropout aborts the round: nothing is aggregated
+    assert all(r["secure_aborts"] == 1 for r in aborted)  # counted in the round's record
 
 
 def test_distributed_dp_under_secure_aggregation_accounts_epsilon(tmp_path):
