@@ -38,8 +38,14 @@ NOISE_MODES = ("central", "local", "distributed")
 def _dp_accounting():
     # Imported on first use: clients need only the arithmetic below, and dp_accounting (with SciPy
     # and absl behind it) takes seconds to import.
+    import logging
+
     import dp_accounting
 
+    # dp_accounting warns, every time ε is computed, about fractional RDP orders whose series does not
+    # converge; it leaves them out, which only makes ε more conservative. One line per round per order
+    # would bury a run's log, so only its errors are shown.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     return dp_accounting
 
 
