@@ -39,7 +39,7 @@ class KillOnce:
                          ids=["sync", "fedbuff"])
 def test_a_killed_pool_worker_loses_only_its_task_and_the_run_ends_with_the_same_bits(loop, tmp_path):
     config = load_config(None, ["data.name=digits", "model.name=logreg", "data.num_clients=20",
-                                "server.clients_per_round=4", "server.rounds=4", "systems.profile=heterogeneous",
+                                "server.clients_per_round=4", "server.rounds=3", "systems.profile=heterogeneous",
                                 "systems.dropout=0.2", *loop])
     dataset = dataset_of(config)
     factory, params, fit, _ = client_side(config, dataset)

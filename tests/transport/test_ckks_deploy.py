@@ -18,7 +18,7 @@ from fedstack.client import FitResult
 from fedstack.codec.ckks import CKKS, DECRYPT, ENCRYPT, PUBLIC_KEY, CKKSDevice
 from fedstack.config import load_config, to_toml
 from fedstack.errors import ConfigError, FedstackError
-from fedstack.experiment import client_side, dataset_of, run_config
+from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport import fedstack_pb2 as pb
 from fedstack.transport.client import Client
@@ -258,15 +258,3 @@ def test_a_deployed_encrypted_run_ends_where_the_simulation_does(tmp_path, keys)
     # the devices encrypt the very vectors the simulated ones do; CKKS adds ~1e-8 of noise per value
     assert last == 2 and np.allclose(deployed, simulated.params, rtol=0, atol=1e-6)
     assert rounds[-1]["test_accuracy"] == pytest.approx(simulated.rounds[-1]["test_accuracy"], abs=0.01)
-
-
-def test_without_the_key_holder_no_round_opens_and_the_model_is_kept(tmp_path, keys):
-    creds, overrides, server_keys = _deployment(tmp_path, keys, 3)
-    overrides = [*overrides, server_keys, "server.round_retries=0"]
-    server, port = _server(tmp_path, creds, overrides)
-    clients = [_client(port, creds, i) for i in range(1, 4)]  # none has --ckks-secret
-    err, rounds, (last, params) = _finish(tmp_path, server, clients)
-    assert "no client holding the CKKS secret key is connected" in err
-    assert [r["clients"] for r in rounds] == [0, 0]  # no client trained: nothing was encrypted or decrypted
-    config = load_config(None, overrides)
-    assert last == 2 and np.array_equal(params, client_side(config, dataset_of(config))[1])
