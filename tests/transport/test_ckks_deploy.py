@@ -7,12 +7,11 @@ TLS with tokens.
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from deployment import start_client, start_server
 from fedstack import he
 from fedstack.client import FitResult
 from fedstack.codec.ckks import CKKS, DECRYPT, ENCRYPT, PUBLIC_KEY, CKKSDevice
@@ -207,24 +206,6 @@ def _deployment(tmp_path, keys, n):
     return make_credentials(tmp_path / "certs", n), overrides, f"codec.ckks_keys={str(server_keys)!r}"
 
 
-def _server(tmp_path, creds, overrides):
-    sets = [a for o in overrides for a in ("--set", o)]
-    server = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "server", *sets, "--clients",
-                               str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"),
-                               "--quiet", "--tls-cert", str(creds / "server.pem"), "--tls-key",
-                               str(creds / "server.key")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = server.stdout.readline()
-    assert line.startswith("listening on 127.0.0.1:"), line + server.stderr.read()
-    return server, int(line.rsplit(":", 1)[1])
-
-
-def _client(port, creds, i, *options):
-    return subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
-                             "--token-file", str(creds / f"client-{i}.token"), "--ca", str(creds / "ca.pem"),
-                             "--partition", str(i - 1), *options],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 def _finish(tmp_path, server, clients):
     """The server's stderr, its metrics and its last checkpoint, once it and its clients exited cleanly."""
     try:
@@ -244,10 +225,10 @@ def _finish(tmp_path, server, clients):
 
 def test_a_deployed_encrypted_run_ends_where_the_simulation_does(tmp_path, keys):
     creds, overrides, server_keys = _deployment(tmp_path, keys, 4)
-    server, port = _server(tmp_path, creds, [*overrides, server_keys])
+    server, port = start_server(tmp_path, creds, [*overrides, server_keys])
     # client 1 is also the key holder: it trains like the others and decrypts each round's sum
-    clients = [_client(port, creds, 1, "--ckks-secret", str(keys / he.SECRET_FILE)),
-               *(_client(port, creds, i) for i in range(2, 5))]
+    clients = [start_client(port, creds, 1, "--partition", "0", "--ckks-secret", str(keys / he.SECRET_FILE)),
+               *(start_client(port, creds, i, "--partition", str(i - 1)) for i in range(2, 5))]
     _, rounds, (last, deployed) = _finish(tmp_path, server, clients)
     assert [r["clients"] for r in rounds] == [4, 4] and all(r["ckks_rejected"] == 0 for r in rounds)
     # the public context (~465 kB) went to each client in round 1 only

@@ -7,14 +7,13 @@ loopback, over TLS with tokens.
 
 import dataclasses
 import json
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
+from deployment import start_client, start_server
 from fedstack.client import FitResult
 from fedstack.codec import build_pipeline
 from fedstack.codec.secagg import SecAgg
@@ -174,24 +173,6 @@ OVERRIDES = ["data.name=digits", "model.name=logreg", "client.lr=0.1", "privacy.
              'codec.pipeline=["clip", "secagg"]', "eval.federated=false"]
 
 
-def _server(tmp_path, creds, overrides):
-    sets = [a for o in overrides for a in ("--set", o)]
-    server = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "server", *sets, "--clients",
-                               str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"),
-                               "--quiet", "--tls-cert", str(creds / "server.pem"), "--tls-key",
-                               str(creds / "server.key")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = server.stdout.readline()
-    assert line.startswith("listening on 127.0.0.1:"), line + server.stderr.read()
-    return server, int(line.rsplit(":", 1)[1])
-
-
-def _client(port, creds, i, *source, stderr=subprocess.PIPE, debug=()):
-    return subprocess.Popen([sys.executable, "-m", "fedstack.cli", *debug, "client", "--server",
-                             f"127.0.0.1:{port}", "--token-file", str(creds / f"client-{i}.token"),
-                             "--ca", str(creds / "ca.pem"), *source],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
 def _finish(server, clients):
     try:
         _, err = server.communicate(timeout=240)
@@ -212,8 +193,8 @@ def test_a_deployed_secure_run_ends_with_the_simulations_bits(tmp_path):
     overrides = [*OVERRIDES, "data.num_clients=4", "server.clients_per_round=4", "server.min_clients=4",
                  "server.rounds=3"]
     creds = make_credentials(tmp_path / "certs", 4)
-    server, port = _server(tmp_path, creds, overrides)
-    clients = [_client(port, creds, i, "--partition", str(i - 1)) for i in range(1, 5)]
+    server, port = start_server(tmp_path, creds, overrides)
+    clients = [start_client(port, creds, i, "--partition", str(i - 1)) for i in range(1, 5)]
     _finish(server, clients)
     rounds = _rounds(tmp_path)
     assert [r["clients"] for r in rounds] == [4, 4, 4] and all(r["secagg_rejected"] == 0 for r in rounds)
