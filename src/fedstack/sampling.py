@@ -68,6 +68,8 @@ def _without(population: np.ndarray, exclude) -> np.ndarray:
 
 def _online(system, num_clients: int, round: int, k: int, now: float, exclude) -> np.ndarray:
     """Ascending ids of the clients online at `now` and not in `exclude`; logs when fewer than `k`."""
+    if k <= 0:
+        raise ValueError(f"cannot sample {k} clients")
     online = np.asarray(system.online_ids(now, num_clients), dtype=np.int64)
     candidates = _without(online, exclude)
     if len(candidates) < k:
@@ -108,8 +110,6 @@ class AvailableSampler:
         self.seed = seed
 
     def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
-        if k <= 0:
-            raise ValueError(f"cannot sample {k} clients")
         candidates = _online(self.system, self.num_clients, round, k, now, exclude)
         if len(candidates) <= k:
             return candidates.tolist()
@@ -164,8 +164,6 @@ class OortSampler:
 
     def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
         """Sorted ids of at most `k` clients online at `now`, not in `exclude`: ε·k unexplored, the rest by score."""
-        if k <= 0:
-            raise ValueError(f"cannot sample {k} clients")
         candidates = _online(self.system, self.num_clients, round, k, now, exclude)
         if len(candidates) <= k:
             return candidates.tolist()

@@ -1,11 +1,9 @@
 """SCAFFOLD with top-k deployed: each device keeps its own control variate and error-feedback residual
 (in memory and in its --state file), and the run ends with a simulation's bits."""
 
-import subprocess
-import sys
-
 import numpy as np
 
+from deployment import start_client, start_server
 from fedstack.config import load_config
 from fedstack.experiment import run_config
 from fedstack.store import RunStore
@@ -18,19 +16,9 @@ OVERRIDES = ["data.name=digits", "data.num_clients=4", "model.name=logreg", "ser
 
 def test_devices_keep_their_control_variates(tmp_path):
     creds = make_credentials(tmp_path / "certs", 4)
-    sets = [a for o in OVERRIDES for a in ("--set", o)]
-    server = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "server", *sets, "--clients",
-                               str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"),
-                               "--quiet", "--tls-cert", str(creds / "server.pem"), "--tls-key",
-                               str(creds / "server.key")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = server.stdout.readline()
-    assert line.startswith("listening on 127.0.0.1:"), line + server.stderr.read()
-    port = int(line.rsplit(":", 1)[1])
-    clients = [subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
-                                 "--token-file", str(creds / f"client-{i}.token"), "--partition", str(i - 1),
-                                 "--ca", str(creds / "ca.pem"), "--state", str(tmp_path / f"state-{i - 1}.npz")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for i in range(1, 5)]
+    server, port = start_server(tmp_path, creds, OVERRIDES)
+    clients = [start_client(port, creds, i, "--partition", str(i - 1), "--state", str(tmp_path / f"state-{i - 1}.npz"))
+               for i in range(1, 5)]
     try:
         _, err = server.communicate(timeout=240)
         assert server.returncode == 0, err
