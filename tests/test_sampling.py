@@ -1,4 +1,5 @@
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -151,3 +152,27 @@ def test_the_available_sampler_draws_uniformly_among_the_online():
     assert set(np.flatnonzero(counts)) == set(online)
     expected = 2000 * 3 / len(online)
     assert np.abs(counts[online] - expected).max() < 5 * np.sqrt(expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31), rnd=st.integers(1, 500), attempt=st.integers(0, 3), n=st.integers(1, 300),
+       k=st.integers(1, 300), exclude=st.sets(st.integers(-5, 320), max_size=40))
+def test_uniform_sampling_draws_what_a_draw_over_the_array_of_ids_draws(seed, rnd, attempt, n, k, exclude):
+    population = np.setdiff1d(np.arange(n), list(exclude))
+    if not 0 < k <= len(population):
+        return
+    stream = rng(seed, "sampling", *((rnd, attempt) if attempt else (rnd,)))
+    expected = sorted(int(c) for c in stream.choice(population, size=k, replace=False))
+    assert UniformSampler(n, seed).sample(rnd, k, attempt, exclude=exclude) == expected
+
+
+def test_a_million_clients_are_sampled_in_o_of_k():
+    n, exclude = 10**6, [0, 17, 999_999, 500_000]
+    uniform = UniformSampler(n, seed=4)
+    available = AvailableSampler(n, heterogeneous(n, seed=4), seed=4)  # no diurnal windows: everyone online
+    start = time.perf_counter()
+    for rnd in range(1, 101):
+        chosen = uniform.sample(rnd, 100, exclude=exclude)
+        assert len(set(chosen)) == 100 and 0 <= min(chosen) and max(chosen) < n and not set(chosen) & set(exclude)
+        assert available.sample(rnd, 100, now=rnd * 60.0, exclude=exclude) == chosen
+    assert time.perf_counter() - start < 1.0  # ~0.1 ms a draw; an array of the million ids costs ~2 ms

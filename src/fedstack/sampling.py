@@ -28,6 +28,11 @@ of the run seed keyed by (round, attempt), so a resumed run or another engine dr
   the preferred duration is a fixed quantile of the durations seen (the paper's pacer relaxes it
   when utility stalls); unexplored clients are drawn uniformly (the paper prefers the faster ones);
   no clipping of outlier utilities and no blacklist of clients picked too often.
+
+Cost of a draw with many registered clients (N): `uniform`, and `available` while every client is
+online, draw k clients in O(k + excluded) time and memory (Floyd's algorithm over positions; no
+array of N ids); `available` over a fleet with offline devices, `oort` and `poisson` look at every
+client once per draw (vectorised NumPy, O(N): about milliseconds at N = 10⁶).
 """
 
 from __future__ import annotations
@@ -55,8 +60,40 @@ def _stream(seed: int, round: int, attempt: int) -> np.random.Generator:
     return rng(seed, "sampling", *((round, attempt) if attempt else (round,)))
 
 
+class _Ids:
+    """The ascending ids 0..n-1 but those in `exclude`, without an array of n ids (a draw costs O(k))."""
+
+    def __init__(self, n: int, exclude=()):
+        excluded = np.unique(np.fromiter(exclude, dtype=np.int64))
+        self.n = n
+        self.excluded = excluded[(excluded >= 0) & (excluded < n)]
+        # Before the j-th excluded id come excluded[j] - j kept ids: where to skip ahead when indexing.
+        self._kept_before = self.excluded - np.arange(len(self.excluded))
+
+    def __len__(self) -> int:
+        return self.n - len(self.excluded)
+
+    def take(self, positions: np.ndarray) -> np.ndarray:
+        """The ids at these positions of the ascending sequence."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions + np.searchsorted(self._kept_before, positions, side="right")
+
+    def array(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n, dtype=np.int64), self.excluded)
+
+    def tolist(self) -> list[int]:
+        return self.array().tolist()
+
+
 def _draw(seed: int, round: int, attempt: int, population, k: int) -> list[int]:
-    chosen = _stream(seed, round, attempt).choice(population, size=k, replace=False)
+    """Sorted ids of `k` distinct members of `population` (an ascending array of ids, or _Ids).
+
+    Drawing positions from len(population) is the draw numpy's choice over the array itself makes
+    (the same positions, the same stream), and for k small against the population it is Floyd's
+    O(k) algorithm: no array of the population is needed.
+    """
+    positions = _stream(seed, round, attempt).choice(len(population), size=k, replace=False)
+    chosen = population.take(positions) if isinstance(population, _Ids) else population[positions]
     return sorted(int(c) for c in chosen)
 
 
@@ -66,16 +103,23 @@ def _without(population: np.ndarray, exclude) -> np.ndarray:
     return np.setdiff1d(population, excluded) if excluded.size else population
 
 
-def _online(system, num_clients: int, round: int, k: int, now: float, exclude) -> np.ndarray:
-    """Ascending ids of the clients online at `now` and not in `exclude`; logs when fewer than `k`."""
+def _online(system, num_clients: int, round: int, k: int, now: float, exclude):
+    """Ascending ids of the clients online at `now` and not in `exclude` (an array, or _Ids when every client
+    is online); logs when fewer than `k`."""
     if k <= 0:
         raise ValueError(f"cannot sample {k} clients")
-    online = np.asarray(system.online_ids(now, num_clients), dtype=np.int64)
-    candidates = _without(online, exclude)
+    everyone = getattr(system, "everyone_online", None)
+    if everyone is not None and everyone(now):
+        online_count = num_clients
+        candidates = _Ids(num_clients, exclude)
+    else:
+        online = np.asarray(system.online_ids(now, num_clients), dtype=np.int64)
+        online_count = len(online)
+        candidates = _without(online, exclude)
     if len(candidates) < k:
         n = len(candidates)
         log.info("round %d: %d client%s online%s at t=%.0f s, fewer than the %d wanted: taking %s",
-                 round, n, "" if n == 1 else "s", " and not excluded" if n < len(online) else "", now, k,
+                 round, n, "" if n == 1 else "s", " and not excluded" if n < online_count else "", now, k,
                  "all of them" if n else "none")
     return candidates
 
@@ -89,7 +133,7 @@ class UniformSampler:
 
     def sample(self, round: int, k: int, attempt: int = 0, exclude=()) -> list[int]:
         """Sorted ids of the `k` clients of `round` (a retried round draws again, from `attempt`), none in `exclude`."""
-        population = _without(np.arange(self.num_clients, dtype=np.int64), exclude)
+        population = _Ids(self.num_clients, exclude)
         if not 0 < k <= len(population):
             others = " (the others are excluded)" if len(population) < self.num_clients else ""
             raise ValueError(f"cannot sample {k} of {len(population)} clients{others}")
@@ -167,6 +211,8 @@ class OortSampler:
         candidates = _online(self.system, self.num_clients, round, k, now, exclude)
         if len(candidates) <= k:
             return candidates.tolist()
+        if isinstance(candidates, _Ids):
+            candidates = candidates.array()  # Oort scores every candidate: O(num_clients) per round anyway
         seen, unseen = candidates[self.explored[candidates]], candidates[~self.explored[candidates]]
         # Whichever side has too few candidates, the other fills the rest of the k slots.
         n_explore = min(len(unseen), max(k - len(seen), math.floor(self.exploration(round) * k + 0.5)))

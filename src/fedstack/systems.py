@@ -61,6 +61,12 @@ training starts.
 
 Availability is checked at the start of each attempt (a client offline then fails as
 "unavailable"); a device that goes offline mid-round is what `dropout` models.
+
+Scale: `uniform` holds one profile whatever the number of clients; `heterogeneous` holds one array
+per attribute (`DrawnFleet`, about 17 bytes a device) and makes a client's DeviceProfile when asked,
+so a round touches only its sampled clients — except that with diurnal windows, finding who is
+online (the `available` and `oort` samplers, or a server waiting for the first device) is one
+vectorised pass over the windows. A trace fleet (`Fleet`) keeps one DeviceProfile object per line.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ DAY_S = 86400.0
 # Bandwidth tiers: (down, up) in Mbit/s, in the order of systems.tier_mix.
 TIERS: dict[str, tuple[float, float]] = {"wifi": (50.0, 20.0), "4g": (20.0, 5.0), "3g": (2.0, 0.5)}
 DEFAULT_TIER_MIX = (0.5, 0.3, 0.2)
+_TIER_NAMES = tuple(TIERS)
 TRACE_COLUMNS = ("client_id", "samples_per_s", "down_mbps", "up_mbps", "availability")
 REQUIRED_COLUMNS = TRACE_COLUMNS[:4]
 
@@ -208,6 +215,10 @@ class SystemModel:
         """The ids (ascending) of the clients online at time `t`."""
         return [i for i in range(num_clients) if self.online(i, t)]
 
+    def everyone_online(self, t: float) -> bool:
+        """Whether every client is surely online at time `t`, known without looking at each (False: ask online_ids)."""
+        return False
+
     def any_online(self, t: float, num_clients: int) -> bool:
         return any(self.online(i, t) for i in range(num_clients))
 
@@ -246,6 +257,9 @@ class UniformSystem(SystemModel):
     def online_ids(self, t: float, num_clients: int) -> list[int]:
         return list(range(num_clients)) if self.profile.availability.online(t) else []
 
+    def everyone_online(self, t: float) -> bool:
+        return self.profile.availability.online(t)
+
     def any_online(self, t: float, num_clients: int) -> bool:
         return num_clients > 0 and self.profile.availability.online(t)
 
@@ -254,11 +268,12 @@ class UniformSystem(SystemModel):
 
 
 class Fleet(SystemModel):
-    """One DeviceProfile per client (drawn from distributions, or read from a trace)."""
+    """One DeviceProfile per client (read from a trace, or given): a Python object per device."""
 
     def __init__(self, devices: list[DeviceProfile], seed: int = 0):
         self.devices = list(devices)
         self.seed = seed
+        self._always = all(d.availability.always for d in self.devices)
 
     @property
     def num_clients(self) -> int:
@@ -267,10 +282,81 @@ class Fleet(SystemModel):
     def device(self, client_id: int) -> DeviceProfile:
         return self.devices[client_id]
 
+    def everyone_online(self, t: float) -> bool:
+        return self._always
+
+
+class DrawnFleet(Fleet):
+    """The `heterogeneous` fleet as one array per attribute: a million devices cost a few arrays of N.
+
+    `device(i)` builds client i's DeviceProfile when asked; which clients are online at a time is
+    one vectorised test over the daily windows, O(N) NumPy (only with diurnal windows; without,
+    every device is always online and nothing looks at the N devices).
+    """
+
+    def __init__(self, speeds: np.ndarray, tiers: np.ndarray, window_starts: np.ndarray | None,
+                 online_s: float, dropout: float, seed: int = 0):  # no Fleet.__init__: no list of devices
+        self.speeds = np.asarray(speeds, dtype=np.float64)
+        self.tiers = np.asarray(tiers, dtype=np.int8)  # index into TIERS
+        # Windows of a day or more are ALWAYS, as Availability.diurnal makes them.
+        self.window_starts = None if window_starts is None or online_s >= DAY_S else \
+            np.asarray(window_starts, dtype=np.float64)
+        self.online_s = float(online_s)
+        self.dropout = dropout
+        self.seed = seed
+        if self.window_starts is not None:  # each window's [start, end) within the day, as Availability.diurnal
+            self._start = self.window_starts % DAY_S
+            self._end = self._start + self.online_s
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.speeds)
+
+    @property
+    def devices(self) -> list[DeviceProfile]:
+        """Every device's profile (O(N) objects: for inspection and tests, not for rounds)."""
+        return [self.device(i) for i in range(self.num_clients)]
+
+    def device(self, client_id: int) -> DeviceProfile:
+        name = _TIER_NAMES[self.tiers[client_id]]
+        down, up = TIERS[name]
+        window = ALWAYS if self.window_starts is None else \
+            Availability.diurnal(float(self.window_starts[client_id]), self.online_s)
+        return DeviceProfile(float(self.speeds[client_id]), down * MBIT, up * MBIT, window, self.dropout, name)
+
+    def everyone_online(self, t: float) -> bool:
+        return self.window_starts is None
+
+    def _online_mask(self, t: float, num_clients: int) -> np.ndarray:
+        """Which of the first `num_clients` devices are online at `t`: Availability.diurnal's test, vectorised."""
+        start, end = self._start[:num_clients], self._end[:num_clients]
+        phase = t % DAY_S
+        # A window past midnight is [0, end - DAY_S) and [start, DAY_S).
+        return np.where(end <= DAY_S, (start <= phase) & (phase < end), (phase < end - DAY_S) | (start <= phase))
+
+    def online_ids(self, t: float, num_clients: int) -> np.ndarray:
+        if self.window_starts is None:
+            return np.arange(num_clients, dtype=np.int64)
+        return np.flatnonzero(self._online_mask(t, num_clients))
+
+    def any_online(self, t: float, num_clients: int) -> bool:
+        return num_clients > 0 and (self.window_starts is None or bool(self._online_mask(t, num_clients).any()))
+
+    def next_online(self, t: float, num_clients: int) -> float:
+        if not num_clients:
+            return math.inf
+        if self.any_online(t, num_clients):
+            return t
+        # Every device is offline: each opens its window later today (phase before its start) or tomorrow.
+        start = self._start[:num_clients]
+        phase = t % DAY_S
+        base = t - phase
+        return float(np.where(phase < start, base + start, base + DAY_S + start).min())
+
 
 def heterogeneous(num_clients: int, seed: int, *, speed_median: float = 100.0, speed_sigma: float = 1.0,
                   tier_mix=DEFAULT_TIER_MIX, dropout: float = 0.0, diurnal: bool = False,
-                  online_hours: float = 8.0) -> Fleet:
+                  online_hours: float = 8.0) -> DrawnFleet:
     """A fleet of log-normal speeds, bandwidth tiers mixed as `tier_mix`, optional diurnal windows."""
     mix = np.asarray(tier_mix, dtype=np.float64)
     if mix.shape != (len(TIERS),) or (mix < 0).any() or not math.isclose(mix.sum(), 1.0, abs_tol=1e-6):
@@ -279,17 +365,8 @@ def heterogeneous(num_clients: int, seed: int, *, speed_median: float = 100.0, s
     z = rng(seed, "systems", stable_hash("speed")).standard_normal(num_clients)
     speeds = speed_median * np.exp(speed_sigma * z)
     tiers = rng(seed, "systems", stable_hash("tier")).choice(len(TIERS), size=num_clients, p=mix / mix.sum())
-    names = list(TIERS)
-    if diurnal:
-        starts = rng(seed, "systems", stable_hash("diurnal")).uniform(0.0, DAY_S, num_clients)
-        windows = [Availability.diurnal(s, online_hours * 3600.0) for s in starts]
-    else:
-        windows = [ALWAYS] * num_clients
-    devices = []
-    for speed, tier, window in zip(speeds, tiers, windows):
-        down, up = TIERS[names[tier]]
-        devices.append(DeviceProfile(float(speed), down * MBIT, up * MBIT, window, dropout, names[tier]))
-    return Fleet(devices, seed)
+    starts = rng(seed, "systems", stable_hash("diurnal")).uniform(0.0, DAY_S, num_clients) if diurnal else None
+    return DrawnFleet(speeds, tiers, starts, online_hours * 3600.0, dropout, seed)
 
 
 def read_trace(path: str | Path, num_clients: int, period: float = 0.0) -> list[DeviceProfile]:

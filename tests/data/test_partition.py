@@ -252,3 +252,25 @@ def test_split_holdout_properties(sizes, fraction, seed):
         assert np.all(np.diff(t) > 0) and np.all(np.diff(h) > 0)
     again = partition.split_holdout(parts, fraction, rng(seed))
     assert same(train, again[0]) and same(held, again[1])
+
+
+@SETTINGS
+@given(data=labelled(min_per_client=2), seed=st.integers(0, 2**32 - 1))
+def test_csr_partitions_are_the_lists_fedstack_always_dealt(data, seed):
+    labels, num_clients, _ = data
+    n = len(labels)
+    # The former list-of-arrays construction, kept here as the reference: same generator, same bits.
+    dealt = [np.sort(p) for p in np.array_split(rng(seed).permutation(n), num_clients)]
+    assert partition.iid(n, num_clients, rng(seed)) == dealt
+    pieces = np.array_split(np.argsort(labels, kind="stable"), 2 * num_clients)
+    order = rng(seed).permutation(2 * num_clients).reshape(num_clients, 2)
+    assert partition.shards(labels, num_clients, rng(seed)) == [np.sort(np.concatenate([pieces[s] for s in row]))
+                                                                for row in order]
+    weights = np.arange(1, num_clients + 1, dtype=np.float64) ** -1.5
+    share = (n - num_clients) * weights / weights.sum()
+    sizes = np.floor(share).astype(np.int64)
+    sizes[np.argsort(-(share - sizes), kind="stable")[:(n - num_clients) - int(sizes.sum())]] += 1
+    g = rng(seed)
+    sizes = (sizes + 1)[g.permutation(num_clients)]
+    assert partition.powerlaw(n, num_clients, rng(seed)) == [np.sort(p) for p in
+                                                             np.split(g.permutation(n), np.cumsum(sizes)[:-1])]

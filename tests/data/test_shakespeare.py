@@ -166,7 +166,7 @@ def test_char_dataset_windows_and_time_ordered_split(play_dir):
         assert np.all(y_te[:, :-1] == -1)
         np.testing.assert_array_equal(y_te[:, -1], ids[cut + 80: cut + 80 * len(x_te) + 1: 80])
     # every window belongs to exactly one client split; the server test set is the test windows
-    every = np.sort(np.concatenate(fed.train_idx + fed.holdout_idx))
+    every = np.sort(np.concatenate([*fed.train_idx, *fed.holdout_idx]))
     np.testing.assert_array_equal(every, np.arange(len(fed.x)))
     held = np.concatenate(fed.holdout_idx)
     np.testing.assert_array_equal(fed.x_test, fed.x[held])
@@ -234,7 +234,7 @@ def test_num_clients_subset_is_seeded_and_deterministic(play_dir):
         a, b = build(play_dir, num_clients=2, seed=3, level=level), build(play_dir, num_clients=2, seed=3, level=level)
         for k in ("x", "y", "x_test", "y_test"):
             np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
-        assert all(np.array_equal(u, v) for u, v in zip(a.train_idx + a.holdout_idx, b.train_idx + b.holdout_idx))
+        assert all(np.array_equal(u, v) for u, v in zip([*a.train_idx, *a.holdout_idx], [*b.train_idx, *b.holdout_idx]))
 
 
 def test_too_many_clients_and_other_config_errors(play_dir):

@@ -65,7 +65,9 @@ def test_pool_reruns_the_task_of_a_killed_worker():
 
 def test_a_failing_client_is_an_outcome_not_a_crash():
     workload = _workload()
-    workload.dataset.train_idx[3] = np.array([], dtype=np.int64)
+    parts = list(workload.dataset.train_idx)
+    parts[3] = np.array([], dtype=np.int64)
+    workload.dataset.train_idx = parts
     for engine in (LocalEngine(), PoolEngine(workers=2)):
         outcomes = _run(engine, workload, _tasks(5))
         assert [o.error is not None for o in outcomes] == [False, False, False, True, False]

@@ -1,7 +1,8 @@
 """Data layer: dataset sources, partitioners, and the federated dataset of index partitions."""
 
+from fedstack.data.csr import Partition
 from fedstack.data.dataset import ClientData, FederatedDataset, build_dataset
-from fedstack.data.partition import dirichlet, iid, powerlaw, shards, split_holdout
+from fedstack.data.partition import dirichlet, iid, powerlaw, powerlaw_shared, shards, split_holdout
 from fedstack.data.sources import (
     FASHION_MNIST_FILES,
     FASHION_MNIST_URL,
@@ -17,10 +18,12 @@ __all__ = [
     "ClientData",
     "FederatedDataset",
     "build_dataset",
+    "Partition",
     "iid",
     "dirichlet",
     "shards",
     "powerlaw",
+    "powerlaw_shared",
     "split_holdout",
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_URL",

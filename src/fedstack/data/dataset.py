@@ -11,6 +11,7 @@ import numpy as np
 
 from fedstack.data import partition as partitioners
 from fedstack.data import sources
+from fedstack.data.csr import Partition
 from fedstack.errors import ConfigError, DataError
 from fedstack.seeding import rng as stream_rng
 
@@ -20,6 +21,11 @@ PARTITIONS = (*ARRAY_PARTITIONS, "natural")  # natural: the data comes per clien
 ARRAY_NAMES = ("x", "y", "x_test", "y_test")
 # build_dataset keeps the digits test set fixed across run seeds, like Fashion-MNIST's.
 DIGITS_SPLIT_SEED = 0
+# The most clients a shared-sample population (powerlaw beyond the data) may have: 10⁷ clients
+# already hold about 400 MB of indices; more is a typo, not an experiment for one machine.
+MAX_SHARED_CLIENTS = 10**7
+# Synthetic(α, β) materialises every device's data (about 450 samples of 60 floats each on average).
+MAX_SYNTHETIC_CLIENTS = 20_000
 
 
 @dataclass(eq=False, repr=False)
@@ -42,16 +48,30 @@ class ClientData:
 
 @dataclass(eq=False, repr=False)
 class FederatedDataset:
-    """A federation: base arrays, per-client index partitions, and the server's test set."""
+    """A federation: base arrays, per-client index partitions, and the server's test set.
+
+    `train_idx` and `holdout_idx` are Partitions (CSR: offsets into one index array), so a
+    million clients cost their indices, not a million Python objects; a list of index arrays
+    given (or assigned) in their place is converted.
+    """
 
     name: str
     x: np.ndarray
     y: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    train_idx: list[np.ndarray]
-    holdout_idx: list[np.ndarray]
+    train_idx: Partition
+    holdout_idx: Partition
     num_classes: int
+
+    def __setattr__(self, key, value):
+        if key in ("train_idx", "holdout_idx"):
+            value = Partition.from_lists(value)
+        object.__setattr__(self, key, value)
+
+    def __post_init__(self):
+        if len(self.train_idx) != len(self.holdout_idx):
+            raise DataError(f"{len(self.train_idx)} training partitions but {len(self.holdout_idx)} held-out ones")
 
     @property
     def num_clients(self) -> int:
@@ -78,11 +98,11 @@ class FederatedDataset:
         return dataclasses.replace(self, **arrays)
 
     def __repr__(self) -> str:
-        sizes = [len(t) for t in self.train_idx]
+        sizes = self.train_idx.sizes()
         return (
             f"FederatedDataset({self.name!r}, clients={self.num_clients}, train={len(self.y)}, "
             f"test={len(self.y_test)}, classes={self.num_classes}, "
-            f"client sizes {min(sizes)}..{max(sizes)})"
+            f"client sizes {f'{sizes.min()}..{sizes.max()}' if len(sizes) else '-'})"
         )
 
     @classmethod
@@ -101,7 +121,11 @@ class FederatedDataset:
         name: str = "custom",
         num_classes: int | None = None,
     ) -> FederatedDataset:
-        """Partition your own arrays among `num_clients` clients (x is kept as given, not copied)."""
+        """Partition your own arrays among `num_clients` clients (x is kept as given, not copied).
+
+        "powerlaw" with more clients than samples makes a population that shares the samples
+        (`partition.powerlaw_shared`); every other partition needs a sample per client at least.
+        """
         _check_options(num_clients, partition, alpha, holdout)
         x, x_test = np.asarray(x), np.asarray(x_test)
         y, y_test = _labels(y, "y"), _labels(y_test, "y_test")
@@ -113,8 +137,13 @@ class FederatedDataset:
         if x.shape[1:] != x_test.shape[1:]:
             raise DataError(f"x samples have shape {x.shape[1:]} but x_test samples {x_test.shape[1:]}")
         n = len(y)
-        if num_clients > n:
-            raise ConfigError("data.num_clients", f"{num_clients} clients but only {n} training samples")
+        shared = partition == "powerlaw" and num_clients > n
+        if num_clients > n and not shared:
+            raise ConfigError("data.num_clients", f"{num_clients} clients but only {n} training samples "
+                                                  f"(partition = \"powerlaw\" lets clients share samples)")
+        if shared and num_clients > MAX_SHARED_CLIENTS:
+            raise ConfigError("data.num_clients", f"at most {MAX_SHARED_CLIENTS} clients may share the {n} samples "
+                                                  f"(their index alone would outgrow one machine), got {num_clients}")
         if partition == "shards" and 2 * num_clients > n:
             raise ConfigError(
                 "data.num_clients",
@@ -135,6 +164,8 @@ class FederatedDataset:
             parts = partitioners.dirichlet(y, num_clients, alpha, rng)
         elif partition == "shards":
             parts = partitioners.shards(y, num_clients, rng)
+        elif shared:
+            parts = partitioners.powerlaw_shared(n, num_clients, rng)
         else:
             parts = partitioners.powerlaw(n, num_clients, rng)
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))  # [seed, 2]
@@ -161,7 +192,7 @@ class FederatedDataset:
         bounds = np.cumsum([0] + [len(cy) for _, cy in clients])
         if any(len(cx) != len(cy) for cx, cy in clients) or len(x_test) != len(y_test):
             raise DataError("each client's x and y (and the test x and y) must have the same length")
-        parts = [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
+        parts = Partition(bounds, np.arange(bounds[-1], dtype=np.int64))
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))
         seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
         return cls(name, x, y, x_test, y_test, train, held, int(num_classes or seen))
@@ -259,6 +290,10 @@ def _synthetic(*, num_clients, partition, alpha, beta, seed, holdout) -> Federat
                                             f"or 'iid' (the IID variant), not {partition!r}")
     if beta < 0 or alpha < 0:
         raise ConfigError("data.beta" if beta < 0 else "data.alpha", "Synthetic(α, β) needs α, β ≥ 0")
+    if num_clients > MAX_SYNTHETIC_CLIENTS:
+        raise ConfigError("data.num_clients", f"synthetic generates every device's data in memory (~110 kB a "
+                                              f"device): at most {MAX_SYNTHETIC_CLIENTS} clients; for a larger "
+                                              f"population use partition = \"powerlaw\" over an image set")
     x, y, x_test, y_test, parts = synthetic(alpha, beta, num_clients, stream_rng(seed, "partition"),
                                             iid=partition == "iid")
     train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))
