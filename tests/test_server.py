@@ -310,3 +310,45 @@ def test_oort_learns_from_rounds_and_a_resumed_run_picks_the_same_clients(tmp_pa
     resumed = run_config(config, tmp_path / "resumed")  # the sampler's utilities come back from the checkpoint
     np.testing.assert_array_equal(resumed.params, local.params)
     assert [r["sim_time_s"] for r in resumed.rounds] == [r["sim_time_s"] for r in local.rounds]
+
+
+class CountingEngine(LocalEngine):
+    """A local engine that says it runs tasks in parallel, and records what each `run` call carried."""
+
+    parallel = True
+
+    def __init__(self):
+        self.batches = []
+
+    def run(self, params, tasks):
+        self.batches.append([type(t).__name__ for t in tasks])
+        return super().run(params, tasks)
+
+
+def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
+    """Same records as evaluating on its own, in one engine batch per round instead of two."""
+    from fedstack.config import load_config
+    from fedstack.experiment import client_side, dataset_of, simulate
+    from fedstack.strategy import FedOpt
+
+    config = load_config(None, ["data.name=digits", "data.num_clients=8", "server.clients_per_round=3",
+                                 "model.name=logreg", "seed=5"])
+    dataset = dataset_of(config)
+    factory, params0, fit, _ = client_side(config, dataset)
+
+    def run(engine, strategy):
+        history = simulate(factory, dataset, params0, strategy=strategy, rounds=3, clients_per_round=3,
+                           engine=engine, seed=5, federated_eval=False)
+        return history.params, [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history.rounds]
+
+    plain_params, plain_records = run(LocalEngine(), FedAvg(fit))
+    counting = CountingEngine()
+    params, records = run(counting, FedAvg(fit))
+    assert np.array_equal(params, plain_params) and records == plain_records
+    assert all(r["test_accuracy"] is not None for r in records)
+    # digits' test set is one shard; the last round has no next round to ride with
+    assert counting.batches == [["Task"] * 3, ["EvalTask"] + ["Task"] * 3, ["EvalTask"] + ["Task"] * 3,
+                                ["EvalTask"]]
+    counting = CountingEngine()  # a server optimizer keeps state a checkpoint saves: no riding
+    run(counting, FedOpt(fit=fit))
+    assert counting.batches == [["Task"] * 3, ["EvalTask"]] * 3

@@ -106,6 +106,7 @@ class AsyncServer(Server):
         self.buffer: list[ClientUpdate] = []
         self.starts = self.fills = 0
         self._new_period()
+        self._profiled = self.profile.snapshot() if self.profile is not None else None
         started = time.perf_counter()
         stalls = 0
         try:
@@ -282,6 +283,7 @@ class AsyncServer(Server):
         self._new_period()
         self._forget_old_models()
         record.update(self.evaluate(rnd, self.params))
-        record["wall_time_s"] = time.perf_counter() - started
+        self.finish_record(record, started, self._profiled)
+        self._profiled = self.profile.snapshot() if self.profile is not None else None
         for callback in self.on_round:
             callback(record, self.params)

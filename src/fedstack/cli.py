@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a config key, e.g. --set server.rounds=5 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    run.add_argument("--profile", action="store_true", help="record where each round's time goes (training, "
+                     "codecs, aggregation, evaluation, waiting, idle workers) in metrics.jsonl, summary.json "
+                     "and the report")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
@@ -58,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for a client's update")
     server.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     server.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    server.add_argument("--profile", action="store_true", help="record where each round's time goes (waiting "
+                        "for clients, decoding, aggregation, evaluation)")
     server.set_defaults(func=cmd_server)
 
     client = sub.add_parser("client", help="join a server and train on this device's data")
@@ -119,7 +124,7 @@ def cmd_run(args) -> int:
     progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
     try:
         with progress:
-            run_config(config, run_dir, on_round=[progress])
+            run_config(config, run_dir, on_round=[progress], profile=args.profile)
     except KeyboardInterrupt:
         print(f"interrupted: finished rounds are saved in {run_dir}; the same command with "
               f"--out {run_dir} resumes", file=sys.stderr)
@@ -167,7 +172,7 @@ def cmd_server(args) -> int:
         progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
         with progress:
             run_config(config, run_dir, on_round=[progress], engine=engine,
-                       sampler=ConnectedSampler(engine, config.seed), dataset=dataset)
+                       sampler=ConnectedSampler(engine, config.seed), dataset=dataset, profile=args.profile)
     except KeyboardInterrupt:
         print(f"interrupted: finished rounds are saved in {run_dir}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -88,8 +88,9 @@ class SystemsConfig(Section):
 
 
 class EngineConfig(Section):
-    name: Literal["local", "pool"] = "pool"
-    workers: int = Field(0, ge=0)  # 0 = one per core
+    name: Literal["local", "pool", "ray"] = "pool"
+    workers: int = Field(0, ge=0)  # 0 = one per core (ray with an address: one per CPU of the cluster)
+    address: str = ""  # ray: "HOST:PORT" of a running cluster's head; "" = start a local Ray
 
 
 class CodecConfig(Section):
@@ -203,6 +204,9 @@ def validate(tree: dict) -> Config:
                           f"server.clients_per_round = {config.server.clients_per_round}")
     _validate_systems(config, serverless)
     _validate_privacy(config, serverless)
+    if config.engine.address and config.engine.name != "ray":
+        raise ConfigError("engine.address", f"a Ray cluster's address needs engine.name = \"ray\", "
+                          f"not \"{config.engine.name}\"")
     from .codec import build_pipeline
 
     options = codec_options(config)

@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from .client import EvalResult, FitConfig
+from .data.csr import Partition
 from .engine import EvalTask
 from .seeding import int_seed
 
@@ -14,14 +15,23 @@ from .seeding import int_seed
 def test_set(engine, params: np.ndarray, dataset, shard: int = 1000, stop: int | None = None,
              span: tuple[int, int] | None = None) -> EvalResult:
     """`params` (or its `span`) on the test examples [0, stop), in fixed shards whose sums add in order."""
+    return total(engine.run(params, shards(dataset, shard, stop, span)))
+
+
+def shards(dataset, shard: int = 1000, stop: int | None = None, span: tuple[int, int] | None = None) -> list:
+    """The evaluation tasks of the test examples [0, stop), `shard` examples each."""
     size = len(dataset.y_test) if stop is None else min(stop, len(dataset.y_test))
-    shards = [EvalTask(a, min(a + shard, size), span=span) for a in range(0, size, shard)]
-    total = EvalResult()
-    for outcome in engine.run(params, shards):
+    return [EvalTask(a, min(a + shard, size), span=span) for a in range(0, size, shard)]
+
+
+def total(outcomes) -> EvalResult:
+    """The sum of the shards' results, in order; a failed shard fails the evaluation."""
+    result = EvalResult()
+    for outcome in outcomes:
         if outcome.error:
             raise RuntimeError(f"evaluation failed: {outcome.error}")
-        total = total + outcome.value
-    return total
+        result = result + outcome.value
+    return result
 
 
 def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
@@ -35,8 +45,8 @@ def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConf
     def tuning(i: int) -> FitConfig | None:
         return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
 
-    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None)
-             for i in range(dataset.num_clients) if len(dataset.holdout_idx[i])]
+    held = np.flatnonzero(Partition.from_lists(dataset.holdout_idx).sizes())  # no Python loop over all clients
+    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None) for i in held.tolist()]
     results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
     return distribution([r.accuracy for r in results if r.examples])
 

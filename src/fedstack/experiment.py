@@ -25,6 +25,7 @@ from .server import Server
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
 from .privacy import RecordLevelLedger
+from .profiling import Profile
 from .strategy.private import Private
 from .systems import SystemModel, build_system
 
@@ -38,6 +39,7 @@ class History:
     run_dir: Path | None = None
     status: str = "finished"
     stopped: str | None = None  # why a run ended early (the privacy budget)
+    profile: dict | None = None  # where the time went, with `profile` (fedstack.profiling.Profile)
 
     def __call__(self, record: dict, params=None) -> None:
         self.rounds.append(record)
@@ -45,7 +47,7 @@ class History:
 
 def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np.ndarray, *,
              strategy: Strategy | None = None, rounds: int = 10, clients_per_round: int = 10,
-             engine: str | Engine = "local", workers: int = 0, seed: int = 0,
+             engine: str | Engine = "local", workers: int = 0, address: str = "", seed: int = 0,
              pipeline: Pipeline | None = None, min_clients: int = 1, round_retries: int = 2,
              eval_every: int = 1,
              federated_eval: bool = True, federated_eval_every: int = 0,
@@ -53,14 +55,15 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
              download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
              overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
-             buffer_size: int = 0, epsilon_budget: float = 0.0, record_ledger=None) -> History:
+             buffer_size: int = 0, epsilon_budget: float = 0.0, record_ledger=None,
+             profile: bool = False) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
     its last finished round; with the same seed it ends with the same bits as an unbroken run.
 
     `trainer_factory` must be picklable (a module-level function or a functools.partial)
-    when `engine="pool"`: each worker process calls it once. Client state (SCAFFOLD's control
+    when `engine="pool"` or `"ray"`: each worker process calls it once. Client state (SCAFFOLD's control
     variates) lives in the store with `out`, in memory without. With `finetune`, federated
     evaluation also judges each client's model after that local training (personalisation).
 
@@ -97,12 +100,13 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
         if getattr(strategy, "asynchronous", False) else (Server, {"min_clients": min_clients,
                                                                    "round_retries": round_retries})
-    server = loop(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers),
+    server = loop(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers, address),
                   workload, rounds=rounds, clients_per_round=clients_per_round, **extra,
                   eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                   sampler=sampler, client_states=store, finetune=finetune, download=download,
                   system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
-                  epsilon_budget=epsilon_budget, record_ledger=record_ledger, on_round=callbacks)
+                  epsilon_budget=epsilon_budget, record_ledger=record_ledger, on_round=callbacks,
+                  profile=Profile() if profile else None)
     try:
         history.params = server.run(params, start_round, sim_time)
         if getattr(server, "stopped", None):
@@ -111,6 +115,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise
     finally:
+        if profile:
+            history.profile = server.profile.summary()
         if store is not None:
             store.set_meta("status", history.status)
             store.close()
@@ -167,6 +173,7 @@ def summarize(history: History, seed: int, config: dict) -> dict:
             "personalized": personalized,
         },
         "best_test_accuracy": max(accuracies) if accuracies else None,
+        "profile": history.profile,
         "seed": seed,
         "config": config,
         "versions": versions(),
@@ -256,8 +263,9 @@ def client_side(config: Config, dataset):
 
 
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),
-               engine: str | Engine | None = None, sampler=None, dataset=None) -> History:
-    """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>).
+               engine: str | Engine | None = None, sampler=None, dataset=None, profile: bool = False) -> History:
+    """Run the experiment a Config describes, writing everything to `out` (default runs/<timestamp>);
+    with `profile`, also where the time went.
 
     A deployment passes its own `engine` (remote clients) and `sampler` (among connected clients).
     """
@@ -295,7 +303,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     (run_dir / "config.toml").write_text(to_toml(config))
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
-                    workers=config.engine.workers, seed=config.seed, pipeline=pipeline,
+                    workers=config.engine.workers, address=config.engine.address, seed=config.seed,
+                    pipeline=pipeline,
                     min_clients=config.server.min_clients, round_retries=config.server.round_retries,
                     eval_every=config.eval.every,
                     federated_eval=config.eval.federated and not remote,
@@ -306,7 +315,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     concurrency=config.server.concurrency, buffer_size=config.server.buffer_size,
                     epsilon_budget=config.privacy.epsilon_budget,
                     record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
-                    if config.client.dp_sgd else None)
+                    if config.client.dp_sgd else None, profile=profile)
 
 
 def private_strategy(config: Config, strategy: Strategy, num_clients: int) -> Private:

@@ -228,9 +228,30 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     table.add_row("wall time", _seconds(final.get("wall_time_s")))
     table.add_row("simulated time", _seconds(final.get("sim_time_s")))
     table.add_row("failures", str(final.get("failures_total", 0)))
+    for label, value in profile_rows(summary.get("profile")):
+        table.add_row(label, value)
     table.add_row("seed", str(summary.get("seed", "-")))
     table.add_row("status", str(summary.get("status", "-")))
     return table
+
+
+def profile_rows(profile: dict | None) -> list[tuple[str, str]]:
+    """Where the time went (`--profile`): the workers' capacity by phase, then the server's own time."""
+    if not profile:
+        return []
+    capacity = profile["workers"] * profile["wall_s"]
+
+    def share(seconds: float, of: float) -> str:
+        return f"{seconds:.1f} s ({100 * seconds / of:.0f}%)" if of > 0 else f"{seconds:.1f} s"
+
+    rows = [(f"workers ({profile['workers']}): {label}", share(profile[key], capacity))
+            for key, label in (("train_s", "training"), ("encode_s", "client codecs"),
+                               ("evaluate_s", "evaluation"), ("idle_s", "idle (start-up, transport, imbalance)"))]
+    rows += [(f"server: {label}", share(profile[key], profile["wall_s"]))
+             for key, label in (("startup_s", "engine start"), ("wait_s", "waiting for clients"),
+                                ("decode_s", "decoding updates"), ("aggregate_s", "aggregation"),
+                                ("evaluate_wall_s", "evaluation"))]
+    return rows
 
 
 def print_summary(run_dir, console: Console | None = None) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -42,6 +42,7 @@ from .client import FitConfig
 from .codec import CodecContext, Pipeline
 from .engine import Engine, Outcome, Workload
 from .errors import ConfigError, FedstackError
+from .profiling import Profile, ProfiledEngine
 from .sampling import UniformSampler, overselected
 from .seeding import int_seed
 from .store import MemoryClientStates
@@ -55,6 +56,16 @@ log = logging.getLogger("fedstack.server")
 SERVER_ID = 2**32 - 1
 # How a sampled client can fail to contribute, as counted in each round's `failures_by_kind`.
 FAILURE_KINDS = ("dropout", "deadline", "unavailable", "error", "rejected")
+
+
+@dataclass
+class Ride:
+    """A finished round waiting for its central evaluation, which runs with the next round's training."""
+
+    params: np.ndarray
+    tasks: list
+    record: dict
+    started: float  # when the run started (records carry wall time since then)
 
 
 class Server:
@@ -81,12 +92,14 @@ class Server:
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
                  download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
                  partial_work: bool = False, epsilon_budget: float = 0.0, record_ledger=None,
+                 profile: Profile | None = None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
             raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
                               f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
         self.strategy = strategy
-        self.engine = engine
+        self.profile = profile  # where time goes (--profile): the engine books worker time, this loop its own
+        self.engine = ProfiledEngine(engine, profile) if profile is not None else engine
         # A summing protocol (secagg, ckks) is run by this loop; workers apply only the stages before it.
         self.secure = workload.pipeline.summing
         workload = replace(workload, pipeline=workload.pipeline.before_summing())
@@ -133,6 +146,7 @@ class Server:
                                     f"engine {type(engine).__name__} cannot carry")
             self.keeps_state = where == "task"
         self.client_states = client_states if client_states is not None else MemoryClientStates()
+        self._ride: Ride | None = None  # a finished round whose central evaluation rides with the next round
 
     def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
         """Train from `params` (a resumed run starts later, its clock at `sim_time`); returns the final params."""
@@ -143,8 +157,12 @@ class Server:
             for rnd in range(start_round, self.rounds + 1):
                 if self._over_budget(rnd):
                     break
+                before = self.profile.snapshot() if self.profile is not None else None
                 clip_norm = getattr(self.strategy, "clip_norm", None)
                 params, record = self.round_with_retries(rnd, params, sim_time)
+                if self._ride is not None:  # the round ran no task to carry it: evaluate on its own
+                    ride, self._ride = self._ride, None
+                    self._land(ride, self.engine.run(ride.params, ride.tasks))
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
                 if hasattr(self.strategy, "epsilon"):  # differential privacy: what the run has spent
@@ -152,13 +170,57 @@ class Server:
                 if self.record_ledger is not None:  # DP-SGD: the largest own ε of this round's clients
                     spent = self.record_ledger.epsilons(record.pop("dp_clients", []))
                     record["client_epsilon_max"] = float(spent.max()) if spent.size else None
+                if self._rides(rnd):  # its central evaluation runs with the next round's training
+                    record.update(self.evaluate(rnd, params, central=False))
+                    self.finish_record(record, started, before)  # its evaluation is booked to the next round
+                    self._ride = Ride(params, evaluation.shards(self.dataset, self.test_shard), record, started)
+                    continue
                 record.update(self.evaluate(rnd, params))
-                record["wall_time_s"] = time.perf_counter() - started
-                for callback in self.on_round:
-                    callback(record, params)
+                self._close(record, params, started, before)
         finally:
             self.engine.close()
         return params
+
+    def _close(self, record: dict, params: np.ndarray, started: float, before: Profile | None) -> None:
+        """A round is over: stamp its record and hand it to the callbacks (metrics, store, progress)."""
+        self.finish_record(record, started, before)
+        for callback in self.on_round:
+            callback(record, params)
+
+    def _rides(self, rnd: int) -> bool:
+        """Whether round `rnd`'s central evaluation can run in the same engine batch as round `rnd + 1`'s
+        training: that round trains from the very vector it evaluates, and nothing that a checkpoint
+        keeps (strategy or sampler state, privacy ledgers) changes before the evaluation lands."""
+        every = self.federated_eval_every
+        return (getattr(self.engine, "parallel", False) and rnd < self.rounds
+                and bool(self.eval_every) and rnd % self.eval_every == 0
+                and not (every and rnd % every == 0) and self.secure is None and not self.download.stages
+                and not hasattr(self.strategy, "state") and not hasattr(self.strategy, "broadcast")
+                and not hasattr(self.sampler, "state") and self.record_ledger is None and not self.epsilon_budget)
+
+    def _land(self, ride: Ride, outcomes) -> None:
+        """The riding evaluation is back: complete its round's record and close that round."""
+        result = evaluation.total(outcomes)
+        ride.record.update(test_accuracy=result.accuracy, test_loss=result.loss,
+                           test_top3_accuracy=result.top3_accuracy,
+                           wall_time_s=time.perf_counter() - ride.started)
+        for callback in self.on_round:
+            callback(ride.record, ride.params)
+
+    def _with_ride(self, outcomes: Iterable[Outcome]) -> Iterator[Outcome]:
+        """The round's own outcomes, after landing the evaluation that rode in front of them."""
+        ride, self._ride = self._ride, None
+        outcomes = iter(outcomes)
+        if ride is not None:
+            self._land(ride, [next(outcomes) for _ in ride.tasks])
+        yield from outcomes
+
+    def finish_record(self, record: dict, started: float, before: Profile | None) -> None:
+        """Stamp the wall time on a round's record and, when profiling, where the round's time went."""
+        record["wall_time_s"] = time.perf_counter() - started
+        if self.profile is not None:
+            self.profile.wall_s = record["wall_time_s"]
+            record["profile"] = self.profile.since(before).summary()
 
     def _over_budget(self, rnd: int) -> bool:
         """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""
@@ -260,7 +322,8 @@ class Server:
                                                                            len(outcome.value.payload))
 
         def updates() -> Iterator[ClientUpdate]:
-            outcomes: Iterable[Outcome] = self.engine.run(sent, tasks)
+            riding = self._ride.tasks if self._ride is not None and self.secure is None else []
+            outcomes: Iterable[Outcome] = self._with_ride(self.engine.run(sent, [*riding, *tasks]))
             if target is not None:  # the first K to arrive: every result is in before one is judged
                 outcomes = sorted(outcomes, key=lambda o: -1.0 if o.error is not None else arrival(o))
             for outcome in outcomes:
@@ -306,7 +369,13 @@ class Server:
             if secure is not None and tally["clients"]:
                 yield from self._unmask(rnd, secure, tally)
 
-        new_params = self.strategy.aggregate(rnd, params, updates())
+        if self.profile is None:
+            new_params = self.strategy.aggregate(rnd, params, updates())
+        else:  # aggregation is what the call takes beyond waiting for the engine and decoding
+            before, started = self.profile.snapshot(), time.perf_counter()
+            new_params = self.strategy.aggregate(rnd, params, updates())
+            spent = self.profile.since(before)
+            self.profile.aggregate_s += time.perf_counter() - started - spent.wait_s - spent.decode_s
         if remote:  # protocol messages the deployed round refused (malformed, misaddressed, ...)
             key = f"{self.secure.name}_rejected"  # secagg_rejected, ckks_rejected
             tally[key] = sum(secure.rejected.values())
@@ -431,12 +500,15 @@ class Server:
         reply = outcome.value
         tally["bytes_up"] += len(reply.payload)
         tally["bytes_up_raw"] += 4 * size  # what the update would weigh as raw float32
+        started = time.perf_counter()
         try:
             ctx = CodecContext(task.round, task.client_id, self.workload.seed)
             update = self.workload.pipeline.decode(reply.payload, ctx)
             problem = check_update(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
             problem = f"undecodable payload ({exc})"
+        if self.profile is not None:
+            self.profile.decode_s += time.perf_counter() - started
         if problem:
             kinds["rejected"] += 1
             self.rejected += 1
@@ -445,11 +517,12 @@ class Server:
         tally["clients"] += 1
         return ClientUpdate(task.client_id, update, reply.num_examples, reply.metrics)
 
-    def evaluate(self, rnd: int, params: np.ndarray) -> dict:
+    def evaluate(self, rnd: int, params: np.ndarray, central: bool = True) -> dict:
         """Central test-set figures (every `eval_every` rounds and the last), and federated ones."""
+        started = time.perf_counter()
         figures: dict = {"test_accuracy": None, "test_loss": None, "test_top3_accuracy": None}
         last = rnd == self.rounds
-        if last or (self.eval_every and rnd % self.eval_every == 0):
+        if central and (last or (self.eval_every and rnd % self.eval_every == 0)):
             total = evaluation.test_set(self.engine, params, self.dataset, self.test_shard)
             figures.update(test_accuracy=total.accuracy, test_loss=total.loss,
                            test_top3_accuracy=total.top3_accuracy)
@@ -458,6 +531,8 @@ class Server:
             figures["federated"] = self.federated_evaluate(params)
             if self.finetune is not None:
                 figures["personalized"] = self.federated_evaluate(params, self.finetune)
+        if self.profile is not None:
+            self.profile.evaluate_wall_s += time.perf_counter() - started
         return figures
 
     def federated_evaluate(self, params: np.ndarray, finetune: FitConfig | None = None) -> dict | None:

@@ -237,10 +237,10 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     factory, params, fit, finetune = client_side(config, dataset)
     (run_dir / "config.toml").write_text(to_toml(config))
     if engine is None or isinstance(engine, str):
-        engine = make_engine(engine or config.engine.name, config.engine.workers)
+        engine = make_engine(engine or config.engine.name, config.engine.workers, config.engine.address)
     elif getattr(engine, "client_state", None) == "device":
         raise ConfigError("decentralized.topology", "decentralized training runs in simulation only "
-                          "(engine.name = local | pool), not over remote clients")
+                          "(engine.name = local | pool | ray), not over remote clients")
     history = History(run_dir=run_dir)
     loop = Decentralized(engine, Workload(factory, dataset, Pipeline(), config.seed), adjacency,
                          rounds=config.server.rounds, fit=fit, choco=section.choco, gamma=section.gamma,

@@ -37,6 +37,8 @@ class FitReply:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     state: dict | None = field(default=None, repr=False)  # the client's new state, where the server keeps it
+    train_s: float = 0.0  # seconds in the trainer, then in the codecs (simulation engines measure them)
+    encode_s: float = 0.0
 
 
 @dataclass
@@ -77,6 +79,23 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def task_cost(task, dataset) -> float:
+    """A task's rough cost in example-passes, to start the longest first (forward and backward ≈ 3 forward)."""
+    if isinstance(task, EvalTask):
+        if task.client_id is None:
+            return float(task.stop - task.start)
+        tuning = 3 * task.finetune.samples(len(dataset.train_idx[task.client_id])) if task.finetune else 0
+        return float(len(dataset.holdout_idx[task.client_id]) + tuning)
+    return 3.0 * task.config.samples(len(dataset.train_idx[task.client_id]))
+
+
+def longest_first(tasks: list, dataset) -> list[int]:
+    """Task indices in the order to start them: longest first, so no worker is left with a long
+    task while the others idle at the end of a batch (LPT scheduling); ties keep task order."""
+    costs = [task_cost(t, dataset) for t in tasks]
+    return sorted(range(len(tasks)), key=lambda i: -costs[i])
+
+
 def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, params: np.ndarray) -> FitReply:
     """Train one client and encode its update; the one client-side path of every engine and device.
 
@@ -84,12 +103,15 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
     variate), each error-feedback codec's residual under its stage key.
     """
     state = task.state or {}
+    started = time.perf_counter()
     result = trainer.fit(params, data, task.config, state.get("trainer"))
+    trained = time.perf_counter()
     ctx = CodecContext(task.round, task.client_id, seed, task.config.clip_norm)
     payload, new_state = pipeline.encode_with_state(result.update, ctx, state)
     if result.state is not None:
         new_state["trainer"] = result.state
-    return FitReply(payload, result.num_examples, result.metrics, new_state or None)
+    return FitReply(payload, result.num_examples, result.metrics, new_state or None,
+                    trained - started, time.perf_counter() - trained)
 
 
 def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> Outcome:

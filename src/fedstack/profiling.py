@@ -1,0 +1,103 @@
+"""Where a run's time goes (`fedstack run --profile`): worker time by phase, server time by phase, idle time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .engine import EvalTask, Outcome, Workload
+
+
+@dataclass
+class Profile:
+    """Seconds spent, summed over the run.
+
+    Worker side (worker-seconds, summed over the engine's workers): `train_s` in the trainer,
+    `encode_s` in the client codecs, `evaluate_s` in evaluation tasks; `idle_s` is the rest of the
+    workers' capacity (workers × wall time): start-up, transport, load imbalance at the end of a
+    batch, and waiting while the server aggregates. Server side (wall seconds): `wait_s` blocked on
+    the engine (the workers, or the network for deployed clients), `decode_s` in the server's
+    codecs, `aggregate_s` in the strategy and the round's bookkeeping, `evaluate_wall_s` in
+    evaluation, `startup_s` starting the engine.
+    """
+
+    workers: int = 1
+    wall_s: float = 0.0
+    startup_s: float = 0.0
+    train_s: float = 0.0
+    encode_s: float = 0.0
+    evaluate_s: float = 0.0
+    wait_s: float = 0.0
+    decode_s: float = 0.0
+    aggregate_s: float = 0.0
+    evaluate_wall_s: float = 0.0
+
+    @property
+    def idle_s(self) -> float:
+        return max(0.0, self.workers * self.wall_s - self.train_s - self.encode_s - self.evaluate_s)
+
+    def summary(self) -> dict:
+        """The figures for summary.json and metrics.jsonl, rounded to milliseconds."""
+        figures = {**asdict(self), "idle_s": self.idle_s}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in figures.items()}
+
+    def since(self, earlier: Profile) -> Profile:
+        """What was spent after the snapshot `earlier` (a copy taken with `snapshot`)."""
+        values = {k: v - getattr(earlier, k) for k, v in asdict(self).items() if k != "workers"}
+        return Profile(workers=self.workers, **values)
+
+    def snapshot(self) -> Profile:
+        return Profile(**asdict(self))
+
+
+class ProfiledEngine:
+    """Wraps an Engine and books each outcome's seconds and the time its consumer waits into a Profile."""
+
+    def __init__(self, engine, profile: Profile):
+        self.engine = engine
+        self.profile = profile
+        profile.workers = getattr(engine, "workers", 1) or 1
+
+    @property
+    def client_state(self):
+        return getattr(self.engine, "client_state", None)
+
+    def __getattr__(self, name):  # anything else the loops look for (exchange, ...) is the engine's
+        return getattr(self.engine, name)
+
+    def start(self, workload: Workload) -> None:
+        started = time.perf_counter()
+        self.engine.start(workload)
+        self.profile.startup_s += time.perf_counter() - started
+        self.profile.workers = getattr(self.engine, "workers", 1) or 1  # Ray knows its count once started
+
+    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
+        outcomes = iter(self.engine.run(params, tasks))
+        try:
+            while True:
+                asked = time.perf_counter()
+                outcome = next(outcomes, None)
+                self.profile.wait_s += time.perf_counter() - asked
+                if outcome is None:
+                    return
+                self._book(outcome)
+                yield outcome
+        finally:  # a consumer that stops early stops the engine's iterator too (the pool drains)
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()
+
+    def _book(self, outcome: Outcome) -> None:
+        if isinstance(outcome.task, EvalTask):
+            self.profile.evaluate_s += outcome.seconds
+        elif outcome.value is not None and (outcome.value.train_s or outcome.value.encode_s):
+            self.profile.train_s += outcome.value.train_s
+            self.profile.encode_s += outcome.value.encode_s
+        else:  # a failed task, or a device that does not say: all of it counts as training
+            self.profile.train_s += outcome.seconds
+
+    def close(self) -> None:
+        self.engine.close()
