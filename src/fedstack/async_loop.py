@@ -32,6 +32,11 @@ Random choices come from the run seed: the sampler's draws keyed by (version, fi
 training seed by (version, client, start number), dropouts by (version, start number, client).
 A resumed run continues from its last update with nothing in flight (its clients start afresh),
 so it is deterministic but not bit-identical to a run that never stopped.
+
+Updates are validated as in the synchronous loop (`fedstack.server`), each as it arrives. There is no
+round to take a median norm over: with `max_norm_ratio` an update is judged against the median norm of
+itself and the last max(buffer_size, clients_per_round) updates that arrived before it. A simulated
+attack replaces a malicious client's update as it arrives (only the attacks that need no other update).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import heapq
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,7 +54,7 @@ from .codec import CodecContext
 from .engine import Outcome
 from .errors import ConfigError, FedstackError
 from .seeding import int_seed
-from .server import FAILURE_KINDS, SERVER_ID, Server
+from .server import FAILURE_KINDS, REJECT_REASONS, SERVER_ID, Server
 from .strategy import ClientUpdate, Task, broadcast
 
 log = logging.getLogger("fedstack.async")
@@ -93,6 +99,10 @@ class AsyncServer(Server):
             raise ConfigError("server.concurrency", f"asks {self.concurrency} clients at once of "
                               f"{self.dataset.num_clients}")
         self.buffer_size = buffer_size or (self.clients_per_round if getattr(strategy, "buffered", False) else 1)
+        if self.attack is not None and self.attack.colludes:
+            raise ConfigError("attack.name", f"{self.attack.name} crafts its update from the honest updates of a "
+                              "round; the asynchronous loop has no rounds of updates")
+        self.recent_norms: deque = deque(maxlen=max(self.buffer_size, self.clients_per_round))
 
     def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
         """Train from `params` until `rounds` server updates are done; returns the final params."""
@@ -133,7 +143,7 @@ class AsyncServer(Server):
     def _new_period(self) -> None:
         """Start counting what happens until the next server update."""
         self.tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "bytes_down": 0, "bytes_down_raw": 0,
-                      "partial": 0, "sampled": 0}
+                      "partial": 0, "sampled": 0, "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
         self.kinds = dict.fromkeys(FAILURE_KINDS, 0)
         self.states: dict[int, dict] = {}
 
@@ -182,6 +192,8 @@ class AsyncServer(Server):
         _, sent, download = self._model(self.version)
         task = self.strategy.configure(rnd, self.params, [cid])[0]
         task = replace(task, config=replace(task.config, seed=int_seed(seed, "client", rnd, cid, self.starts)))
+        if self.attack is not None:
+            task = self.attack.task(task)
         self.tally["sampled"] += 1
         self.tally["bytes_down"] += download
         self.tally["bytes_down_raw"] += sent.nbytes
@@ -242,7 +254,11 @@ class AsyncServer(Server):
         cid = flight.task.client_id
         observe = getattr(self.sampler, "observe", None)
         if flight.kind == "result":
-            update = self._accept(flight.outcome, self.models[flight.version][1].size, self.tally, self.kinds)
+            size = self.models[flight.version][1].size
+            update = self._accept(flight.outcome, size, self.tally, self.kinds)
+            if update is not None:
+                passed = self._screen(self.version + 1, [update], size, self.tally, self.kinds, self.recent_norms)
+                update = passed[0] if passed else None
             if update is not None:
                 update.staleness = self.version - flight.version
                 update.base = self.models[flight.version][0]

@@ -30,6 +30,7 @@ class FitConfig:
     dp_sgd: bool = False  # record-level DP: DP-SGD with per-example clipping and noise (Opacus)
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
+    flip_labels: int = 0  # a simulated label-flipping client (fedstack.attack): trains on y → C − 1 − y, C = this
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""

@@ -50,8 +50,22 @@ class ClientConfig(Section):
 
 
 class ServerConfig(Section):
+    # a robust rule's name (median, krum, ...) is FedAvg's server step behind that rule (fedstack.strategy.robust)
     strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
-                      "fedbuff", "fedasync"] = "fedavg"
+                      "fedbuff", "fedasync", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound",
+                      "centered_clip", "fltrust"] = "fedavg"
+    # a robust rule in front of another synchronous strategy's server step ("" = none)
+    aggregator: Literal["", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip",
+                        "fltrust"] = ""
+    byzantine: float = Field(0.2, ge=0)  # krum, multi_krum: f = ⌊byzantine · clients of the round⌋
+    krum_m: int = Field(0, ge=0)  # multi_krum: updates averaged (0 = n − f)
+    trim_beta: float = Field(0.2, ge=0)  # trimmed_mean: fraction dropped at each end of every coordinate (< 0.5)
+    norm_bound: float = Field(0.0, ge=0)  # norm_bound: L2 bound of each update (0 = the round's median norm)
+    clip_tau: float = Field(0.0, ge=0)  # centered_clip: clipping radius τ (0 = the median distance to the center)
+    clip_iters: int = Field(1, ge=1)  # centered_clip: iterations per round
+    root_examples: int = Field(100, ge=1)  # fltrust: size of the server's root dataset
+    # Update validation: reject an update whose L2 norm exceeds this × the median norm of its round (0 = off)
+    max_norm_ratio: float = Field(0.0, ge=0)
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)
@@ -131,6 +145,19 @@ class PrivacyConfig(Section):
     clip_count_stddev: float = Field(0.0, ge=0)  # adaptive clipping: noise on the clipped count (0 = clients/20)
 
 
+class AttackConfig(Section):
+    """Simulated Byzantine clients (fedstack.attack): who is malicious and what they do."""
+
+    name: Literal["", "sign_flip", "gaussian", "scale", "label_flip", "alie", "ipm"] = ""  # "" = no attack
+    fraction: float = Field(0.0, ge=0, le=1)  # share of all clients that are malicious, drawn with the run seed
+    ids: list[int] = []  # or exactly these clients
+    scale: float = Field(0.0, ge=0)  # sign_flip: −scale·Δ; gaussian: std; scale: boost γ (0 = the attack's default)
+    collude: bool = True  # alie, ipm: the round's malicious clients pool their honest updates
+    omniscient: bool = False  # alie, ipm: they see every honest update of the round
+    z: float = Field(0.0, ge=0)  # alie: std-deviations of the shift (0 = Baruch et al.'s z_max from n and f)
+    epsilon: float = Field(0.1, gt=0)  # ipm: the malicious update is −epsilon × the honest mean
+
+
 class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
@@ -152,6 +179,7 @@ class Config(Section):
     decentralized: DecentralizedConfig = DecentralizedConfig()
     systems: SystemsConfig = SystemsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    attack: AttackConfig = AttackConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -204,6 +232,7 @@ def validate(tree: dict) -> Config:
                           f"server.clients_per_round = {config.server.clients_per_round}")
     _validate_systems(config, serverless)
     _validate_privacy(config, serverless)
+    _validate_robustness(config, serverless)
     if config.engine.address and config.engine.name != "ray":
         raise ConfigError("engine.address", f"a Ray cluster's address needs engine.name = \"ray\", "
                           f"not \"{config.engine.name}\"")
@@ -334,6 +363,79 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
     if p.target_quantile and any(stage not in ("clip", "zstd") for stage in pipeline):
         raise ConfigError("privacy.target_quantile", "adaptive clipping counts the updates that were clipped from "
                           "their norms, so only lossless stages (zstd) may follow \"clip\"")
+
+
+def robust_rule(server: ServerConfig) -> str:
+    """The robust aggregation rule a `[server]` section asks for ("" = none)."""
+    from .strategy.robust import RULES
+
+    return server.strategy if server.strategy in RULES else server.aggregator
+
+
+def _validate_robustness(config: Config, serverless: bool) -> None:
+    """Robust rules, attacks and update validation: refused where their bounds or assumptions fail."""
+    from .strategy.robust import HONEST_MAJORITY, RULES
+
+    server, attack, pipeline = config.server, config.attack, config.codec.pipeline
+    rule = robust_rule(server)
+    if server.aggregator:
+        if server.strategy in RULES:
+            raise ConfigError("server.aggregator", f"server.strategy = \"{server.strategy}\" is a robust rule "
+                              f"already; put \"{server.aggregator}\" in server.strategy, or a server optimizer there")
+        if server.strategy in ("scaffold", "fedbuff", "fedasync"):
+            raise ConfigError("server.aggregator", f"a robust rule needs a synchronous strategy that averages "
+                              f"client updates; {server.strategy} cannot take one")
+    key = "server.aggregator" if server.aggregator else "server.strategy"
+    if rule and serverless:
+        raise ConfigError(key, "robust aggregation is for runs with a server, not decentralized ones")
+    if rule and {"secagg", "ckks"} & set(pipeline):
+        raise ConfigError(key, f"{rule} needs each client's update; secure aggregation gives only their sum")
+    if rule and private(config):
+        raise ConfigError(key, f"{rule} with differential privacy is not supported (DP-FedAvg's noise and "
+                          "accounting assume the clipped mean)")
+    if 0 < server.max_norm_ratio < 1:
+        raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1: below 1 it rejects about half "
+                          f"of every round's updates, got {server.max_norm_ratio}")
+    if rule == "trimmed_mean" and server.trim_beta >= 0.5:
+        raise ConfigError("server.trim_beta", f"trimmed_mean drops ⌊β·n⌋ updates from each end of every "
+                          f"coordinate and needs β < 0.5, got β = {server.trim_beta}")
+    if rule in ("krum", "multi_krum"):
+        f = math.floor(server.byzantine * server.clients_per_round)
+        if server.clients_per_round <= 2 * f + 2:
+            raise ConfigError("server.byzantine", f"{rule} needs n > 2f + 2: with n = server.clients_per_round "
+                              f"= {server.clients_per_round} and f = ⌊{server.byzantine} · n⌋ = {f} it is not "
+                              f"(raise server.clients_per_round to {2 * f + 3} or lower server.byzantine)")
+        if server.krum_m > server.clients_per_round:
+            raise ConfigError("server.krum_m", f"multi_krum averages m <= n = {server.clients_per_round} updates, "
+                              f"got {server.krum_m}")
+    if not attack.name:
+        if attack.fraction or attack.ids:
+            raise ConfigError("attack.name", "malicious clients need an attack: set attack.name (sign_flip, "
+                              "gaussian, scale, label_flip, alie, ipm)")
+        return
+    if serverless:
+        raise ConfigError("attack.name", "attacks are simulated against a server; decentralized runs have none")
+    if attack.fraction and attack.ids:
+        raise ConfigError("attack.ids", "give either attack.fraction or attack.ids, not both")
+    clients = config.data.num_clients
+    bad = [i for i in attack.ids if not 0 <= i < clients]
+    if bad:
+        raise ConfigError("attack.ids", f"client ids must be in [0, {clients}), got {bad}")
+    share = attack.fraction or len(set(attack.ids)) / clients
+    if share == 0:
+        raise ConfigError("attack.fraction", f"attack.name = \"{attack.name}\" needs malicious clients: set "
+                          "attack.fraction > 0 or attack.ids")
+    if rule in HONEST_MAJORITY and share >= 0.5:
+        which = "attack.fraction" if attack.fraction else "attack.ids"
+        raise ConfigError(which, f"{rule} is robust only while fewer than half of the clients are Byzantine "
+                          f"(malicious share < 0.5), got {share:g}")
+    asynchronous = server.strategy in ("fedbuff", "fedasync")
+    if asynchronous and attack.name in ("alie", "ipm"):
+        raise ConfigError("attack.name", f"{attack.name} crafts its update from the honest updates of a round; "
+                          "the asynchronous loop has no rounds of updates")
+    if attack.name != "label_flip" and {"secagg", "ckks"} & set(pipeline):
+        raise ConfigError("attack.name", f"{attack.name} tampers with decoded updates, which secure aggregation "
+                          "never shows the server; only label_flip (a data attack) applies")
 
 
 def _validate_systems(config: Config, serverless: bool) -> None:

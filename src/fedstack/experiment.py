@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +15,13 @@ import numpy as np
 from . import __version__
 from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
-from .config import Config, codec_options, private, to_toml
+from .attack import build_attack
+from .config import Config, codec_options, private, robust_rule, to_toml
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
-from .seeding import int_seed
+from .seeding import int_seed, rng
 from .async_loop import AsyncServer
 from .server import Server
 from .store import RunStore
@@ -27,6 +29,7 @@ from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, 
 from .privacy import RecordLevelLedger
 from .profiling import Profile
 from .strategy.private import Private
+from .strategy.robust import RootUpdate
 from .systems import SystemModel, build_system
 
 
@@ -56,7 +59,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
              download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
              overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
              buffer_size: int = 0, epsilon_budget: float = 0.0, record_ledger=None,
-             profile: bool = False) -> History:
+             profile: bool = False, max_norm_ratio: float = 0.0, attack=None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
@@ -72,6 +75,9 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     (see fedstack.server). An asynchronous strategy (FedBuff, FedAsync) runs in the
     asynchronous loop instead, `concurrency` clients at a time, `buffer_size` updates per
     server step (see fedstack.async_loop).
+
+    `max_norm_ratio` (> 0) rejects updates longer than that many times their round's median norm;
+    `attack` (a fedstack.attack.Attack) makes some clients malicious, unknown to the strategy.
     """
     if clients_per_round > dataset.num_clients:
         raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
@@ -106,7 +112,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                   sampler=sampler, client_states=store, finetune=finetune, download=download,
                   system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
                   epsilon_budget=epsilon_budget, record_ledger=record_ledger, on_round=callbacks,
-                  profile=Profile() if profile else None)
+                  profile=Profile() if profile else None, max_norm_ratio=max_norm_ratio, attack=attack)
     try:
         history.params = server.run(params, start_round, sim_time)
         if getattr(server, "stopped", None):
@@ -169,6 +175,7 @@ def summarize(history: History, seed: int, config: dict) -> dict:
                                        sum(r["bytes_down"] for r in rounds)),
             "failures_total": sum(r["failures"] for r in rounds),
             "failures_by_kind": _kinds(rounds),
+            "rejected_by_reason": _kinds(rounds, "rejected_by_reason"),
             "federated": federated,
             "personalized": personalized,
         },
@@ -180,11 +187,12 @@ def summarize(history: History, seed: int, config: dict) -> dict:
     }
 
 
-def _kinds(rounds: list[dict]) -> dict[str, int]:
-    """Failures of the whole run by kind (dropout, deadline, unavailable, error, rejected)."""
+def _kinds(rounds: list[dict], key: str = "failures_by_kind") -> dict[str, int]:
+    """Failures of the whole run by kind (dropout, deadline, unavailable, error, rejected), or the
+    counts of another such dict of the round records (`rejected_by_reason`)."""
     totals: dict[str, int] = {}
     for r in rounds:
-        for kind, count in (r.get("failures_by_kind") or {}).items():
+        for kind, count in (r.get(key) or {}).items():
             totals[kind] = totals.get(kind, 0) + count
     return totals
 
@@ -297,7 +305,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
         sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)
     run_dir = prepare_run_dir(out)
     factory, params, fit, finetune = client_side(config, dataset)
-    strategy = build_strategy(config.server, fit, dataset.num_clients)
+    root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
+    strategy = build_strategy(config.server, fit, dataset.num_clients, root=root)
     if private(config):
         strategy = private_strategy(config, strategy, dataset.num_clients)
     (run_dir / "config.toml").write_text(to_toml(config))
@@ -315,7 +324,30 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     concurrency=config.server.concurrency, buffer_size=config.server.buffer_size,
                     epsilon_budget=config.privacy.epsilon_budget,
                     record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
-                    if config.client.dp_sgd else None, profile=profile)
+                    if config.client.dp_sgd else None, profile=profile,
+                    max_norm_ratio=config.server.max_norm_ratio,
+                    attack=build_attack(config.attack, dataset.num_clients, dataset.num_classes, config.seed,
+                                        config.server.clients_per_round))
+
+
+def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:
+    """FLTrust's server update on `server.root_examples` training examples drawn with the run seed.
+
+    Cao et al.'s server collects a small clean dataset of its own; a simulation takes it from the
+    training pool (so it may overlap clients' data). The server takes as many local steps as the
+    median client does under `fit`.
+    """
+    from .data.dataset import ClientData
+
+    k = config.server.root_examples
+    pool = len(dataset.y)
+    if k > pool:
+        raise ConfigError("server.root_examples", f"{k} root examples, but the training data holds {pool}")
+    idx = np.sort(rng(config.seed, "root").choice(pool, size=k, replace=False))
+    typical = int(np.median(dataset.train_idx.sizes()))
+    steps = fit.local_steps or fit.epochs * max(1, math.ceil(typical / fit.batch_size))
+    data = ClientData(dataset.x, dataset.y, idx, np.zeros(0, dtype=np.int64))
+    return RootUpdate(factory, data, fit, steps, config.seed)
 
 
 def private_strategy(config: Config, strategy: Strategy, num_clients: int) -> Private:
@@ -338,3 +370,5 @@ def _refuse_simulated_fleet(config: Config) -> None:
         if simulated:
             raise ConfigError(key, "simulated device fleets and their deadlines are simulation-only; a deployed "
                               "server samples among connected clients and waits --deadline for each")
+    if config.attack.name:
+        raise ConfigError("attack.name", "attacks are simulated; a deployed server's clients are whoever connects")

@@ -128,9 +128,24 @@ def plot_report(run_dir) -> Path:
         total += mb
         cumulative_up[m["round"]] = total
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    acc_ax, loss_ax, bytes_ax, curve_ax, time_ax, privacy_ax = axes.flat
     private = [m for m in metrics if m.get("epsilon") is not None or m.get("client_epsilon_max") is not None]
+    rejections = rejections_per_round(metrics)
+    # A seventh panel when there is something in it: rejected updates per round, by reason.
+    columns = 4 if rejections else 3
+    fig, axes = plt.subplots(2, columns, figsize=(16 * columns / 3, 8))
+    acc_ax, loss_ax, bytes_ax = axes[0, :3]
+    curve_ax, time_ax, privacy_ax = axes[1, :3]
+    if rejections:
+        rejected_ax = axes[0, 3]
+        axes[1, 3].axis("off")
+        bottom = [0] * len(rounds)
+        for reason, counts in rejections.items():
+            rejected_ax.bar(rounds, counts, bottom=bottom, label=reason)
+            bottom = [b + c for b, c in zip(bottom, counts)]
+        rejected_ax.set(title="Rejected updates per round", xlabel="round", ylabel="updates")
+        rejected_ax.legend()
+        rejected_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        rejected_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if private:  # differential privacy: what the run has spent, round by round
         for key, label in (("epsilon", "ε of the run (client level)"),
                            ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
@@ -191,6 +206,16 @@ def plot_report(run_dir) -> Path:
     return path
 
 
+def rejections_per_round(metrics: list[dict]) -> dict[str, list[int]]:
+    """Rejected updates of each round by reason (`rejected_by_reason`), for the reasons that occurred."""
+    reasons: dict[str, list[int]] = {}
+    for i, m in enumerate(metrics):
+        for reason, count in (m.get("rejected_by_reason") or {}).items():
+            if count:
+                reasons.setdefault(reason, [0] * len(metrics))[i] = count
+    return reasons
+
+
 def summary_table(summary: dict, metrics: list[dict]) -> Table:
     """Build a two-column table (figure, value) of a run's headline results."""
     from rich.table import Table  # rich and matplotlib load on use so importing this module stays fast
@@ -228,6 +253,12 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     table.add_row("wall time", _seconds(final.get("wall_time_s")))
     table.add_row("simulated time", _seconds(final.get("sim_time_s")))
     table.add_row("failures", str(final.get("failures_total", 0)))
+    rejections = rejections_per_round(metrics)
+    if rejections:
+        by_reason = ", ".join(f"{reason} {sum(counts)}" for reason, counts in rejections.items())
+        table.add_row("rejected updates", f"{sum(map(sum, rejections.values()))} ({by_reason})")
+        per_round = [(m["round"], sum(counts[i] for counts in rejections.values())) for i, m in enumerate(metrics)]
+        table.add_row("rejected per round", " ".join(f"r{r}:{n}" for r, n in per_round if n))
     for label, value in profile_rows(summary.get("profile")):
         table.add_row(label, value)
     table.add_row("seed", str(summary.get("seed", "-")))

@@ -25,6 +25,14 @@ A round with fewer than `min_clients` accepted results is tried again (other cli
 starting when the failed attempt ended, up to `round_retries` times; its time is the sum of its
 attempts'. Failures are counted by kind (`failures_by_kind`: dropout, deadline, unavailable, error
 — the client raised —, rejected — a malformed update); `failures` is their total.
+
+Update validation, always on, for every strategy (`update_problem`): an update that does not decode,
+has the wrong length, is not float32, holds NaN/inf or comes with a negative weight is rejected and
+never aggregated; with `max_norm_ratio` > 0 so is one whose L2 norm exceeds that many times the median
+norm of its round's updates (a round-level check: the round's accepted updates are then held until
+the last has arrived, and judged together). Rejections are counted by reason in `rejected_by_reason`
+(`REJECT_REASONS`) and each is logged. A simulated attack (`fedstack.attack`) replaces the malicious
+clients' updates after decoding and before these checks, so validation judges what they send.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
@@ -48,6 +57,7 @@ from .seeding import int_seed
 from .store import MemoryClientStates
 from .strategy import (ClientUpdate, Strategy, broadcast, needs_client_state, restore_strategy_state,
                        strategy_state)
+from .strategy.robust import sq_norm
 from .systems import UniformSystem
 
 log = logging.getLogger("fedstack.server")
@@ -56,6 +66,9 @@ log = logging.getLogger("fedstack.server")
 SERVER_ID = 2**32 - 1
 # How a sampled client can fail to contribute, as counted in each round's `failures_by_kind`.
 FAILURE_KINDS = ("dropout", "deadline", "unavailable", "error", "rejected")
+# Why an update was rejected, as counted in each round's `rejected_by_reason` (protocol: a deployed
+# secure round refused the client's masked input or ciphertext).
+REJECT_REASONS = ("undecodable", "shape", "dtype", "non_finite", "weight", "norm", "protocol")
 
 
 @dataclass
@@ -82,6 +95,8 @@ class Server:
 
     `system` is the simulated fleet (default: equal devices that never fail); `deadline_s`,
     `overselect` and `partial_work` shape rounds on its clock as the module docstring says.
+    `max_norm_ratio` (> 0) rejects updates longer than that many times their round's median norm;
+    `attack` (simulation only) poisons the malicious clients' tasks and updates (fedstack.attack).
     """
 
     asynchronous = False  # which kind of strategy this loop runs (fedstack.async_loop runs the others)
@@ -92,7 +107,7 @@ class Server:
                  system=None, round_retries: int = 2, client_states=None, finetune: FitConfig | None = None,
                  download: Pipeline | None = None, deadline_s: float = 0.0, overselect: float = 0.0,
                  partial_work: bool = False, epsilon_budget: float = 0.0, record_ledger=None,
-                 profile: Profile | None = None,
+                 profile: Profile | None = None, max_norm_ratio: float = 0.0, attack=None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
         if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
             raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
@@ -131,6 +146,13 @@ class Server:
             raise ConfigError("server.overselect", f"asks {self.sample_size} clients of {self.dataset.num_clients}")
         self.on_round = list(on_round or [])
         self.rejected = 0
+        if 0 < max_norm_ratio < 1:
+            raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1, got {max_norm_ratio}")
+        if self.secure is not None and (max_norm_ratio or (attack is not None and attack.tampers)):
+            raise ConfigError("server.max_norm_ratio" if max_norm_ratio else "attack.name",
+                              "secure aggregation never shows the server a client's update")
+        self.max_norm_ratio = float(max_norm_ratio)
+        self.attack = attack
         self.epsilon_budget = epsilon_budget
         self.record_ledger = record_ledger  # DP-SGD clients: each one's own ε (privacy.RecordLevelLedger)
         self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
@@ -241,6 +263,7 @@ class Server:
         totals = {"failures": 0, "bytes_up": 0, "bytes_down": 0, "bytes_up_raw": 0, "bytes_down_raw": 0,
                   "round_sim_s": 0.0, "sampled": 0, "overselected": 0}
         kinds = dict.fromkeys(FAILURE_KINDS, 0)
+        reasons = dict.fromkeys(REJECT_REASONS, 0)
         for attempt in range(self.round_retries + 1):
             before = strategy_state(self.strategy)
             new_params, record = self.round(rnd, params, attempt, start + totals["round_sim_s"])
@@ -251,6 +274,8 @@ class Server:
                 totals[key] += record[key]
             for kind, count in record["failures_by_kind"].items():
                 kinds[kind] += count
+            for reason, count in record["rejected_by_reason"].items():
+                reasons[reason] += count
             if record["clients"] >= self.min_clients:
                 if states:
                     self.client_states.put(rnd, states)
@@ -258,7 +283,8 @@ class Server:
             restore_strategy_state(self.strategy, before)  # an attempt that did not count leaves no trace
             log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, record["clients"],
                         self.min_clients, "retrying" if attempt < self.round_retries else "global model kept")
-        return new_params, {**record, **totals, "failures_by_kind": kinds, "attempts": attempt + 1}
+        return new_params, {**record, **totals, "failures_by_kind": kinds, "rejected_by_reason": reasons,
+                            "attempts": attempt + 1}
 
     def round(self, rnd: int, params: np.ndarray, attempt: int = 0,
               start: float = 0.0) -> tuple[np.ndarray, dict]:
@@ -294,12 +320,15 @@ class Server:
                     partial.add(cid)
                 task = fitted
             tasks.append(task)
+        if self.attack is not None:  # simulation: malicious clients' tasks (data attacks train on flipped labels)
+            tasks = [self.attack.task(t) for t in tasks]
         if self.keeps_state:
             tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
         if kinds["unavailable"] or kinds["dropout"] or kinds["deadline"]:
             log.info("round %d: %d sampled, %d offline, %d dropped out, %d cannot finish a step by the deadline",
                      rnd, len(ids), kinds["unavailable"], kinds["dropout"], kinds["deadline"])
-        tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0}
+        tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0,
+                 "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
         dp_clients: list[int] = []  # DP-SGD clients that trained in this attempt
         secure = self._secure_round(rnd, attempt, reached)
         if self.secure is not None:
@@ -314,6 +343,20 @@ class Server:
         target = self.clients_per_round if self.overselect > 0 else None
         clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
         observe = getattr(self.sampler, "observe", None)  # a sampler that learns from outcomes (oort)
+        # Round-level checks and update attacks need the round's updates at once: hold them until the last.
+        hold = self.secure is None and (self.max_norm_ratio > 0 or (self.attack is not None and self.attack.tampers))
+        held: list[tuple[ClientUpdate, object]] = []  # (update, its client's new state)
+
+        def deliver(update: ClientUpdate, state) -> Iterator[ClientUpdate]:
+            """An update that passed every check: keep its client's new state, hand the update on."""
+            if self.keeps_state and state is not None:
+                states[update.client_id] = state
+            if update.client_id in partial:
+                tally["partial"] += 1
+            if secure is None:
+                yield update
+            elif not remote:  # the client's simulated device masks it; the server will see only the sum
+                secure.submit(update.client_id, update.update)
 
         def arrival(outcome: Outcome) -> float:
             """Seconds after `now` at which a client's result reaches the server."""
@@ -353,19 +396,22 @@ class Server:
                                            update.metrics["dp_sample_rate"], config.dp_noise_multiplier)
                     dp_clients.append(update.client_id)
                 if update is not None:
-                    if self.keeps_state and outcome.value.state is not None:
-                        states[update.client_id] = outcome.value.state
-                    if update.client_id in partial:
-                        tally["partial"] += 1
                     if observe is not None:
                         observe(rnd, update.client_id, num_examples=update.num_examples,
                                 loss=update.metrics.get("train_loss"), duration_s=seconds)
                     clock["last"] = max(clock["last"], seconds)
                     clock["full"] = target is not None and tally["clients"] >= target
-                    if secure is None:
-                        yield update
-                    elif not remote:  # the client's simulated device masks it; the server will see only the sum
-                        secure.submit(update.client_id, update.update)
+                    if hold:
+                        held.append((update, outcome.value.state))
+                    else:
+                        yield from deliver(update, outcome.value.state)
+            if held:
+                state_of = {u.client_id: state for u, state in held}
+                passed = deque(self._screen(rnd, [u for u, _ in held], sent.size, tally, kinds))
+                held.clear()  # from here each update lives only until the strategy has taken it
+                while passed:
+                    update = passed.popleft()
+                    yield from deliver(update, state_of[update.client_id])
             if secure is not None and tally["clients"]:
                 yield from self._unmask(rnd, secure, tally)
 
@@ -381,6 +427,7 @@ class Server:
             tally[key] = sum(secure.rejected.values())
             if tally[key]:
                 log.warning("round %d: %s rejected %s", rnd, self.secure.name, dict(secure.rejected))
+        figures = self.strategy.round_figures() if hasattr(self.strategy, "round_figures") else {}
         if tally["clients"] < self.min_clients:
             new_params = params
         duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s
@@ -388,7 +435,7 @@ class Server:
                   "sampled": len(ids), "overselected": clock["overselected"],
                   "bytes_down": download * len(reached) + (secure.bytes_down if secure else 0),
                   "bytes_down_raw": sent.nbytes * len(reached),
-                  "round_sim_s": waited + duration, "client_states": states, "dp_clients": dp_clients}
+                  "round_sim_s": waited + duration, "client_states": states, "dp_clients": dp_clients, **figures}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
     def _secure_round(self, rnd: int, attempt: int, cohort: list[int]):
@@ -432,9 +479,8 @@ class Server:
         tally["bytes_up"] += len(reply.payload)
         tally["bytes_up_raw"] += 4 * size
         if not secure.collect(task.client_id, reply.payload, size):
-            kinds["rejected"] += 1
-            self.rejected += 1
-            log.warning("round %d: rejected the protected update of client %d", task.round, task.client_id)
+            self._reject(task.round, task.client_id, "protocol", "the secure round refused its protected update",
+                         tally, kinds)
             return None
         tally["clients"] += 1
         return ClientUpdate(task.client_id, np.empty(0, dtype=np.float32), reply.num_examples, reply.metrics)
@@ -504,18 +550,54 @@ class Server:
         try:
             ctx = CodecContext(task.round, task.client_id, self.workload.seed)
             update = self.workload.pipeline.decode(reply.payload, ctx)
-            problem = check_update(update, size, reply.num_examples)
+            problem = update_problem(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
-            problem = f"undecodable payload ({exc})"
+            problem = ("undecodable", f"undecodable payload ({exc})")
         if self.profile is not None:
             self.profile.decode_s += time.perf_counter() - started
         if problem:
-            kinds["rejected"] += 1
-            self.rejected += 1
-            log.warning("round %d: rejected update from client %d: %s", task.round, task.client_id, problem)
+            self._reject(task.round, task.client_id, *problem, tally, kinds)
             return None
         tally["clients"] += 1
         return ClientUpdate(task.client_id, update, reply.num_examples, reply.metrics)
+
+    def _reject(self, rnd: int, client_id: int, reason: str, message: str, tally: dict, kinds: dict,
+                counted: bool = False) -> None:
+        """Count and log a rejected update (`counted`: it had been accepted into the round's clients)."""
+        kinds["rejected"] += 1
+        self.rejected += 1
+        tally["rejected_by_reason"][reason] += 1
+        if counted:
+            tally["clients"] -= 1
+        log.warning("round %d: rejected update from client %d (%s): %s", rnd, client_id, reason, message)
+
+    def _screen(self, rnd: int, updates: list[ClientUpdate], size: int, tally: dict, kinds: dict,
+                recent: deque | None = None) -> list[ClientUpdate]:
+        """The updates that pass the round-level checks, in order, after a simulated attack replaced the
+        malicious clients' (an attacker's vector is checked like any). The norm bound compares each
+        update with the median norm of `updates` (and of the `recent` norms, which it extends)."""
+        if self.attack is not None and self.attack.tampers:
+            honest, updates = updates, []
+            for before, u in zip(honest, self.attack.tamper(rnd, honest)):
+                problem = update_problem(u.update, size, u.num_examples) if u is not before else None
+                if problem:
+                    self._reject(rnd, u.client_id, *problem, tally, kinds, counted=True)
+                else:
+                    updates.append(u)
+        if not self.max_norm_ratio or not updates:
+            return updates
+        norms = np.sqrt([sq_norm(u.update) for u in updates])
+        median = float(np.median(norms if recent is None else np.r_[list(recent), norms]))
+        if recent is not None:
+            recent.extend(norms.tolist())
+        passed = []
+        for u, norm in zip(updates, norms):
+            if norm > self.max_norm_ratio * median:
+                self._reject(rnd, u.client_id, "norm", f"L2 norm {norm:.4g} > server.max_norm_ratio = "
+                             f"{self.max_norm_ratio:g} × the median {median:.4g}", tally, kinds, counted=True)
+            else:
+                passed.append(u)
+        return passed
 
     def evaluate(self, rnd: int, params: np.ndarray, central: bool = True) -> dict:
         """Central test-set figures (every `eval_every` rounds and the last), and federated ones."""
@@ -540,12 +622,21 @@ class Server:
         return evaluation.per_client(self.engine, params, self.dataset, self.workload.seed, finetune)
 
 
-def check_update(update: np.ndarray, size: int, num_examples: int) -> str | None:
-    """Why a decoded update may not touch the aggregate (wrong length, NaN/inf, bad weight), or None."""
+def update_problem(update: np.ndarray, size: int, num_examples: int) -> tuple[str, str] | None:
+    """(reason, message) why a decoded update may not touch the aggregate — wrong length ("shape"), not
+    float32 ("dtype"), NaN/inf ("non_finite"), negative weight ("weight") —, or None."""
     if not isinstance(update, np.ndarray) or update.shape != (size,):
-        return f"expected {size} values, got shape {getattr(update, 'shape', None)}"
+        return "shape", f"expected {size} values, got shape {getattr(update, 'shape', None)}"
+    if update.dtype != np.float32:
+        return "dtype", f"expected float32 values, got {update.dtype}"
     if not np.isfinite(update).all():
-        return "non-finite values"
+        return "non_finite", "non-finite values"
     if num_examples < 0:
-        return f"negative num_examples {num_examples}"
+        return "weight", f"negative num_examples {num_examples}"
     return None
+
+
+def check_update(update: np.ndarray, size: int, num_examples: int) -> str | None:
+    """Why a decoded update may not touch the aggregate (`update_problem`'s message), or None."""
+    problem = update_problem(update, size, num_examples)
+    return problem[1] if problem else None

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Protocol, Union
 
 import numpy as np
 
+from ..attack import flipped
 from ..client import EvalResult, FitConfig, Trainer
 from ..codec import CodecContext, Pipeline
 from ..strategy import Task
@@ -103,6 +104,8 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
     variate), each error-feedback codec's residual under its stage key.
     """
     state = task.state or {}
+    if task.config.flip_labels:  # a simulated malicious client poisons its own data (fedstack.attack)
+        data = flipped(data, task.config.flip_labels)
     started = time.perf_counter()
     result = trainer.fit(params, data, task.config, state.get("trainer"))
     trained = time.perf_counter()

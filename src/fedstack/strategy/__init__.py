@@ -5,17 +5,27 @@ from .base import (ClientUpdate, Strategy, Task, WeightedSum, broadcast, needs_c
 from .asynchronous import FedAsync, FedBuff, staleness_weight
 from .fedavg import FedAvg
 from .fedopt import ADAPTIVE, FedOpt
+from .robust import RULES, Robust, RootUpdate
 from .scaffold import Scaffold
 
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES)
 
 
-def build_strategy(server, fit, num_clients: int) -> Strategy:
+def build_strategy(server, fit, num_clients: int, root=None) -> Strategy:
     """The strategy named by the `server` config section, giving clients the local work `fit`.
 
     FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
     clients add the proximal term `client.mu`; the server side is the same weighted average.
+    A robust rule (`server.strategy` = "median", ..., or `server.aggregator` in front of another
+    strategy) is `Robust` around that server step; FLTrust's needs the server's `root` update.
     """
+    rule = server.strategy if server.strategy in RULES else server.aggregator
+    if rule:
+        inner = build_strategy(server.model_copy(update={"strategy": "fedavg" if server.strategy in RULES
+                                                         else server.strategy, "aggregator": ""}), fit, num_clients)
+        return Robust(inner, rule, capacity=server.clients_per_round, byzantine=server.byzantine,
+                      krum_m=server.krum_m, trim_beta=server.trim_beta, norm_bound=server.norm_bound,
+                      clip_tau=server.clip_tau, clip_iters=server.clip_iters, root=root)
     if server.strategy in ("fedavg", "fedprox"):
         return FedAvg(fit, server_lr=server.server_lr)
     if server.strategy == "fedbuff":
@@ -28,5 +38,5 @@ def build_strategy(server, fit, num_clients: int) -> Strategy:
                   beta1=server.beta1, beta2=server.beta2, tau=server.tau)
 
 __all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "FedBuff", "FedAsync",
-           "staleness_weight", "Scaffold", "STRATEGIES",
+           "staleness_weight", "Scaffold", "STRATEGIES", "Robust", "RootUpdate", "RULES",
            "build_strategy", "strategy_state", "restore_strategy_state", "broadcast", "needs_client_state"]
