@@ -11,7 +11,6 @@ evaluation (the on_round callback of the last round).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,11 +24,8 @@ from common import default_workload  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--model", required=True)
+    parser = peerlib.arguments(__doc__)
     parser.add_argument("--workers", type=int, default=0, help="pool workers (0 = one per core)")
-    parser.add_argument("--params-out")
     args = parser.parse_args()
     peerlib.one_thread()
     import fedstack

@@ -28,7 +28,6 @@ last evaluation; Ray's shutdown is only in the whole-process time vs_peers.py me
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -112,11 +111,8 @@ def make_apps(inputs: peerlib.Inputs, inputs_dir: str, record: dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--model", required=True)
+    parser = peerlib.arguments(__doc__)
     parser.add_argument("--actors", type=int, default=1, help="Ray CPUs = actors (one CPU per actor)")
-    parser.add_argument("--params-out")
     parser.add_argument("--ray-temp", default=f"/tmp/vsp-ray-{os.getpid()}")
     args = parser.parse_args()
     peerlib.one_thread()

@@ -116,6 +116,17 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[floa
     return correct / len(y), loss / len(y)
 
 
+def arguments(doc: str):
+    """The parser every peer script shares (--inputs, --model, --params-out); a peer adds its own options."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--inputs", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--params-out")
+    return parser
+
+
 def one_thread() -> None:
     """One torch thread in this process, as in every process of every peer."""
     import torch

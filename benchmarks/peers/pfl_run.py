@@ -32,7 +32,6 @@ start of the processes and pfl's rendezvous (at import), counted in the whole-pr
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import time
@@ -43,10 +42,7 @@ import peerlib
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--params-out")
+    parser = peerlib.arguments(__doc__)
     args = parser.parse_args()
     peerlib.one_thread()
     import torch

@@ -9,7 +9,6 @@ from its first client to the end of its last evaluation.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,10 +23,7 @@ from overhead import plain_loop  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--params-out")
+    parser = peerlib.arguments(__doc__)
     args = parser.parse_args()
     peerlib.one_thread()
     import torch

@@ -61,11 +61,7 @@ class ProfiledEngine:
         self.profile = profile
         profile.workers = getattr(engine, "workers", 1) or 1
 
-    @property
-    def client_state(self):
-        return getattr(self.engine, "client_state", None)
-
-    def __getattr__(self, name):  # anything else the loops look for (exchange, ...) is the engine's
+    def __getattr__(self, name):  # what the loops look for (client_state, parallel, exchange, ...) is the engine's
         return getattr(self.engine, name)
 
     def start(self, workload: Workload) -> None:
