@@ -10,7 +10,8 @@ skew, McMahan's CNN, 10 clients a round, one local epoch), `--rounds` rounds, a 
 clients malicious (attack.fraction: drawn once with the run seed, the same clients for every cell
 of the table), each attack at its defaults (fedstack.attack: sign_flip −4Δ, gaussian σ = 1, scale:
 model replacement of a label-flipped model boosted ×10, label_flip, alie with Baruch et al.'s z_max,
-ipm with ε = 0.1; alie and ipm pool the colluders' honest updates). Each defence is
+ipm with ε = 0.1; alie and ipm are omniscient, as in both papers' evaluations: they see every honest
+update of the round, `--no-omniscient` to pool only the colluders' own). Each defence is
 `server.strategy`: FedAvg, or a robust rule in front of FedAvg's server step with its defaults
 (server.byzantine = 0.2 for Krum's f, server.trim_beta = 0.2, norm_bound at the round's median norm,
 centered_clip with τ = the median distance and one iteration, fltrust with 100 root examples).
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--model", default="cnn", choices=("logreg", "mlp", "cnn"))
     parser.add_argument("--engine", default="pool", choices=("local", "pool", "ray"))
     parser.add_argument("--eval-every", type=int, default=0, help="eval.every (0: after the last round only)")
+    parser.add_argument("--omniscient", action=argparse.BooleanOptionalAction, default=True,
+                        help="alie and ipm see every update of the round (else only the colluders' own)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more config overrides")
     parser.add_argument("--out", default=str(HERE / "runs" / "bench-robustness"))
@@ -75,12 +78,14 @@ def main() -> None:
     dataset = dataset_of(load_config(None, base))  # one partition for every run
     cells = [("none", "fedavg")] + [(a, d) for a in attacks for d in defences if (a, d) != ("none", "fedavg")]
     print(f"{args.model}, {args.rounds} rounds, {args.fraction:.0%} malicious clients, seed {args.seed}, "
-          f"{len(cells)} runs", flush=True)
+          f"alie/ipm {'omniscient' if args.omniscient else 'colluding'}, {len(cells)} runs", flush=True)
     results: dict[str, dict[str, dict]] = {}
     for attack, defence in cells:
         overrides = [*base, f"server.strategy={defence}"]
         if attack != "none":
             overrides += [f"attack.name={attack}", f"attack.fraction={args.fraction}"]
+            if attack in ("alie", "ipm"):
+                overrides.append(f"attack.omniscient={str(args.omniscient).lower()}")
         out = Path(args.out) / f"{attack}-{defence}"
         shutil.rmtree(out, ignore_errors=True)  # a fresh run, not the resumption of an old one
         started = time.perf_counter()
