@@ -113,3 +113,41 @@ def test_bad_messages_are_refused_and_the_server_keeps_serving(live):
     out, err = server.communicate(timeout=60)
     assert server.returncode == 0, err
     assert "refused" in out
+
+
+def test_a_deployed_server_rejects_an_update_over_the_norm_bound_and_records_why(tmp_path):
+    """Validation runs on deployed updates too: a client's ×100 update is refused by the round's median-norm
+    bound, counted under "norm" in the round's record, and the round goes on with the other two."""
+    import json
+
+    creds = make_credentials(tmp_path / "certs", 3)
+    run = [a.replace("num_clients=2", "num_clients=3").replace("per_round=2", "per_round=3") for a in RUN]
+    server = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "server", *run, "--set", "server.max_norm_ratio=3",
+                               "--clients", str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--insecure",
+                               "--out", str(tmp_path / "run"), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline().rsplit(":", 1)[1])
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=GRPC_OPTIONS)
+        stub = pb_grpc.FederationStub(channel)
+        tokens = [read_token(creds / f"client-{i}.token") for i in (1, 2, 3)]
+        tasks = {}
+        threads = [threading.Thread(target=lambda t=t: tasks.__setitem__(t, poll_fit(stub, t))) for t in tokens]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        for token, scale in zip(tokens, (0.01, 0.011, 1.0)):
+            head, params = tasks[token]
+            update = np.full(params.size, scale, np.float32).tobytes()
+            reply = submit(stub, token, pb.UpdateHeader(task_id=head.task_id, round=head.round, num_examples=10,
+                                                        payload_bytes=len(update)), update)
+            assert reply.accepted  # well-formed: judged with the round's other updates once all are in
+        _, err = server.communicate(timeout=120)
+        assert server.returncode == 0, err
+        channel.close()
+    finally:
+        server.kill()
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["rejected_by_reason"]["norm"] == 1 and record["clients"] == 2
+    assert record["failures_by_kind"]["rejected"] == 1
