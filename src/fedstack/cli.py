@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-client-ca", help="require client certificates signed by this CA (mutual TLS)")
     server.add_argument("--insecure", action="store_true", help="plaintext gRPC (no TLS): only for tests")
     server.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for a client's update")
+    server.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a training client's "
+                        "heartbeats; three missed ones and its task counts as dropped")
     server.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     server.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     server.add_argument("--profile", action="store_true", help="record where each round's time goes (waiting "
@@ -153,7 +155,9 @@ def cmd_server(args) -> int:
         print("WARNING: plaintext gRPC: tokens and updates cross the network unencrypted", file=sys.stderr)
     run_dir = Path(args.out) if args.out else default_run_dir()
     dataset = dataset_of(config)
-    engine = GrpcEngine(registry.names, deadline_s=args.deadline)
+    if not args.heartbeat > 0:
+        raise FedstackError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
+    engine = GrpcEngine(registry.names, deadline_s=args.deadline, poll_s=args.heartbeat)
     service = FederationService(engine, registry, to_toml(config), tuple(dataset.x.shape[1:]), dataset.num_classes)
     tls = {}
     if args.tls_cert:

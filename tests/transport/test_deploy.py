@@ -65,3 +65,10 @@ def test_plaintext_needs_insecure_and_says_so(tmp_path, creds):
                            str(creds / "clients.toml"), "--listen", "127.0.0.1:0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--insecure" in proc.stderr
+
+
+def test_a_heartbeat_that_is_not_positive_is_refused(tmp_path, creds):
+    proc = subprocess.run([sys.executable, "-m", "fedstack.cli", "server", *RUN, "--clients",
+                           str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--insecure", "--heartbeat", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--heartbeat" in proc.stderr and "Traceback" not in proc.stderr
