@@ -17,6 +17,15 @@ def default_workload(rounds: int | None = None, overrides: list[str] = ()):
     return config, dataset, factory, initial_params(factory, config.seed)
 
 
+def name_list(parser, flag: str, text: str, allowed) -> list[str]:
+    """The names in a comma-separated option, each checked against `allowed` (else argparse's exit 2)."""
+    names = [n for n in text.split(",") if n]
+    for name in names:
+        if name not in allowed:
+            parser.error(f"{flag}: unknown name {name!r} ({' | '.join(allowed)})")
+    return names
+
+
 def save_figure(fig, axes, path) -> None:
     """Grid and legend on every axis, then write the figure to `path` (creating its folder) and say where."""
     from pathlib import Path

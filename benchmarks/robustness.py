@@ -34,6 +34,7 @@ import shutil
 import time
 from pathlib import Path
 
+from common import name_list
 from fedstack.config import load_config
 from fedstack.experiment import dataset_of, run_config
 
@@ -63,14 +64,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "runs" / "bench-robustness"))
     parser.add_argument("--json", default=str(HERE / "runs" / "robustness.json"))
     args = parser.parse_args()
-    attacks = [a for a in args.attacks.split(",") if a]
-    defences = [d for d in args.defences.split(",") if d]
-    for name in attacks:
-        if name not in ATTACKS:
-            parser.error(f"unknown attack {name!r} ({', '.join(ATTACKS)})")
-    for name in defences:
-        if name not in DEFENCES:
-            parser.error(f"unknown defence {name!r} ({', '.join(DEFENCES)})")
+    attacks = name_list(parser, "--attacks", args.attacks, ATTACKS)
+    defences = name_list(parser, "--defences", args.defences, DEFENCES)
     if "none" not in attacks or "fedavg" not in defences:  # the reference every cell is judged against
         print("note: the no-attack FedAvg run is added as the reference")
     base = [f"server.rounds={args.rounds}", f"model.name={args.model}", f"engine.name={args.engine}",

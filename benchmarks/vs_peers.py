@@ -447,14 +447,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "runs" / "vs-peers"))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     args = parser.parse_args()
-    models = [m for m in args.models.split(",") if m]
-    peers = [p for p in args.peers.split(",") if p]
-    for m in models:
-        if m not in MODEL_NAMES:
-            parser.error(f"--models: unknown model {m!r} (mlp | cnn)")
-    for p in peers:
-        if p not in PEERS:
-            parser.error(f"--peers: unknown peer {p!r} ({' | '.join(ALL_PEERS)})")
+    from common import name_list  # common imports fedstack (and torch): only once the arguments are good
+
+    models = name_list(parser, "--models", args.models, MODEL_NAMES)
+    peers = name_list(parser, "--peers", args.peers, ALL_PEERS)
     out = Path(args.out).resolve()
     inputs = out / "inputs"
     check_namespace()
