@@ -1,29 +1,56 @@
 # Two commands: `make run` (the default experiment) and `make test` (the suite).
 # Each creates .venv and installs what it needs the first time; later calls install nothing.
+# What they install comes from lock files with a SHA-256 for every file (pip --require-hashes):
+# requirements.lock (fedstack's dependencies, the test tools, the build backend) and
+# requirements-ray.lock (the `ray` extra, installed by `make test` and `make ray` only).
+# `make lock` regenerates both after a change to the dependencies in pyproject.toml.
 
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 STAMP   := $(VENV)/.fedstack-installed
+RAY_STAMP := $(VENV)/.fedstack-ray-installed
 ARGS    ?=
 
-.PHONY: run test data setup clean proto
+.PHONY: run test data setup ray lock clean proto
 
 run: setup data
 	$(VENV)/bin/fedstack run $(ARGS)
 
-test: setup data
+test: setup ray data
 	$(PY) -m pytest tests
 
 setup: $(STAMP)
 
-# torch first, pinned: this version is a CPU build on local disk; an unpinned torch pulled in
-# by another package would download a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# Every file checked against the lock's SHA-256, torch included: the lock pins the CPU build that
+# pip finds on this kind of machine's disk (its pip configuration names the folder), so no other
+# torch (a multi-GB CUDA build) can come in. fedstack itself is then installed editable, without
+# dependencies and with the locked setuptools as its build backend (no unpinned download).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	$(PIP) --require-hashes -r requirements.lock
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
+
+# Ray (engine.name = "ray") is an optional extra: the suite's Ray tests need it, `make run` does not.
+ray: $(RAY_STAMP)
+
+$(RAY_STAMP): $(STAMP) requirements-ray.lock
+	$(PIP) --require-hashes -r requirements-ray.lock
+	touch $@
+
+# Regenerate the lock files with pip-tools in a throwaway environment; the versions they pin stay
+# unless pyproject.toml asks otherwise (LOCKARGS=--upgrade moves everything to the newest).
+PIP_TOOLS ?= pip-tools==7.7.0
+LOCKARGS  ?=
+LOCK      := --quiet --allow-unsafe --generate-hashes --no-emit-index-url --no-emit-find-links --strip-extras
+
+lock:
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && $(PYTHON) -m venv "$$d" && \
+	"$$d/bin/pip" install --quiet --disable-pip-version-check '$(PIP_TOOLS)' && \
+	"$$d/bin/pip-compile" $(LOCK) $(LOCKARGS) --extra test --all-build-deps -o requirements.lock pyproject.toml && \
+	"$$d/bin/pip-compile" $(LOCK) $(LOCKARGS) --extra ray -c requirements.lock -o requirements-ray.lock pyproject.toml
 
 # Fashion-MNIST from Debian's package when it is missing and apt-get exists; otherwise the
 # loader's error says where it looked and how to get the files.

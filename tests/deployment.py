@@ -4,15 +4,16 @@ import subprocess
 import sys
 
 
-def start_server(tmp_path, creds, overrides):
-    """`fedstack server` with TLS, the clients of `creds`, writing to tmp_path/run; (process, port)."""
+def start_server(tmp_path, creds, overrides, *extra, stderr=subprocess.PIPE, listen="127.0.0.1:0"):
+    """`fedstack server` with TLS, the clients of `creds`, writing to tmp_path/run, with `extra` options;
+    (process, port)."""
     sets = [a for o in overrides for a in ("--set", o)]
     server = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "server", *sets, "--clients",
-                               str(creds / "clients.toml"), "--listen", "127.0.0.1:0", "--out", str(tmp_path / "run"),
+                               str(creds / "clients.toml"), "--listen", listen, "--out", str(tmp_path / "run"),
                                "--quiet", "--tls-cert", str(creds / "server.pem"), "--tls-key",
-                               str(creds / "server.key")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               str(creds / "server.key"), *extra], stdout=subprocess.PIPE, stderr=stderr, text=True)
     line = server.stdout.readline()
-    assert line.startswith("listening on 127.0.0.1:"), line + server.stderr.read()
+    assert line.startswith("listening on 127.0.0.1:"), line + (server.stderr.read() if server.stderr else "")
     return server, int(line.rsplit(":", 1)[1])
 
 

@@ -15,6 +15,9 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    import errno
+    import sqlite3
+
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
@@ -25,6 +28,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, sqlite3.DatabaseError) as exc:
+        # Storage the command cannot write (a full disk, a quota, a file size limit, a read-only or
+        # forbidden directory) or a store that is not a database: one line naming the file. Other
+        # errors (and the store's programming errors) keep their traceback: they are bugs.
+        storage = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+        if args.debug or not (exc.errno in storage if isinstance(exc, OSError) else
+                              isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError):
+            raise
+        what = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        where = getattr(exc, "filename", None)
+        print(f"error: {where}: {what}" if where else f"error: {what}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -61,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for a client's update")
     server.add_argument("--heartbeat", type=float, default=5.0, help="seconds between a training client's "
                         "heartbeats; three missed ones and its task counts as dropped")
+    server.add_argument("--share-seed", action="store_true", help="send clients the run seed (trials only: "
+                        "--partition data and codec randomness then match a simulation's bit for bit)")
     server.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     server.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
     server.add_argument("--profile", action="store_true", help="record where each round's time goes (waiting "
@@ -79,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     client.add_argument("--state", help="file keeping this device's client state (SCAFFOLD) across restarts")
     client.add_argument("--ckks-secret", metavar="FILE", help="ckks_secret.bin of `fedstack keys`: this client is "
                         "the key holder that decrypts the aggregate of homomorphic aggregation (codec stage ckks)")
+    client.add_argument("--require", action="append", default=[], metavar="secagg|ckks|dp",
+                        help="refuse to train unless the server's config protects this device's updates so "
+                        "(repeatable, or comma-separated): secagg or ckks, the summing stage; dp, noise added on "
+                        "the device (clip then gaussian with privacy.mode local or distributed, or client.dp_sgd); "
+                        "checked at every join, exit code 2 if not met")
+    client.add_argument("--ckks-public", metavar="FILE", help="ckks_public.bin of `fedstack keys`: accept only "
+                        "this key pair's public key from the server (implies --require ckks; --require ckks needs "
+                        "it, or --ckks-secret)")
+    client.add_argument("--min-members", type=int, default=2, metavar="N", help="with --ckks-secret: decrypt only "
+                        "sums of at least N clients (and of the run's server.min_clients), one per round "
+                        "(default: 2)")
     client.set_defaults(func=cmd_client)
 
     certs = sub.add_parser("certs", help="make a CA, a server certificate and client credentials")
@@ -139,11 +167,11 @@ def cmd_run(args) -> int:
 def cmd_server(args) -> int:
     from rich.console import Console
 
-    from .config import load_config, to_toml
+    from .config import load_config
     from .experiment import dataset_of, default_run_dir, run_config
     from .report import print_summary
     from .transport.security import ClientRegistry, read_pem
-    from .transport.server import ConnectedSampler, FederationService, GrpcEngine, serve
+    from .transport.server import ConnectedSampler, FederationService, GrpcEngine, client_view, serve
 
     config = load_config(args.config, args.overrides)
     registry = ClientRegistry.load(args.clients)
@@ -157,17 +185,23 @@ def cmd_server(args) -> int:
     dataset = dataset_of(config)
     if not args.heartbeat > 0:
         raise FedstackError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
-    engine = GrpcEngine(registry.names, deadline_s=args.deadline, poll_s=args.heartbeat)
-    service = FederationService(engine, registry, to_toml(config), tuple(dataset.x.shape[1:]), dataset.num_classes)
+    bounds = {name: registry.max_examples.get(name, config.server.max_examples) for name in registry.names}
+    if not all(bounds.values()):
+        print("note: a client's claimed example count cannot be checked: clients without max_examples in "
+              f"{args.clients} (or server.max_examples) have their updates weighted equally", file=sys.stderr)
+    engine = GrpcEngine(registry.names, deadline_s=args.deadline, poll_s=args.heartbeat, max_examples=bounds)
+    service = FederationService(engine, registry, client_view(config, args.share_seed), tuple(dataset.x.shape[1:]),
+                                dataset.num_classes)
     tls = {}
     if args.tls_cert:
         tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
                "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
-    # A waiting client holds a server thread in its long poll: one thread per client, plus some.
-    server, port = serve(service, args.listen, workers=len(registry.names) + 16, **tls)
+    # Each client holds at most a poll, an arriving update and a heartbeat at once: three threads, plus some.
+    server, port = serve(service, args.listen, workers=3 * len(registry.names) + 16, **tls)
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
     console = Console()
+    completed = False
     try:
         need = max(config.server.min_clients, 1)
         print(f"waiting for {need} of {len(registry.names)} clients", flush=True)
@@ -176,14 +210,18 @@ def cmd_server(args) -> int:
         progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
         with progress:
             run_config(config, run_dir, on_round=[progress], engine=engine,
-                       sampler=ConnectedSampler(engine, config.seed), dataset=dataset, profile=args.profile)
+                       sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
+                       dataset=dataset, profile=args.profile)
+        completed = True
     except KeyboardInterrupt:
-        print(f"interrupted: finished rounds are saved in {run_dir}", file=sys.stderr)
+        print(f"interrupted: finished rounds are saved in {run_dir}; clients wait for the server to come back "
+              "(the same command resumes)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        engine.stop_clients()
-        time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
-        server.stop(grace=2).wait()
+        if completed:  # only a finished run sends clients home; otherwise they wait for the server's return
+            engine.stop_clients()
+            time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
+        server.stop(grace=2 if completed else 0).wait()
     print_summary(run_dir, console)
     refused = dict(engine.refused)
     console.print(f"results in {run_dir}" + (f"; refused: {refused}" if refused else ""))
@@ -199,7 +237,8 @@ def cmd_client(args) -> int:
     client = Client(args.server, read_token(args.token_file), data=args.data, partition=args.partition,
                     ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
                     key=read_pem(args.key) if args.key else None, insecure=args.insecure, state_path=args.state,
-                    ckks_secret=args.ckks_secret)
+                    ckks_secret=args.ckks_secret, require=args.require, ckks_public=args.ckks_public,
+                    min_members=args.min_members)
     client.run()
     print(f"run over: {client.submitted} updates accepted, {client.refused} refused")
     return 0

@@ -66,6 +66,9 @@ class ServerConfig(Section):
     root_examples: int = Field(100, ge=1)  # fltrust: size of the server's root dataset
     # Update validation: reject an update whose L2 norm exceeds this × the median norm of its round (0 = off)
     max_norm_ratio: float = Field(0.0, ge=0)
+    # Deployment: the largest example count a client may claim for its update's weight (one declared in
+    # clients.toml wins); 0 with none declared: deployed updates are weighted equally (claims are unverifiable)
+    max_examples: int = Field(0, ge=0)
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     min_clients: int = Field(1, ge=0)

@@ -15,3 +15,11 @@ class ConfigError(FedstackError):
 
 class DataError(FedstackError):
     """Data is missing, corrupt or does not fit the requested partition."""
+
+
+def brief(error: object, limit: int = 200) -> str:
+    """An exception (or any text) on one line of at most about `limit` characters, for refusal reasons
+    and logs: the text of an error about untrusted input may hold that input, however large."""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    text = " ".join(text[:limit + 1].split())
+    return text if len(text) <= limit else text[:limit] + "…"

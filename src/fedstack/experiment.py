@@ -19,6 +19,7 @@ from .attack import build_attack
 from .config import Config, codec_options, private, robust_rule, to_toml
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
+from .files import write_atomic
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
 from .seeding import int_seed, rng
@@ -308,8 +309,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     strategy = build_strategy(config.server, fit, dataset.num_clients, root=root)
     if private(config):
-        strategy = private_strategy(config, strategy, dataset.num_clients)
-    (run_dir / "config.toml").write_text(to_toml(config))
+        strategy = private_strategy(config, strategy, dataset.num_clients, seeded_noise=not remote)
+    write_atomic(run_dir / "config.toml", to_toml(config).encode())
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
                     workers=config.engine.workers, address=config.engine.address, seed=config.seed,
@@ -350,14 +351,16 @@ def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:
     return RootUpdate(factory, data, fit, steps, config.seed)
 
 
-def private_strategy(config: Config, strategy: Strategy, num_clients: int) -> Private:
-    """`strategy` made differentially private as `[privacy]` says (DP-FedAvg around it)."""
+def private_strategy(config: Config, strategy: Strategy, num_clients: int, seeded_noise: bool = True) -> Private:
+    """`strategy` made differentially private as `[privacy]` says (DP-FedAvg around it); a deployed
+    server (`seeded_noise=False`) draws its noise from the operating system."""
     p = config.privacy
     return Private(strategy, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, mode=p.mode,
                    clients_per_round=overselected(config.server.clients_per_round, config.server.overselect),
                    population=num_clients, seed=config.seed, delta=p.delta, accountant=p.accountant,
                    sampling="poisson" if config.server.sampler == "poisson" else "fixed",
-                   target_quantile=p.target_quantile, clip_lr=p.clip_lr, clip_count_stddev=p.clip_count_stddev)
+                   target_quantile=p.target_quantile, clip_lr=p.clip_lr, clip_count_stddev=p.clip_count_stddev,
+                   seeded_noise=seeded_noise)
 
 
 def _refuse_simulated_fleet(config: Config) -> None:

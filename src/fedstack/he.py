@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from .files import write_atomic
 
 MAGIC = b"FSHE"
 VERSION = 1
@@ -338,20 +339,11 @@ def write_keys(directory, params: CKKSParams | None = None, *, overwrite: bool =
                 raise FileExistsError(f"{p} exists; pass overwrite=True to replace the CKKS keys")
     holder = KeyHolder(params)
     directory.mkdir(parents=True, exist_ok=True)
-    _write(secret_path, holder.secret_context(), mode=0o600)
-    _write(public_path, holder.public_context(), mode=0o644)
+    # Through an fsynced temporary file created 0600 and renamed: the secret is never readable by others,
+    # and a crash or power cut leaves either the old key or the new one, never a truncated file.
+    write_atomic(secret_path, holder.secret_context(), private=True)
+    write_atomic(public_path, holder.public_context())
     return public_path, secret_path
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Through a temporary file created with its final mode, so the secret is never world-readable
-    # and a crash leaves either the old file or the new one.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a stale one would keep its own mode
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def read_public(path) -> bytes:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedstack.errors import FedstackError
+from fedstack.files import append_line, write_atomic
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -20,32 +22,37 @@ _MIB = 1024**2
 
 
 class MetricsWriter:
-    """Appends one JSON line per round to run_dir/metrics.jsonl, flushed so a crash keeps it."""
+    """Appends one JSON line per round to run_dir/metrics.jsonl, fsynced so a crash or power cut keeps it.
+
+    A crash in the middle of an append can leave a torn last line: `read_metrics` skips it, and a
+    resumed run rewrites the file from its store.
+    """
 
     def __init__(self, run_dir, earlier: list[dict] = ()):
         """Start the file afresh with the `earlier` records of a resumed run (the store's, which are authoritative)."""
         self.path = Path(run_dir) / METRICS_FILE
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in earlier))
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in earlier).encode())
 
     def __call__(self, record: dict, params=None) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
 
 def write_summary(run_dir, summary: dict) -> Path:
-    """Write run_dir/summary.json."""
-    path = Path(run_dir) / SUMMARY_FILE
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    """Write run_dir/summary.json through a temporary file and a rename: never half a summary."""
+    return write_atomic(Path(run_dir) / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def read_metrics(run_dir) -> list[dict]:
-    """Return the per-round records of a run, in file order."""
+    """Return the per-round records of a run, in file order.
+
+    A last line without its newline that is not valid JSON is an append a crash cut short: skipped.
+    """
     path = Path(run_dir) / METRICS_FILE
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise FedstackError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -53,6 +60,8 @@ def read_metrics(run_dir) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn by a crash during the append
             raise FedstackError(f"{path}, line {number}: not valid JSON ({exc.msg})") from exc
         if not isinstance(record, dict):
             raise FedstackError(f"{path}, line {number}: expected a JSON object")
@@ -200,10 +209,10 @@ def plot_report(run_dir) -> Path:
     fig.suptitle(_run_title(run_dir, summary))
     fig.tight_layout()
 
-    path = run_dir / REPORT_FILE
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
-    return path
+    return write_atomic(run_dir / REPORT_FILE, png.getvalue())  # a failed write names the file
 
 
 def rejections_per_round(metrics: list[dict]) -> dict[str, list[int]]:

@@ -50,7 +50,7 @@ from . import evaluation
 from .client import FitConfig
 from .codec import CodecContext, Pipeline
 from .engine import Engine, Outcome, Workload
-from .errors import ConfigError, FedstackError
+from .errors import ConfigError, FedstackError, brief
 from .profiling import Profile, ProfiledEngine
 from .sampling import UniformSampler, overselected
 from .seeding import int_seed
@@ -548,11 +548,13 @@ class Server:
         tally["bytes_up_raw"] += 4 * size  # what the update would weigh as raw float32
         started = time.perf_counter()
         try:
-            ctx = CodecContext(task.round, task.client_id, self.workload.seed)
-            update = self.workload.pipeline.decode(reply.payload, ctx)
+            update = reply.update  # decoded once, by a transport that checked it on arrival
+            if update is None:
+                ctx = CodecContext(task.round, task.client_id, self.workload.seed)
+                update = self.workload.pipeline.decode(reply.payload, ctx, size)
             problem = update_problem(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
-            problem = ("undecodable", f"undecodable payload ({exc})")
+            problem = ("undecodable", f"undecodable payload ({brief(exc)})")
         if self.profile is not None:
             self.profile.decode_s += time.perf_counter() - started
         if problem:
@@ -586,14 +588,14 @@ class Server:
                     updates.append(u)
         if not self.max_norm_ratio or not updates:
             return updates
-        norms = np.sqrt([sq_norm(u.update) for u in updates])
+        norms = influence(updates)
         median = float(np.median(norms if recent is None else np.r_[list(recent), norms]))
         if recent is not None:
             recent.extend(norms.tolist())
         passed = []
         for u, norm in zip(updates, norms):
             if norm > self.max_norm_ratio * median:
-                self._reject(rnd, u.client_id, "norm", f"L2 norm {norm:.4g} > server.max_norm_ratio = "
+                self._reject(rnd, u.client_id, "norm", f"weighted L2 norm {norm:.4g} > server.max_norm_ratio = "
                              f"{self.max_norm_ratio:g} × the median {median:.4g}", tally, kinds, counted=True)
             else:
                 passed.append(u)
@@ -620,6 +622,15 @@ class Server:
     def federated_evaluate(self, params: np.ndarray, finetune: FitConfig | None = None) -> dict | None:
         """Accuracy of `params` on each client's held-out split (after fine-tuning with `finetune`)."""
         return evaluation.per_client(self.engine, params, self.dataset, self.workload.seed, finetune)
+
+
+def influence(updates: list[ClientUpdate]) -> np.ndarray:
+    """Each update's pull on a weighted mean: ‖Δ‖ scaled by its weight over the median weight. The norm
+    screen judges this, so a modest update claiming a huge example count is as suspect as a huge one."""
+    norms = np.sqrt([sq_norm(u.update) for u in updates])
+    weights = np.array([max(u.num_examples, 0) for u in updates], dtype=np.float64)
+    typical = float(np.median(weights))
+    return norms * (weights / typical) if typical > 0 else norms
 
 
 def update_problem(update: np.ndarray, size: int, num_examples: int) -> tuple[str, str] | None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import create_private
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rounds (round INTEGER PRIMARY KEY, record TEXT NOT NULL);
@@ -18,6 +20,34 @@ CREATE TABLE IF NOT EXISTS checkpoint (
 CREATE TABLE IF NOT EXISTS client_state (
     client_id INTEGER NOT NULL, round INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (client_id, round));
 """
+
+
+class _NamedConnection(sqlite3.Connection):
+    """A connection whose errors carry its database file as `filename` (as an OSError does), so that
+    "database or disk is full" or "disk I/O error" can say which file could not be written."""
+
+    def __init__(self, database, *args, **kwargs):
+        super().__init__(database, *args, **kwargs)
+        self.filename = str(database)
+
+    def _named(self, call, *args):
+        try:
+            return call(*args)
+        except sqlite3.Error as exc:
+            exc.filename = self.filename
+            raise
+
+    def execute(self, *args):
+        return self._named(super().execute, *args)
+
+    def executemany(self, *args):
+        return self._named(super().executemany, *args)
+
+    def executescript(self, *args):
+        return self._named(super().executescript, *args)
+
+    def __exit__(self, *exc):  # `with connection:` commits here
+        return self._named(super().__exit__, *exc)
 
 
 class RunStore:
@@ -32,7 +62,13 @@ class RunStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path)
+        # Client state is derived from the clients' private data: the store is the owner's only. Created
+        # 0600 before SQLite opens it; SQLite gives its -wal and -shm files the database file's mode.
+        create_private(self.path)
+        for side in (self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+            if side.exists():  # left by a crash, perhaps by a version that made them world-readable
+                side.chmod(0o600)
+        self.db = sqlite3.connect(self.path, factory=_NamedConnection)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
 

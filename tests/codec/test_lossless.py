@@ -138,3 +138,31 @@ def test_codecs_pickle_for_worker_processes():
     for codec in (TopK(fraction=0.2), Sign()):
         clone = pickle.loads(pickle.dumps(codec))
         assert clone.encode(v, CTX, None)[0] == codec.encode(v, CTX, None)[0]
+
+
+def test_in_a_pipeline_zstd_takes_only_the_kind_it_is_given_and_the_models_size():
+    after_vector, after_bytes = Pipeline([Zstd()]), Pipeline([QSGD(bits=8), Zstd()])
+    assert (after_vector.stages[0].content, after_bytes.stages[1].content) == ("float32", "bytes")
+    v = np.ones(100, np.float32)
+    wrong_kind = Zstd().encode(v.tobytes(), CTX)  # bytes where the pipeline compresses a vector
+    with pytest.raises(ValueError, match="content kind"):
+        after_vector.decode(wrong_kind, CTX, size=100)
+    bomb = Zstd().encode(np.zeros(10_000, np.float32), CTX)  # 40 KB of content for a 100-value model
+    assert len(bomb) < after_vector.max_payload_bytes(100)
+    with pytest.raises(ValueError, match="exceeds 400"):
+        after_vector.decode(bomb, CTX, size=100)
+    np.testing.assert_array_equal(after_vector.decode(after_vector.encode(v, CTX), CTX, size=100), v)
+
+
+@pytest.mark.parametrize("codec", [RandK(fraction=0.01), QSGD(bits=8)])
+def test_a_payload_claiming_another_length_than_the_model_is_refused_before_allocating(codec):
+    small = codec.encode(np.ones(1000, np.float32), CTX)
+    with pytest.raises(ValueError, match="the model has 10 values"):
+        Pipeline([codec]).decode(small, CTX, size=10)
+
+
+def test_a_pipeline_never_converts_bytes_to_a_vector():
+    pipeline = Pipeline([Zstd()])
+    pipeline.stages[0].content = None  # a stage that lets bytes through: the pipeline still type-checks
+    with pytest.raises(ValueError, match="decoded to bytes, not a flat vector"):
+        pipeline.decode(Zstd().encode(b"x" * 40, CTX), CTX)

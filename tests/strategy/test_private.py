@@ -73,3 +73,12 @@ def test_local_mode_accounts_for_the_busiest_client_without_amplification():
     busiest = Accountant("rdp", "poisson", delta=1e-5)
     busiest.step(1.0, 1.0, count=3)  # client 7 released three noised updates
     assert strategy.epsilon() == pytest.approx(busiest.epsilon())
+
+
+def test_a_deployed_servers_noise_comes_from_the_os_not_the_seed():
+    size = 10_000
+    args = (1, np.zeros(size, np.float32), [ClientUpdate(0, np.zeros(size, np.float32), 1)])
+    seeded = _private(noise_multiplier=1.0).aggregate(*args)
+    drawn = [_private(noise_multiplier=1.0, seeded_noise=False).aggregate(*args) for _ in range(2)]
+    assert not np.array_equal(drawn[0], seeded) and not np.array_equal(drawn[0], drawn[1])
+    assert abs(drawn[0].std() - 1.0 / 4) < 5 * 0.25 / np.sqrt(2 * size)  # the same mechanism, other draws

@@ -14,7 +14,7 @@ import pytest
 from deployment import start_client, start_server
 from fedstack import he
 from fedstack.client import FitResult
-from fedstack.codec.ckks import CKKS, DECRYPT, ENCRYPT, PUBLIC_KEY, CKKSDevice
+from fedstack.codec.ckks import CKKS, DECRYPT, ENCRYPT, PUBLIC_KEY, CKKSDevice, KeyPinError, decrypt_request
 from fedstack.config import load_config, to_toml
 from fedstack.errors import ConfigError, FedstackError
 from fedstack.experiment import run_config
@@ -121,6 +121,44 @@ def test_no_round_opens_without_a_key_holder_and_none_ends_without_its_decryptio
         CKKSDevice().encrypt(b"12345678", np.ones(3))
 
 
+def test_the_key_holder_decrypts_only_a_sum_of_enough_members_once_per_round(keys):
+    public = he.read_public(keys / he.PUBLIC_FILE)
+    holder = CKKSDevice(he.read_secret(keys / he.SECRET_FILE), min_members=3)
+    aggregate = he.encrypt(public, np.ones(10))
+    for members, match in (([0, 1], "sum of 2 client"), ([0, 1, 1], "members repeat"), ([], "sum of 0 client")):
+        with pytest.raises(ValueError, match=match):
+            holder.answer(4, 1, DECRYPT, decrypt_request(members, aggregate))
+    with pytest.raises(ValueError, match="9 members announced"):
+        holder.answer(4, 1, DECRYPT, b"\x09\0\0\0" + aggregate[:20])
+    # refused requests decrypt nothing and count for nothing: the round's first acceptable one is decrypted
+    total = holder.answer(4, 1, DECRYPT, decrypt_request([0, 2, 5], aggregate))
+    np.testing.assert_allclose(np.frombuffer(total, "<f8"), np.ones(10), atol=1e-6)
+    with pytest.raises(ValueError, match="second aggregate"):  # two sums of one round differ by one update
+        holder.answer(4, 1, DECRYPT, decrypt_request([0, 2, 6], aggregate))
+    with pytest.raises(ValueError, match="second aggregate"):
+        holder.answer(4, 1, DECRYPT, decrypt_request([0, 2, 5, 6], aggregate))
+    assert holder.answer(5, 1, DECRYPT, decrypt_request([0, 2, 5], aggregate)) == total and holder.decrypted == {4, 5}
+    with pytest.raises(ValueError, match="at least 1"):
+        CKKSDevice(min_members=0)
+    # the server's round names its members: a round that sums one client only is not decrypted, it aborts
+    engine = Devices({0: CKKSDevice(), 1: CKKSDevice(he.read_secret(keys / he.SECRET_FILE))})  # default: 2
+    remote = CKKS(str(keys)).open_round([0], 1, engine=engine, round=1)
+    assert remote.collect(0, engine.devices[0].encrypt(he.key_id(public), np.ones(10)), 10)
+    with pytest.raises(ValueError, match="did not decrypt"):
+        remote.finish()
+
+
+def test_a_device_pinned_to_a_key_pair_refuses_any_other_public_key(keys, other_public):
+    public = he.read_public(keys / he.PUBLIC_FILE)
+    pinned = CKKSDevice(key_id=he.key_id(public))
+    with pytest.raises(KeyPinError, match="--ckks-public pins key pair"):
+        pinned.answer(1, 0, PUBLIC_KEY, other_public)
+    assert pinned.contexts == {}  # it can never encrypt under the other key
+    assert json.loads(pinned.answer(1, 0, PUBLIC_KEY, public))["key_id"] == he.key_id(public).hex()
+    with pytest.raises(KeyPinError, match="--ckks-secret holds key pair"):  # the key holder is pinned to its pair
+        CKKSDevice(he.read_secret(keys / he.SECRET_FILE)).answer(1, 0, PUBLIC_KEY, other_public)
+
+
 def test_a_deployed_server_needs_key_files_so_it_never_makes_the_secret_key(tmp_path):
     config = load_config(None, [*OVERRIDES, *SMALL])  # no codec.ckks_keys
     with pytest.raises(ConfigError) as error:
@@ -179,7 +217,8 @@ def test_a_key_holding_device_takes_the_public_key_encrypts_and_decrypts(keys, t
     assert not header.error and header.num_examples == 10
     header, plain = _task(client, **fit)  # a plain fit task: never an update in the clear
     assert "refusing to send an unmasked update" in header.error and plain == b""
-    header, total = _task(client, kind=pb.TaskHeader.PROTOCOL, protocol_stage=DECRYPT, protocol_request=ciphertext)
+    header, total = _task(client, kind=pb.TaskHeader.PROTOCOL, protocol_stage=DECRYPT,
+                          protocol_request=decrypt_request([0, 1], ciphertext))
     np.testing.assert_allclose(np.frombuffer(total, "<f8"), np.full(3, 0.25), atol=1e-7)
 
 
@@ -225,7 +264,7 @@ def _finish(tmp_path, server, clients):
 
 def test_a_deployed_encrypted_run_ends_where_the_simulation_does(tmp_path, keys):
     creds, overrides, server_keys = _deployment(tmp_path, keys, 4)
-    server, port = start_server(tmp_path, creds, [*overrides, server_keys])
+    server, port = start_server(tmp_path, creds, [*overrides, server_keys], "--share-seed")
     # client 1 is also the key holder: it trains like the others and decrypts each round's sum
     clients = [start_client(port, creds, 1, "--partition", "0", "--ckks-secret", str(keys / he.SECRET_FILE)),
                *(start_client(port, creds, i, "--partition", str(i - 1)) for i in range(2, 5))]
@@ -239,3 +278,20 @@ def test_a_deployed_encrypted_run_ends_where_the_simulation_does(tmp_path, keys)
     # the devices encrypt the very vectors the simulated ones do; CKKS adds ~1e-8 of noise per value
     assert last == 2 and np.allclose(deployed, simulated.params, rtol=0, atol=1e-6)
     assert rounds[-1]["test_accuracy"] == pytest.approx(simulated.rounds[-1]["test_accuracy"], abs=0.01)
+
+
+def test_a_device_pinned_to_another_key_pair_refuses_the_servers_key_and_stops(tmp_path, keys, other_public):
+    creds, overrides, server_keys = _deployment(tmp_path, keys, 1)
+    (tmp_path / "other.bin").write_bytes(other_public)
+    server, port = start_server(tmp_path, creds, [*overrides, server_keys])
+    pinned = start_client(port, creds, 1, "--partition", "0", "--ckks-public", str(tmp_path / "other.bin"))
+    try:
+        # round 1 sends the public key to every connected client (before it looks for the key holder)
+        assert pinned.wait(timeout=120) == 2
+        lines = pinned.stderr.read().splitlines()  # one line, naming the pinned key pair
+        assert lines == [f"error: --ckks-public pins key pair {he.key_id(other_public).hex()}, the server's public "
+                         f"key is {he.key_id(he.read_public(keys / he.PUBLIC_FILE)).hex()}: refusing it"], lines
+    finally:
+        for p in (server, pinned):
+            p.kill()
+            p.communicate()

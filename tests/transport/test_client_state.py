@@ -11,12 +11,12 @@ from fedstack.transport.security import make_credentials
 
 OVERRIDES = ["data.name=digits", "data.num_clients=4", "model.name=logreg", "server.rounds=3",
              "server.clients_per_round=4", "server.min_clients=4", "server.strategy=scaffold", "client.lr=0.05",
-             'codec.pipeline=["topk"]', "codec.topk_fraction=0.1"]
+             'codec.pipeline=["topk"]', "codec.topk_fraction=0.1", "server.max_examples=100000"]
 
 
 def test_devices_keep_their_control_variates(tmp_path):
     creds = make_credentials(tmp_path / "certs", 4)
-    server, port = start_server(tmp_path, creds, OVERRIDES)
+    server, port = start_server(tmp_path, creds, OVERRIDES, "--share-seed")
     clients = [start_client(port, creds, i, "--partition", str(i - 1), "--state", str(tmp_path / f"state-{i - 1}.npz"))
                for i in range(1, 5)]
     try:

@@ -16,8 +16,9 @@ from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport.security import make_credentials
 
+# server.max_examples: deployed updates keep the weights a simulation gives them (bounded, not equal)
 BASE = ["data.name=digits", "data.num_clients=5", "model.name=mlp", "server.clients_per_round=5",
-        "client.lr=0.1", "client.epochs=2"]
+        "client.lr=0.1", "client.epochs=2", "server.max_examples=100000"]
 
 
 def free_port() -> int:
@@ -30,7 +31,7 @@ def server_cmd(creds, port, out, overrides, *extra):
     sets = [a for o in overrides for a in ("--set", o)]
     return [sys.executable, "-m", "fedstack.cli", "server", *sets, "--clients", str(creds / "clients.toml"),
             "--listen", f"127.0.0.1:{port}", "--out", str(out), "--quiet", "--tls-cert", str(creds / "server.pem"),
-            "--tls-key", str(creds / "server.key"), *extra]
+            "--tls-key", str(creds / "server.key"), "--share-seed", *extra]
 
 
 def client(creds, port, i):

@@ -193,7 +193,7 @@ def test_a_deployed_secure_run_ends_with_the_simulations_bits(tmp_path):
     overrides = [*OVERRIDES, "data.num_clients=4", "server.clients_per_round=4", "server.min_clients=4",
                  "server.rounds=3"]
     creds = make_credentials(tmp_path / "certs", 4)
-    server, port = start_server(tmp_path, creds, overrides)
+    server, port = start_server(tmp_path, creds, overrides, "--share-seed")
     clients = [start_client(port, creds, i, "--partition", str(i - 1)) for i in range(1, 5)]
     _finish(server, clients)
     rounds = _rounds(tmp_path)

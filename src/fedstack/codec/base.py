@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -18,6 +18,9 @@ class CodecContext:
     client_id: int
     seed: int
     clip_norm: float = 0.0  # this round's DP clip norm (FitConfig.clip_norm); 0: the codec's own
+    # The model's number of values when decoding (0: unknown). A decoder refuses a payload that claims
+    # another length before allocating anything, so a small payload cannot make the server allocate a lot.
+    size: int = 0
 
 
 class Codec(Protocol):
@@ -74,6 +77,11 @@ class Pipeline:
             if getattr(before, "emits_bytes", False) and not getattr(after, "takes_bytes", False):
                 raise ConfigError("codec.pipeline", f"{after.name!r} transforms a vector and cannot follow "
                                   f"{before.name!r}, which emits bytes")
+        from .lossless import Zstd
+
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, Zstd):  # it accepts only the frame kind this pipeline produces
+                stage.content = "bytes" if i and getattr(self.stages[i - 1], "emits_bytes", False) else "float32"
         for i, stage in enumerate(self.stages):  # e.g. secure aggregation: the server may only see a sum
             nonlinear = [s.name for s in self.stages[:i] if not s.linear]
             if getattr(stage, "needs_linear_input", False) and nonlinear:
@@ -121,8 +129,24 @@ class Pipeline:
             value = np.ascontiguousarray(value, dtype=np.float32).tobytes()
         return bytes(value), new_state
 
-    def decode(self, payload: bytes, ctx: CodecContext) -> np.ndarray:
-        """Server side: payload bytes → update vector; ValueError for a payload that does not decode."""
+    def max_payload_bytes(self, size: int) -> int:
+        """The most bytes an honest client's payload for a model of `size` values can hold: raw float32
+        without codecs, else `quantize.max_encoded_bytes`. A server refuses a longer announcement unread."""
+        from .quantize import max_encoded_bytes
+
+        return max_encoded_bytes(size) if self.stages else 4 * size
+
+    def decode(self, payload: bytes, ctx: CodecContext, size: int = 0) -> np.ndarray:
+        """Server side: payload bytes → update vector; ValueError for a payload that does not decode.
+
+        With `size` (the model's number of values) every stage refuses a payload claiming another
+        length before it allocates. The caller checks the result's length (a "shape" problem).
+        """
+        if size:
+            ctx = replace(ctx, size=size)
+            if self.stages and len(payload) > self.max_payload_bytes(size):
+                raise ValueError(f"a payload of {len(payload)} bytes is over the "
+                                 f"{self.max_payload_bytes(size)} a model of {size} values allows")
         value: Any = payload
         if not self.stages or not getattr(self.stages[-1], "emits_bytes", False):
             if len(payload) % 4:
@@ -130,7 +154,10 @@ class Pipeline:
             value = np.frombuffer(payload, dtype=np.float32)
         for stage in reversed(self.stages):
             value = stage.decode(value, ctx)
-        return np.asarray(value, dtype=np.float32)
+        # Type-checked, not converted: np.asarray of bytes would build an error message holding them all.
+        if not isinstance(value, np.ndarray) or value.ndim != 1:
+            raise ValueError(f"the pipeline decoded to {type(value).__name__}, not a flat vector")
+        return value.astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,25 @@ with them, one stage a round trip:
 
     PUBLIC_KEY  the public context  -> JSON {"key_id", "key_holder"}   (once per client and session)
     ENCRYPT     the key id, with the fit task -> the encrypted update  (in place of the update)
-    DECRYPT     the aggregate, to the key holder -> its float64 values  (at the end of the round)
+    DECRYPT     the members' ids and their aggregate, to the key holder -> its float64 values
+                (at the end of the round; framing: see `decrypt_request`)
 
 A round opens only with a key holder connected, and aborts (nothing aggregated) if it does not
-decrypt. The key holder decrypts what the server sends it: like the simulation, this protects
-updates from an honest-but-curious server, not from a server that deviates from the protocol.
+decrypt. The key holder decrypts an aggregate only if the server says it sums at least `min_members`
+distinct clients (`fedstack client --min-members`, default 2, raised to the run's server.min_clients),
+and only once per round: a server cannot have it decrypt one update alone, nor two sums of the same
+round whose difference is one update. It cannot check the member list (CKKS sums carry no count,
+and the server holds the public key, so it can encrypt anything), so this protects updates from an
+honest-but-curious server; against an active server it only bounds what one round's decryption
+reveals. A device pinned to a key pair (`--ckks-public`, or the key holder's own `--ckks-secret`)
+refuses any other public key with KeyPinError, and then stops.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -38,6 +46,33 @@ from .. import he
 log = logging.getLogger("fedstack.ckks")
 
 PUBLIC_KEY, ENCRYPT, DECRYPT = "ckks.public_key", "ckks.encrypt", "ckks.decrypt"
+_COUNT = struct.Struct("<I")
+
+
+class KeyPinError(ValueError):
+    """The server's public key is not the key pair this device is pinned to (--ckks-public, --ckks-secret)."""
+
+
+def decrypt_request(members, aggregate: bytes) -> bytes:
+    """A DECRYPT request: the member count (uint32, little-endian), the members' client ids (uint32 each),
+    then the aggregate's CKKS payload."""
+    ids = [int(m) for m in members]
+    if not all(0 <= m < 2**32 for m in ids):
+        raise ValueError(f"member ids must fit in 32 bits, got {ids}")
+    return _COUNT.pack(len(ids)) + np.asarray(ids, dtype="<u4").tobytes() + bytes(aggregate)
+
+
+def read_decrypt_request(request: bytes) -> tuple[tuple[int, ...], bytes]:
+    """(the member ids, the aggregate) of a DECRYPT request; ValueError if its framing is wrong."""
+    request = bytes(request)
+    if len(request) < _COUNT.size:
+        raise ValueError(f"decrypt request: {len(request)} bytes, too short for its member count")
+    (count,) = _COUNT.unpack_from(request)
+    end = _COUNT.size + 4 * count
+    if len(request) < end:
+        raise ValueError(f"decrypt request: {count} members announced, {len(request)} bytes in all")
+    members = tuple(int(m) for m in np.frombuffer(request[_COUNT.size:end], dtype="<u4"))
+    return members, request[end:]
 
 
 class CKKS:
@@ -192,8 +227,9 @@ class RemoteEncryptedRound:
         """The key holder decrypts the aggregate: (float64 sum, the clients it sums); ValueError if it does not."""
         if self._sum is None:
             raise ValueError("nothing was collected")
-        self.bytes_down += len(self._sum)
-        reply = self.engine.exchange(self.round, DECRYPT, {self.holder: self._sum}).get(self.holder)
+        request = decrypt_request(self.members, self._sum)  # the key holder decrypts only enough members' sum
+        self.bytes_down += len(request)
+        reply = self.engine.exchange(self.round, DECRYPT, {self.holder: request}).get(self.holder)
         if reply is None:
             raise ValueError(f"the key holder (client {self.holder}) did not decrypt the aggregate")
         self.bytes_up += len(reply)
@@ -208,27 +244,53 @@ class RemoteEncryptedRound:
 class CKKSDevice:
     """A deployed client's side of homomorphic aggregation: keeps the public contexts the server sends
     (by key id), encrypts its update under one, and — given the secret key (`fedstack client
-    --ckks-secret`) — decrypts the aggregate."""
+    --ckks-secret`) — decrypts the aggregate.
 
-    def __init__(self, key_holder: he.KeyHolder | None = None):
-        self.key_holder = key_holder
+    `key_id` pins the key pair (`--ckks-public`): any other public context is refused with KeyPinError,
+    as one that does not match the key holder's own secret key is. The key holder decrypts only an
+    aggregate whose DECRYPT request names at least `min_members` distinct clients, and at most one per
+    round (`decrypted`: the rounds it decrypted); a refused request decrypts nothing and counts for nothing.
+    """
+
+    def __init__(self, key_holder: he.KeyHolder | None = None, *, key_id: bytes | None = None,
+                 min_members: int = 2):
+        if not min_members >= 1:
+            raise ValueError(f"min_members must be at least 1, got {min_members}")
+        self.key_holder, self.key_id, self.min_members = key_holder, key_id, min_members
         self.contexts: dict[bytes, bytes] = {}
+        self.decrypted: set[int] = set()
 
     def answer(self, round: int, client_id: int, stage: str, request: bytes) -> bytes:
-        """The reply to a PUBLIC_KEY or DECRYPT request (bytes); ValueError if it cannot be answered."""
+        """The reply to a PUBLIC_KEY or DECRYPT request (bytes); ValueError (KeyPinError for a public key
+        of another key pair) if it cannot be answered."""
         if stage == PUBLIC_KEY:
             context = bytes(request)
             key_id = he.key_id(context)
             holder = self.key_holder
             if holder is not None and holder.key_id != key_id:
-                raise ValueError(f"--ckks-secret holds key pair {holder.key_id.hex()}, the server's public key "
-                                 f"is {key_id.hex()}")
+                raise KeyPinError(f"--ckks-secret holds key pair {holder.key_id.hex()}, the server's public key "
+                                  f"is {key_id.hex()}: refusing it")
+            if self.key_id is not None and self.key_id != key_id:
+                raise KeyPinError(f"--ckks-public pins key pair {self.key_id.hex()}, the server's public key is "
+                                  f"{key_id.hex()}: refusing it")
             self.contexts[key_id] = context
             return json.dumps({"key_id": key_id.hex(), "key_holder": holder is not None}).encode()
         if stage == DECRYPT:
             if self.key_holder is None:
                 raise ValueError("asked to decrypt, but this client holds no secret key (--ckks-secret)")
-            return self.key_holder.decrypt(bytes(request), dtype=np.float64).astype("<f8").tobytes()
+            members, aggregate = read_decrypt_request(request)
+            if len(set(members)) != len(members):
+                raise ValueError(f"round {round}: asked to decrypt a sum whose members repeat ({list(members)})")
+            if len(members) < self.min_members:
+                raise ValueError(f"round {round}: asked to decrypt the sum of {len(members)} client(s); this key "
+                                 f"holder decrypts only sums of at least {self.min_members} (--min-members, "
+                                 "server.min_clients)")
+            if round in self.decrypted:
+                raise ValueError(f"round {round}: asked to decrypt a second aggregate; this key holder decrypts "
+                                 "one per round")
+            total = self.key_holder.decrypt(aggregate, dtype=np.float64).astype("<f8").tobytes()
+            self.decrypted.add(round)
+            return total
         raise ValueError(f"unknown protocol stage {stage!r}")
 
     def encrypt(self, request: bytes, vector: np.ndarray) -> bytes:

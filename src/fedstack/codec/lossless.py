@@ -7,7 +7,7 @@ import struct
 import numpy as np
 
 from ..errors import ConfigError
-from .quantize import CODEC_IDS, FORMAT_VERSION, MAX_LENGTH, check_id_and_version
+from .quantize import CODEC_IDS, FORMAT_VERSION, MAX_LENGTH, check_id_and_version, max_encoded_bytes
 
 _ZSTD_HEADER = struct.Struct("<BBB")  # id, version, kind
 KIND_BYTES, KIND_FLOAT32 = 0, 1
@@ -29,7 +29,11 @@ class Zstd:
     back on decode, so it can sit at the end of any pipeline. Payload: 3-byte header (id,
     version, kind: 0 bytes, 1 float32 vector) + one zstd frame that declares its content size and
     carries a checksum, so `decode` rejects corrupt, truncated or padded frames with ValueError
-    and never inflates more than `max_bytes` (default 4·MAX_LENGTH, 1 GiB).
+    and never inflates more than `max_bytes` (default 4·MAX_LENGTH, 1 GiB) — nor, when the context
+    knows the model's size, more than that size allows (exactly 4·size bytes of float32, or what the
+    stage before can emit): a decompression bomb is refused from the frame's header, unread.
+    In a pipeline it accepts only the kind of content the pipeline produces (`content`, set by
+    `Pipeline`: "bytes" after a stage that emits bytes, else "float32"; None on its own: either).
 
     Lossless, so unbiased = True. linear = False: compressed frames cannot be added.
     The gain depends on the data: on 1.66 M Gaussian values raw float32 shrinks 1.08×, fp16 1.09×,
@@ -48,6 +52,7 @@ class Zstd:
             raise ConfigError("codec.max_bytes", f"must be a non-negative integer, got {max_bytes!r}")
         self.level = int(level)
         self.max_bytes = int(max_bytes)
+        self.content: str | None = None
 
     def encode(self, value, ctx) -> bytes:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -72,6 +77,12 @@ class Zstd:
         kind = value[2]
         if kind not in (KIND_BYTES, KIND_FLOAT32):
             raise ValueError(f"zstd payload: unknown content kind {kind}")
+        expected = {None: kind, "bytes": KIND_BYTES, "float32": KIND_FLOAT32}[self.content]
+        if kind != expected:
+            raise ValueError(f"zstd payload: content kind {kind}, but this pipeline compresses {self.content}")
+        limit = self.max_bytes
+        if ctx is not None and ctx.size:  # what an honest client's content can weigh for this model
+            limit = min(limit, 4 * ctx.size if kind == KIND_FLOAT32 else max_encoded_bytes(ctx.size))
         frame = value[_ZSTD_HEADER.size:]
         z = _zstandard()
         try:
@@ -80,8 +91,8 @@ class Zstd:
             raise ValueError(f"zstd payload: not a zstd frame ({e})") from None
         if params.content_size in (z.CONTENTSIZE_UNKNOWN, z.CONTENTSIZE_ERROR):
             raise ValueError("zstd payload: the frame does not declare its content size")
-        if params.content_size > self.max_bytes:
-            raise ValueError(f"zstd payload: content of {params.content_size} bytes exceeds {self.max_bytes}")
+        if params.content_size > limit:
+            raise ValueError(f"zstd payload: content of {params.content_size} bytes exceeds {limit}")
         if not params.has_checksum:
             raise ValueError("zstd payload: the frame has no checksum")
         try:

@@ -63,6 +63,13 @@ def as_update(value, name: str) -> np.ndarray:
     return v
 
 
+def max_encoded_bytes(size: int) -> int:
+    """The most bytes any codec's payload for `size` values can take: QSGD's 8-bit codes with one float32
+    norm per value (bucket 1) are the worst case at 5 bytes a value (top-k's bitmap and values take
+    4.125), plus room for headers. A server refuses a longer payload, or decompressed content, unread."""
+    return 5 * size + 4096
+
+
 def check_max_length(max_length) -> int:
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or not (
         0 < max_length <= 0xFFFFFFFF
@@ -86,10 +93,11 @@ def check_id_and_version(payload: bytes, name: str) -> None:
         raise ValueError(f"{name} payload: format version {version} is not supported (expected {FORMAT_VERSION})")
 
 
-def read_header(payload, fmt: struct.Struct, name: str, max_length: int) -> tuple[bytes, tuple]:
+def read_header(payload, fmt: struct.Struct, name: str, max_length: int, ctx=None) -> tuple[bytes, tuple]:
     """Checks the common header of a payload; returns the payload as bytes and the fields after the version.
 
-    The first returned field is always n (checked against `max_length`).
+    The first returned field is always n (checked against `max_length`, and to equal the model's size
+    when the context knows it: a sparse payload of a few bytes must not make the decoder allocate n values).
     """
     if isinstance(payload, (bytearray, memoryview)):
         payload = bytes(payload)
@@ -101,6 +109,8 @@ def read_header(payload, fmt: struct.Struct, name: str, max_length: int) -> tupl
     _, _, *fields = fmt.unpack_from(payload)
     if fields[0] > max_length:
         raise ValueError(f"{name} payload: length {fields[0]} exceeds the limit of {max_length} values")
+    if ctx is not None and ctx.size and fields[0] != ctx.size:
+        raise ValueError(f"{name} payload: length {fields[0]}, the model has {ctx.size} values")
     return payload, tuple(fields)
 
 
@@ -151,7 +161,7 @@ class FP16:
         return pack_header(_LEN_HEADER, self.name, v.size) + h.tobytes()
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n,) = read_header(value, _LEN_HEADER, self.name, self.max_length)
+        payload, (n,) = read_header(value, _LEN_HEADER, self.name, self.max_length, ctx)
         expect_size(payload, _LEN_HEADER.size + 2 * n, self.name, f"n = {n} float16 values")
         raw = np.frombuffer(payload, dtype="<u2", count=n, offset=_LEN_HEADER.size)
         if ((raw & 0x7C00) == 0x7C00).any():  # exponent all ones: inf or NaN
@@ -193,7 +203,7 @@ class BF16:
         return pack_header(_LEN_HEADER, self.name, v.size) + b.tobytes()
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n,) = read_header(value, _LEN_HEADER, self.name, self.max_length)
+        payload, (n,) = read_header(value, _LEN_HEADER, self.name, self.max_length, ctx)
         expect_size(payload, _LEN_HEADER.size + 2 * n, self.name, f"n = {n} bfloat16 values")
         raw = np.frombuffer(payload, dtype="<u2", count=n, offset=_LEN_HEADER.size)
         if ((raw & 0x7F80) == 0x7F80).any():
@@ -341,7 +351,7 @@ class QSGD:
         return header + scales.astype("<f4").tobytes() + pack_codes(codes, bits).tobytes()
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n, bits, bucket) = read_header(value, _QSGD_HEADER, self.name, self.max_length)
+        payload, (n, bits, bucket) = read_header(value, _QSGD_HEADER, self.name, self.max_length, ctx)
         if bits not in QSGD_BITS:
             raise ValueError(f"qsgd payload: bits = {bits} is not one of 1, 2, 4, 8")
         if bucket < 1:

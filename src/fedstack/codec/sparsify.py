@@ -211,7 +211,7 @@ class TopK:
         return header + values.astype("<f4").tobytes() + index_data, p
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n, k, flag) = read_header(value, _TOPK_HEADER, self.name, self.max_length)
+        payload, (n, k, flag) = read_header(value, _TOPK_HEADER, self.name, self.max_length, ctx)
         expected_k = k_for(n, self.fraction)
         if k != expected_k:
             raise ValueError(f"topk payload: k = {k}, but n = {n} at fraction {self.fraction} gives {expected_k}")
@@ -308,7 +308,7 @@ class RandK:
         return pack_header(_RANDK_HEADER, self.name, n, k, seed) + values.astype("<f4").tobytes()
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n, k, seed) = read_header(value, _RANDK_HEADER, self.name, self.max_length)
+        payload, (n, k, seed) = read_header(value, _RANDK_HEADER, self.name, self.max_length, ctx)
         expected_k = k_for(n, self.fraction)
         if k != expected_k:
             raise ValueError(f"randk payload: k = {k}, but n = {n} at fraction {self.fraction} gives {expected_k}")
@@ -361,7 +361,7 @@ class Sign:
         return payload, p
 
     def decode(self, value, ctx) -> np.ndarray:
-        payload, (n, scale) = read_header(value, _SIGN_HEADER, self.name, self.max_length)
+        payload, (n, scale) = read_header(value, _SIGN_HEADER, self.name, self.max_length, ctx)
         check_scale(scale, self.name)
         nbytes = (n + 7) // 8
         expect_size(payload, _SIGN_HEADER.size + nbytes, self.name, f"n = {n} sign bits")

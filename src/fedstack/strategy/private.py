@@ -32,15 +32,20 @@ class Private:
 
     The accountant (`fedstack.privacy.Accountant`) composes one subsampled Gaussian of z per round
     that counts; `epsilon()` is what the run has spent at `delta`, `epsilon_after(1)` what one
-    more round would make it. In "local" mode no sampling amplifies privacy (the server sees each
-    noised update and knows who sent it), so ε is that of the most frequent participant's releases.
+    more round would make it. With `seeded_noise=False` (a deployed server) the server's noise, and
+    adaptive clipping's count noise, come from the operating system. In "local" mode no sampling
+    amplifies privacy (the server sees each noised update and knows who sent it), so ε is that of the
+    most frequent participant's releases.
     """
 
     def __init__(self, inner: Strategy, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
                  clients_per_round: int, population: int, seed: int = 0, delta: float = 1e-5,
                  accountant: str = "rdp", sampling: str = "fixed", target_quantile: float = 0.0,
-                 clip_lr: float = 0.2, clip_count_stddev: float = 0.0):
+                 clip_lr: float = 0.2, clip_count_stddev: float = 0.0, seeded_noise: bool = True):
         self.inner = inner
+        # Simulation draws the noise from the run seed (reproducible); a deployed server from the operating
+        # system, since whoever knew the seed could subtract the noise and read a client's clipped update.
+        self.seeded_noise = seeded_noise
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         self.mode = mode
@@ -79,7 +84,8 @@ class Private:
                 unclipped += norm < self.clip_norm * (1 - _CLIPPED_TOLERANCE)
         if not ids:
             return params
-        noise = rng(self.seed, "noise", stable_hash("server"), round)
+        noise = rng(self.seed, "noise", stable_hash("server"), round) if self.seeded_noise \
+            else np.random.default_rng()  # fresh entropy from the operating system
         if self.mode == "central":
             total += noise.normal(0.0, self.update_noise * self.clip_norm, total.shape)
         # Local noise is on every update already: a plain mean. Central and distributed: fixed denominator.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -55,13 +54,82 @@ def load_local_data(path: str | Path, label_column: str = "label") -> ClientData
     return ClientData(x, y, np.arange(len(y)), np.zeros(0, dtype=np.int64))
 
 
+# What `fedstack client --require` can pin: the protections a device insists on, whatever the server's config.
+PINS = ("secagg", "ckks", "dp")
+
+
+class PinError(FedstackError):
+    """The server asked for something a pin (--require, --ckks-public) forbids: the client stops (exit 2)."""
+
+
+def pins(require, ckks_public: str | None = None, key_holder=None) -> tuple[frozenset[str], bytes | None]:
+    """(the pinned protections, the pinned CKKS key id) of `--require` values (each one name or a comma-separated
+    list), `--ckks-public FILE` (which implies ckks) and the key holder's secret key; FedstackError if unusable.
+
+    `--require ckks` needs a key to pin: `--ckks-public` or `--ckks-secret` (the key holder knows its own pair).
+    Without one, an active server could hand out a public key whose secret key it holds itself.
+    """
+    names = {name.strip() for value in require for name in str(value).split(",") if name.strip()}
+    unknown = sorted(names - set(PINS))
+    if unknown:
+        raise FedstackError(f"--require {', '.join(unknown)}: unknown (choose from {', '.join(PINS)})")
+    key_id = None
+    if ckks_public:
+        from .. import he
+
+        try:
+            key_id = he.key_id(he.read_public(ckks_public))
+        except (OSError, ValueError) as exc:
+            raise FedstackError(f"--ckks-public {ckks_public}: not a CKKS public key ({exc})") from None
+        if key_holder is not None and key_holder.key_id != key_id:
+            raise FedstackError(f"--ckks-public {ckks_public} is key pair {key_id.hex()}, --ckks-secret is "
+                                f"{key_holder.key_id.hex()}")
+        names.add("ckks")
+    if "ckks" in names and key_id is None and key_holder is None:
+        raise FedstackError("--require ckks needs --ckks-public FILE (the run's ckks_public.bin): without it the "
+                            "server could hand out a key of its own and read every update")
+    return frozenset(names), key_id
+
+
+def dp_by_clients(config) -> str | None:
+    """How a run's updates are made differentially private before they leave the device: "gaussian" (clip, then
+    the device's own noise: privacy.mode local or distributed; client-level DP, fixed in the pipeline built at
+    join), "dp-sgd" (client.dp_sgd with noise; record-level DP, which each task's config must keep), or None.
+    Central DP (privacy.mode = "central") is None: there the server adds the noise, after seeing the updates."""
+    p, pipeline = config.privacy, config.codec.pipeline
+    if p.mode in ("local", "distributed") and p.noise_multiplier > 0 and pipeline[:2] == ["clip", "gaussian"]:
+        return "gaussian"
+    if config.client.dp_sgd and config.client.dp_noise_multiplier > 0:
+        return "dp-sgd"
+    return None
+
+
+def check_pins(config, require) -> None:
+    """PinError, on one line naming what the server's config lacks, unless it meets every pin in `require`."""
+    pipeline, lacks = config.codec.pipeline, []
+    for name in ("secagg", "ckks"):
+        if name in require and pipeline[-1:] != [name]:
+            lacks.append(f"--require {name}: the server's codec.pipeline {pipeline} has no \"{name}\" stage "
+                         f"(updates would leave {'unmasked' if name == 'secagg' else 'unencrypted'})")
+    if "dp" in require and dp_by_clients(config) is None:
+        p = config.privacy
+        what = "only central DP (privacy.mode = \"central\": the server adds the noise, after seeing each " \
+            "update)" if p.mode == "central" and p.noise_multiplier > 0 else "no DP noise added on the device"
+        lacks.append(f"--require dp: the server's config has {what}; the device needs \"clip\" then \"gaussian\" "
+                     "in codec.pipeline with privacy.mode local or distributed and privacy.noise_multiplier > 0, "
+                     "or client.dp_sgd with client.dp_noise_multiplier > 0")
+    if lacks:
+        raise PinError("; ".join(lacks))
+
+
 class Client:
     """Joins a server, then polls for tasks, trains, and submits, reconnecting with backoff when cut off."""
 
     def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
                  ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
                  insecure: bool = False, max_backoff_s: float = 30.0, trainer=None, state_path: str | None = None,
-                 ckks_secret: str | None = None):
+                 ckks_secret: str | None = None, require=(), ckks_public: str | None = None,
+                 min_members: int = 2):
         import grpc
 
         if trainer is None:
@@ -93,6 +161,10 @@ class Client:
                 self.key_holder = he.read_secret(ckks_secret)
             except (OSError, ValueError) as exc:
                 raise FedstackError(f"--ckks-secret {ckks_secret}: not a CKKS secret key ({exc})") from None
+        self.require, self.ckks_key_id = pins(require, ckks_public, self.key_holder)
+        if not min_members >= 1:
+            raise FedstackError(f"--min-members must be at least 1, got {min_members}")
+        self.min_members = min_members
         # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
         # state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
@@ -110,14 +182,18 @@ class Client:
                                metadata=self.metadata, timeout=30)
         self.name = reply.client
         self.heartbeat_s = reply.heartbeat_s or 5.0
+        tree = tomllib.loads(reply.config_toml)
+        # codec.ckks_keys names a directory on the server's machine: a device gets the public context
+        # from the server (and the key holder its secret key from --ckks-secret).
+        tree.get("codec", {}).pop("ckks_keys", None)
+        config = validate(tree)
+        # The pins (--require) hold at every join: a restarted server's config must meet them too. (The
+        # pipeline is built once, at the first join; a rejoin never rebuilds it from the new config.)
+        check_pins(config, self.require)
         if self.data is None:
             from ..experiment import make_trainer
 
-            tree = tomllib.loads(reply.config_toml)
-            # codec.ckks_keys names a directory on the server's machine: a device gets the public context
-            # from the server (and the key holder its secret key from --ckks-secret).
-            tree.get("codec", {}).pop("ckks_keys", None)
-            self.config = validate(tree)
+            self.config = config
             self.data = self._load_data()
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
@@ -132,7 +208,9 @@ class Client:
             if getattr(self.summing, "name", None) == "ckks":
                 from ..codec.ckks import CKKSDevice
 
-                self.ckks = CKKSDevice(self.key_holder)
+                # the key holder decrypts only sums of at least --min-members, and of the run's min_clients
+                self.ckks = CKKSDevice(self.key_holder, key_id=self.ckks_key_id,
+                                       min_members=max(self.min_members, self.config.server.min_clients))
             if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
                 self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
@@ -174,10 +252,14 @@ class Client:
     def _save_state(self) -> None:
         if self.state_path is None:
             return
-        partial = self.state_path.with_name(self.state_path.name + ".partial")
-        with open(partial, "wb") as f:
-            np.savez(f, **self.state)
-        os.replace(partial, self.state_path)  # never a half-written state
+        from io import BytesIO
+
+        from ..files import write_atomic
+
+        buffer = BytesIO()
+        np.savez(buffer, **self.state)
+        # Never a half-written state, even after a power cut; derived from this device's data: owner-only.
+        write_atomic(self.state_path, buffer.getvalue(), private=True)
 
     @contextlib.contextmanager
     def _beating(self):
@@ -214,10 +296,11 @@ class Client:
         params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
                                dtype=np.float32)
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
-        payload, reply = b"", None
+        payload, reply, violated = b"", None, None
         with self._beating():
             try:
                 config = FitConfig(**json.loads(header.fit_config_json))
+                self._check_task(config)
                 task = Task(header.round, header.client_id, config, state=self.state)
                 reply = fit_and_encode(self.trainer, self.pipeline, self.config.seed, task, self.data, params)
                 payload = self._masked(header, task, reply.payload) if self.summing else reply.payload
@@ -225,12 +308,25 @@ class Client:
                 update.metrics.update({k: float(v) for k, v in reply.metrics.items()})
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
                 update.error = f"{type(exc).__name__}: {exc}"
+                violated = exc if isinstance(exc, PinError) else None
         if self._submit(header, update, payload, "update"):
             self.submitted += 1
             if reply is not None and reply.state is not None:  # the server took it: the state moves on
                 self.state = reply.state
                 self._save_state()
+        if violated is not None:  # the server learnt why; the device stops (exit 2)
+            raise FedstackError(str(violated))
         return True
+
+    def _check_task(self, config: FitConfig) -> None:
+        """A fit task must keep what `--require dp` accepted at join: a server cannot turn DP-SGD off, or
+        lower its noise, per task (PinError). The clip and gaussian stages are this device's pipeline's."""
+        if "dp" in self.require and dp_by_clients(self.config) == "dp-sgd":
+            floor = self.config.client.dp_noise_multiplier
+            if not config.dp_sgd or not config.dp_noise_multiplier >= floor:
+                raise PinError(f"--require dp: the server's task asks for dp_sgd={config.dp_sgd} with noise "
+                               f"multiplier {config.dp_noise_multiplier:g}, below the run's DP-SGD "
+                               f"(noise multiplier {floor:g}) accepted at join: refusing to train")
 
     def _masked(self, header, task: Task, payload: bytes) -> bytes:
         """This device's update protected for the round's sum: masked (secagg: a MaskedInput's bytes) or
@@ -253,7 +349,7 @@ class Client:
     def _answer(self, header) -> None:
         """One step of a protocol the server runs with the round's clients (secure or homomorphic aggregation)."""
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
-        payload = b""
+        payload, violated = b"", None
         device = {"secagg": self.secagg, "ckks": self.ckks}.get(header.protocol_stage.split(".")[0])
         with self._beating():
             try:
@@ -263,9 +359,15 @@ class Client:
                 payload = device.answer(header.round, header.client_id, header.protocol_stage,
                                         header.protocol_request)
             except Exception as exc:  # the server counts this client out of the step; the protocol copes
+                from ..codec.ckks import KeyPinError
+
                 update.error = f"{type(exc).__name__}: {exc}"
-                log.warning("round %d: %s failed: %s", header.round, header.protocol_stage, update.error)
+                violated = exc if isinstance(exc, KeyPinError) else None
+                if violated is None:
+                    log.warning("round %d: %s failed: %s", header.round, header.protocol_stage, update.error)
         self._submit(header, update, payload, header.protocol_stage)
+        if violated is not None:  # a public key other than the pinned one: the server learnt why; stop (exit 2)
+            raise FedstackError(str(violated))
 
     def _submit(self, header, update, payload: bytes, what: str) -> bool:
         """Send a reply (update or protocol message) in chunks; whether the server accepted it."""

@@ -10,7 +10,7 @@ import os
 import re
 import secrets
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -108,9 +108,11 @@ def read_pem(path: str | Path) -> bytes:
 
 @dataclass(frozen=True)
 class ClientRegistry:
-    """Who may connect: client names by token hash."""
+    """Who may connect: client names by token hash, and the largest example count each may claim for
+    its update's weight (`max_examples = N` in its [[client]] table; absent: none declared)."""
 
     by_hash: dict[str, str]
+    max_examples: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> ClientRegistry:
@@ -126,6 +128,7 @@ class ClientRegistry:
         if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
             raise FedstackError(f"client registry {path} needs one or more [[client]] tables")
         by_hash: dict[str, str] = {}
+        bounds: dict[str, int] = {}
         for i, entry in enumerate(entries, start=1):
             where = f"client registry {path}, [[client]] #{i}"
             name, digest = entry.get("name"), entry.get("token_sha256")
@@ -141,7 +144,12 @@ class ClientRegistry:
             if digest.lower() in by_hash:
                 raise FedstackError(f"{where}: same token_sha256 as {by_hash[digest.lower()]!r}")
             by_hash[digest.lower()] = name
-        return cls(by_hash)
+            if "max_examples" in entry:
+                bound = entry["max_examples"]
+                if isinstance(bound, bool) or not isinstance(bound, int) or bound < 1:
+                    raise FedstackError(f"{where}: max_examples must be a positive integer, got {bound!r}")
+                bounds[name] = bound
+        return cls(by_hash, bounds)
 
     def identify(self, token: str | None) -> str | None:
         """The name of the client holding `token`, or None for a missing or unknown token."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
+import math
 import queue
 import secrets
 import threading
@@ -17,6 +20,7 @@ import numpy as np
 
 from ..codec import CodecContext
 from ..engine import EvalTask, FitReply, Outcome, Workload, execute
+from ..errors import brief
 from ..server import check_update
 from ..seeding import rng
 from . import PROTOCOL
@@ -25,6 +29,10 @@ from . import fedstack_pb2_grpc as pb_grpc
 from .wire import GRPC_OPTIONS, assemble, chunks
 
 log = logging.getLogger("fedstack.transport")
+
+# Masked inputs, ciphertexts and protocol messages: at most this many bytes a model value, plus the base.
+PROTECTED_BYTES_PER_VALUE, PROTECTED_BYTES_BASE = 128, 2 << 20
+MAX_METRICS = 64  # training figures a client may attach to an update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +66,33 @@ class GrpcEngine:
     protocol (secure or homomorphic aggregation) with several clients: each gets a message and
     answers it; `session` tells whether a client has joined again since (a restarted client has
     lost what earlier steps gave it).
+
+    What one client, even with a valid token, can make the server do is bounded: a reply's header is
+    checked (open task, its owner, its round, an announced size no larger than the model and pipeline
+    allow) before its payload is read; one update per client arrives at a time; a newer Poll of a
+    client ends its older one; a payload is decoded once, outside the lock; an update's weight is
+    bounded by `max_examples` (by client name; a missing or 0 bound weighs every update 1). A client
+    that polls while its task is still open never got it, or lost it: the task goes out again.
     """
 
     client_state = "device"
 
     def __init__(self, names: list[str], deadline_s: float = 300.0, poll_s: float = 5.0,
-                 max_update_bytes: int = 1 << 30):
+                 max_examples: dict[str, int] | None = None):
         self.names = list(names)
         self.ids = {name: i for i, name in enumerate(self.names)}
         self.deadline_s = deadline_s
         self.poll_s = poll_s
-        self.max_update_bytes = max_update_bytes
+        self.max_examples = dict(max_examples or {})
         self.last_seen: dict[str, float] = {}
         self.joins: collections.Counter = collections.Counter()  # Join calls by client name
         self.refused: collections.Counter = collections.Counter()
         self._lock = threading.Condition()
         self._inbox: dict[str, collections.deque] = {name: collections.deque() for name in self.names}
         self._open: dict[int, _Assignment] = {}
+        self._polls: collections.Counter = collections.Counter()  # Poll calls by client: the newest one serves
+        self._arriving: set[str] = set()  # clients with an update on its way in
+        self._handed: dict[str, _Assignment] = {}  # the task each client was last handed
         self._params_payload = b""
         self._stopped = False
 
@@ -88,6 +106,19 @@ class GrpcEngine:
         horizon = time.monotonic() - (within_s or 3 * self.poll_s)
         with self._lock:
             return sorted(self.ids[n] for n, t in self.last_seen.items() if t >= horizon)
+
+    def wait_for(self, need: int, timeout_s: float) -> list[int]:
+        """The connected clients once at least `need` are, or whoever is after `timeout_s` seconds: during
+        a short outage a round waits for its clients instead of failing at once."""
+        end = time.monotonic() + timeout_s
+        ids = self.connected()
+        if len(ids) < need:
+            log.warning("%d of the %d clients a round needs are connected: waiting up to %.0f s",
+                        len(ids), need, timeout_s)
+        while len(ids) < need and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            ids = self.connected()
+        return ids
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         """Outcomes in task order: fit tasks from the clients, evaluation shards computed here."""
@@ -187,13 +218,28 @@ class GrpcEngine:
             self.last_seen[name] = time.monotonic()
 
     def next_task(self, name: str) -> _Assignment | str | None:
-        """The client's next assignment, "stop", or None after a poll interval with nothing."""
+        """The client's next assignment, "stop", or None after a poll interval with nothing — or at once
+        when the same client polls again: one Poll per client holds a server thread, however many it opens."""
         end = time.monotonic() + self.poll_s
         with self._lock:
+            self._polls[name] += 1
+            mine = self._polls[name]
+            self._lock.notify_all()  # the client's older poll, if any, gives way
             while True:
                 self.last_seen[name] = time.monotonic()
-                if self._inbox[name]:
-                    return self._inbox[name].popleft()
+                if self._polls[name] != mine:
+                    return None
+                while self._inbox[name]:
+                    assignment = self._inbox[name].popleft()
+                    if self._open.get(assignment.task_id) is assignment:  # not dropped while it waited
+                        self._handed[name] = assignment
+                        return assignment
+                handed = self._handed.get(name)
+                if handed is not None and self._open.get(handed.task_id) is handed:
+                    # A client polls only when it holds no task: it never got this one (the stream broke
+                    # midway) or lost it (restarted). Hand it out again rather than wait out the deadline.
+                    log.info("round %d: %s polls while its task is open; it goes out again", handed.round, name)
+                    return handed
                 if self._stopped:
                     return "stop"
                 left = end - time.monotonic()
@@ -201,43 +247,97 @@ class GrpcEngine:
                     return None
                 self._lock.wait(left)
 
-    def _check(self, assignment: _Assignment, header: pb.UpdateHeader, payload: bytes) -> str | None:
-        """The reason to refuse an update before it reaches the round, so the client hears it."""
+    def reply_limit(self, assignment: _Assignment) -> int:
+        """The most bytes a reply to this task may announce: an encoded update within what the pipeline can
+        emit for the model; a masked input, ciphertext or protocol message within a bound that grows with
+        the model (a CKKS ciphertext takes ~83 bytes a value plus ~330 KB)."""
+        size = len(self._params_payload) // 4
+        task = assignment.task
+        if isinstance(task, ProtocolTask) or task.protocol is not None:
+            return PROTECTED_BYTES_PER_VALUE * size + PROTECTED_BYTES_BASE
+        return self.workload.pipeline.max_payload_bytes(size)
+
+    @contextlib.contextmanager
+    def arriving(self, name: str):
+        """While a client's reply streams in; True if another of its replies already is (then refuse it)."""
+        with self._lock:
+            busy = name in self._arriving
+            self._arriving.add(name)
+        try:
+            yield busy
+        finally:
+            if not busy:
+                with self._lock:
+                    self._arriving.discard(name)
+
+    def admit(self, name: str, header: pb.UpdateHeader) -> _Assignment | pb.SubmitReply:
+        """The open task a reply's header answers, or the refusal, decided before any payload is read."""
+        with self._lock:
+            assignment = self._open.get(header.task_id)
+        if assignment is None:
+            return self.refuse(name, f"task {header.task_id} is not open (replayed, late or unknown)", "stale")
+        if assignment.name != name:
+            return self.refuse(name, f"task {header.task_id} belongs to another client", "foreign")
+        if header.round != assignment.round:
+            return self.refuse(name, f"task {header.task_id} is for round {assignment.round}, not {header.round}",
+                               "stale")
+        limit = self.reply_limit(assignment)
+        if header.payload_bytes > limit:
+            return self.refuse(name, f"announced {header.payload_bytes} bytes, over the limit of {limit} a reply "
+                               f"to this task may hold", "size")
+        return assignment
+
+    def weight(self, name: str, claimed: int) -> int | str:
+        """The weight an update counts with, or why its claimed example count is refused."""
+        bound = self.max_examples.get(name, 0)
+        if claimed < 0:
+            return f"negative num_examples {claimed}"
+        if not bound:  # nothing bounds the claim: every deployed update weighs the same
+            return 1
+        if claimed > bound:
+            return f"num_examples {claimed} is over the {bound} this client may claim"
+        return claimed
+
+    def _decode(self, assignment: _Assignment, payload: bytes) -> tuple[np.ndarray | None, str | None]:
+        """(the update, None), or (None, why it is refused): decoded once, and the round loop reuses it."""
+        size = len(self._params_payload) // 4
         try:
             ctx = CodecContext(assignment.round, assignment.task.client_id, self.workload.seed)
-            update = self.workload.pipeline.decode(payload, ctx)
+            update = self.workload.pipeline.decode(payload, ctx, size)
         except Exception as exc:  # garbage from the network must not reach the aggregate
-            return f"undecodable payload ({type(exc).__name__}: {exc})"
-        problem = check_update(update, len(self._params_payload) // 4, int(header.num_examples))
-        return f"malformed update: {problem}" if problem else None
+            return None, f"undecodable payload ({brief(exc)})"
+        problem = check_update(update, size, 0)
+        return (None, f"malformed update: {problem}") if problem else (update, None)
 
     def refuse(self, name: str, reason: str, kind: str) -> pb.SubmitReply:
+        reason = brief(reason)
         self.refused[kind] += 1
         log.warning("refused an update from %s: %s", name, reason)
         return pb.SubmitReply(accepted=False, reason=reason)
 
-    def accept(self, name: str, header: pb.UpdateHeader, payload: bytes) -> pb.SubmitReply:
-        """Book a client's update if it answers an open task of that very client."""
+    def accept(self, name: str, assignment: _Assignment, header: pb.UpdateHeader, payload: bytes) -> pb.SubmitReply:
+        """Book a client's reply to its admitted task: decoded and checked here, outside the lock."""
+        task = assignment.task
+        if header.error:
+            outcome = Outcome(task, error=f"{name}: {brief(header.error)}")
+        elif isinstance(task, ProtocolTask):  # a protocol message: the protocol checks it
+            outcome = Outcome(task, FitReply(payload, 0))
+        else:
+            weight = self.weight(name, int(header.num_examples))
+            if isinstance(weight, str):
+                return self.refuse(name, weight, "weight")
+            if len(header.metrics) > MAX_METRICS or not all(math.isfinite(v) for v in header.metrics.values()):
+                return self.refuse(name, f"metrics must be at most {MAX_METRICS} finite values", "malformed")
+            update = None
+            if task.protocol is None:  # a masked vector or ciphertext is no update the server could decode
+                update, problem = self._decode(assignment, payload)
+                if problem:
+                    return self.refuse(name, problem, "malformed")
+            outcome = Outcome(task, FitReply(payload, weight, dict(header.metrics), update=update))
         with self._lock:
-            assignment = self._open.get(header.task_id)
-            if assignment is None:
-                return self.refuse(name, f"task {header.task_id} is not open (replayed, late or unknown)", "stale")
-            if assignment.name != name:
-                return self.refuse(name, f"task {header.task_id} belongs to another client", "foreign")
-            if header.round != assignment.round:
-                return self.refuse(name, f"task {header.task_id} is for round {assignment.round}, "
-                                   f"not {header.round}", "stale")
-            # A protocol message, or a fit task's masked vector, is no update the server could decode:
-            # the protocol checks it. The checks above and the size limit still hold for it.
-            opaque = isinstance(assignment.task, ProtocolTask) or getattr(assignment.task, "protocol", None) is not None
-            problem = None if header.error or opaque else self._check(assignment, header, payload)
-            if problem:
-                return self.refuse(name, problem, "malformed")
+            if self._open.get(header.task_id) is not assignment:
+                return self.refuse(name, f"task {header.task_id} closed while its reply arrived", "stale")
             del self._open[header.task_id]
-            if header.error:
-                outcome = Outcome(assignment.task, error=f"{name}: {header.error}")
-            else:
-                outcome = Outcome(assignment.task, FitReply(payload, int(header.num_examples), dict(header.metrics)))
             assignment.results.put((assignment.index, outcome))
         return pb.SubmitReply(accepted=True)
 
@@ -315,16 +415,23 @@ class FederationService(pb_grpc.FederationServicer):
         self.engine.heartbeat(name)
         try:
             first = next(request_iterator)
-            if first.WhichOneof("part") != "header":
-                return self.engine.refuse(name, "the first message of an update must be its header", "malformed")
-            header = first.header
-            payload = assemble((m.payload for m in request_iterator if m.WhichOneof("part") == "payload"),
-                               header.payload_bytes, self.engine.max_update_bytes)
-        except ValueError as exc:
-            return self.engine.refuse(name, f"malformed update: {exc}", "malformed")
         except StopIteration:
             return self.engine.refuse(name, "empty update stream", "malformed")
-        return self.engine.accept(name, header, payload)
+        if first.WhichOneof("part") != "header":
+            return self.engine.refuse(name, "the first message of an update must be its header", "malformed")
+        header = first.header
+        with self.engine.arriving(name) as busy:
+            if busy:
+                return self.engine.refuse(name, "another reply of this client is still arriving", "busy")
+            admitted = self.engine.admit(name, header)
+            if isinstance(admitted, pb.SubmitReply):  # refused on its header: the payload is never read
+                return admitted
+            try:
+                payload = assemble((m.payload for m in request_iterator if m.WhichOneof("part") == "payload"),
+                                   header.payload_bytes, self.engine.reply_limit(admitted))
+            except ValueError as exc:
+                return self.engine.refuse(name, f"malformed update: {exc}", "malformed")
+            return self.engine.accept(name, admitted, header, payload)
 
 
 def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = None,
@@ -332,7 +439,9 @@ def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = N
     """Start the gRPC server on `listen` (TLS when a certificate is given; mutual TLS with `client_ca`)."""
     import grpc
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    # Calls beyond the threads are refused (RESOURCE_EXHAUSTED) instead of queueing without bound.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS,
+                         maximum_concurrent_rpcs=workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     if tls_cert is not None:
         credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)], root_certificates=client_ca,
@@ -347,15 +456,38 @@ def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = N
 
 
 class ConnectedSampler:
-    """Each round, up to `k` clients drawn uniformly (from the run seed) among those connected."""
+    """Each round, up to `k` clients drawn uniformly (from the run seed) among those connected, once
+    `need` are (waiting up to `wait_s` seconds for them: a short outage does not use up the run)."""
 
-    def __init__(self, engine: GrpcEngine, seed: int = 0):
-        self.engine, self.seed = engine, seed
+    def __init__(self, engine: GrpcEngine, seed: int = 0, need: int = 1, wait_s: float = 60.0):
+        self.engine, self.seed, self.need, self.wait_s = engine, seed, need, wait_s
 
     def sample(self, round: int, k: int, attempt: int = 0) -> list[int]:
-        ids = self.engine.connected()
+        ids = self.engine.wait_for(self.need, self.wait_s)
         if not ids:
             return []
         keys = (round, attempt) if attempt else (round,)
         chosen = rng(self.seed, "sampling", *keys).choice(ids, size=min(k, len(ids)), replace=False)
         return sorted(int(c) for c in chosen)
+
+
+def client_view(config, share_seed: bool = False) -> str:
+    """The config a device is sent at Join: what it needs to train and encode, without the server's paths
+    and, unless `share_seed`, without the run seed (a one-way function of it instead: the same for every
+    device, so `--partition` partitions still fit together). The seed decides nothing a device may
+    recompute against another — the deployed server's DP noise comes from the operating system —, but
+    what a device need not know it is not told. `share_seed` lets trials compare a deployment with a
+    simulation bit for bit (`--partition` data, codec randomness)."""
+    from ..config import to_toml
+
+    seed = config.seed
+    if not share_seed:
+        seed = int.from_bytes(hashlib.sha256(f"fedstack client view {config.seed}".encode()).digest()[:4], "little")
+    view = config.model_copy(update={
+        "seed": seed,
+        "data": config.data.model_copy(update={"path": ""}),
+        "codec": config.codec.model_copy(update={"ckks_keys": ""}),
+        "systems": config.systems.model_copy(update={"trace": ""}),
+        "engine": config.engine.model_copy(update={"address": ""}),
+    })
+    return to_toml(view)
