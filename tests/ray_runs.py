@@ -132,6 +132,29 @@ class Laps:
         self.seconds[name], self.last = round(now - self.last, 2), now
 
 
+def batchnorm_trainer():
+    """A model with BatchNorm: floating running statistics, federated with the weights, and an integer
+    counter that is not. Module-level, so pool workers and Ray actors can build it."""
+    import torch
+
+    from fedstack.client import TorchTrainer
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                                torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    return TorchTrainer(model)
+
+
+def batchnorm_run(engine, workers: int = 2):
+    """Three FedAvg rounds of the BatchNorm model on digits: (final params, test accuracies)."""
+    from fedstack.data import build_dataset
+    from fedstack.experiment import initial_params, simulate
+
+    dataset = build_dataset("digits", num_clients=6, partition="iid", alpha=0.5, seed=0)
+    history = simulate(batchnorm_trainer, dataset, initial_params(batchnorm_trainer, 0), rounds=3,
+                       clients_per_round=4, engine=engine, workers=workers, federated_eval=False)
+    return history.params, [r["test_accuracy"] for r in history.rounds]
+
+
 def simulate_config(config, engine, trainer_factory=None):
     """`config`'s run through fedstack.experiment.simulate on `engine` (a name or an Engine)."""
     from fedstack.experiment import client_side, dataset_of, simulate
@@ -174,6 +197,9 @@ def engines(out: Path) -> None:
     workload.dataset.train_idx = parts
     # and client 5's actor dies each time it trains it
     workload.trainer_factory = functools.partial(SlowTrainer, doomed=int(parts[5][0]))
+    params, accuracies = batchnorm_run(RayEngine(2))  # BatchNorm's statistics through Ray too
+    results["batchnorm"] = {"params": params.tolist(), "accuracies": accuracies}
+    lap("batchnorm")
     engine = RayEngine(2)
     engine.start(workload)
     try:

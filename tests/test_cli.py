@@ -145,3 +145,44 @@ def test_the_progress_bar_starts_no_thread_so_pool_workers_can_fork():
         assert threading.active_count() == before
         progress({"round": 1, "test_accuracy": 0.5, "test_loss": 1.0, "clients": 2, "failures": 0})
         assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--set", "data.name=fashion_mnist", "--set", "data.path=/nonexistent", "--quiet"],
+    ["run", "--set", "data.name=digits", "--set", "data.path=/nonexistent", "--quiet"],
+    ["data", "fashion_mnist", "--path", "/nonexistent"],
+])
+def test_an_explicit_data_path_that_does_not_hold_the_data_is_an_error(args, tmp_path):
+    """It was silently ignored: training went on with the system's copy, exit 0."""
+    proc = fedstack(*args, *(["--out", str(tmp_path / "o")] if args[0] == "run" else []))
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "/nonexistent" in err and "\n" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_toml_value_of_the_wrong_type_is_named_not_coerced(tmp_path):
+    """rounds = "2" used to become 2 silently."""
+    config = tmp_path / "run.toml"
+    config.write_text('[server]\nrounds = "2"\n')
+    proc = fedstack("run", str(config), "--out", str(tmp_path / "o"))
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "server.rounds" in err and "'2'" in err and "\n" not in err, err
+
+
+def test_digits_works_with_nothing_but_its_name(tmp_path):
+    """`--set data.name=digits` alone failed (a Dirichlet split of 100 clients), and the CNN stayed at 10%."""
+    out = tmp_path / "o"
+    proc = fedstack("run", "--set", "data.name=digits", "--set", "server.rounds=3", "--set", "engine.name=local",
+                    "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["data"]["num_clients"] == 10 and summary["config"]["model"]["name"] == "mlp"
+    assert summary["final"]["test_accuracy"] > 0.4
+    explicit = cli_config(["data.name=digits", "data.num_clients=12", "model.name=cnn", "client.lr=0.05"])
+    assert (explicit.data.num_clients, explicit.model.name, explicit.client.lr) == (12, "cnn", 0.05)
+
+
+def cli_config(overrides):
+    from fedstack.config import load_config
+
+    return load_config(None, overrides)

@@ -111,3 +111,25 @@ def test_jit_evaluation_agrees_with_eager():
     shifted = params.copy()
     shifted[-10:] += np.arange(10, dtype=np.float32) * 5
     assert jit.evaluate(shifted, x, y).loss_sum == pytest.approx(eager.evaluate(shifted, x, y).loss_sum, rel=1e-5)
+
+
+def test_batchnorm_statistics_travel_in_the_vector_and_decide_evaluation():
+    import torch
+
+    from fedstack.client import FitConfig, TorchTrainer
+    from fedstack.data import ClientData
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    trainer = TorchTrainer(model)
+    weights = sum(p.numel() for p in model.parameters())
+    start = trainer.get_params()
+    assert start.size == weights + 8  # running_mean and running_var, not num_batches_tracked
+    np.testing.assert_array_equal(start[weights:], np.r_[np.zeros(4), np.ones(4)])
+    rng = np.random.default_rng(0)
+    x, y = (rng.normal(5.0, 2.0, (64, 3))).astype(np.float32), rng.integers(0, 2, 64)
+    result = trainer.fit(start, ClientData(x, y, np.arange(64), np.zeros(0, np.int64)), FitConfig(lr=0.01))
+    assert np.abs(result.update[weights:]).max() > 0.1  # the statistics moved, and are part of the update
+    shifted = start.copy()
+    shifted[weights:weights + 4] = 100.0  # another running mean: evaluation must use the vector's
+    assert trainer.evaluate(start, x, y).loss_sum != trainer.evaluate(shifted, x, y).loss_sum

@@ -11,6 +11,7 @@ from fedstack.data import ClientData
 from fedstack.experiment import make_trainer
 from fedstack.models import build_model
 from fedstack.privacy import Accountant, RecordLevelLedger
+from fedstack.errors import FedstackError
 
 FEATURES, CLASSES = 4, 3
 
@@ -170,9 +171,10 @@ def test_unsupported_combinations_are_refused():
     params = _start(trainer)
     with pytest.raises(ValueError, match="SCAFFOLD"):
         trainer.fit(np.concatenate([params, params]), data, FitConfig(dp_sgd=True, scaffold=True))
-    with pytest.raises(ValueError, match="dp_max_grad_norm"):
+    # refused where the config is made (FedstackError), as the config's client.* keys are
+    with pytest.raises(FedstackError, match="dp_max_grad_norm"):
         trainer.fit(params, data, FitConfig(dp_sgd=True, dp_max_grad_norm=0.0))
-    with pytest.raises(ValueError, match="dp_noise_multiplier"):
+    with pytest.raises(FedstackError, match="dp_noise_multiplier"):
         trainer.fit(params, data, FitConfig(dp_sgd=True, dp_noise_multiplier=-1.0))
     lstm = TorchTrainer(build_model("char_lstm", (5,), 7))
     tokens = ClientData(np.zeros((4, 5), np.int64), np.zeros((4, 5), np.int64), np.arange(4),

@@ -29,7 +29,7 @@ def test_a_crashed_run_resumes_after_its_last_round_with_the_same_bits(tmp_path)
 def test_resuming_with_another_config_is_refused(tmp_path):
     with pytest.raises(Crash):
         run_config(load_config(None, SMALL), tmp_path / "run", on_round=[crash_after(1)])
-    with pytest.raises(FedstackError, match="another config"):
+    with pytest.raises(FedstackError, match="holds another run"):
         run_config(load_config(None, [*SMALL, "client.lr=0.5"]), tmp_path / "run")
 
 
@@ -89,3 +89,76 @@ def test_fine_tuning_personalises_clients_with_skewed_labels(tmp_path):
     assert summary["final"]["personalized"] == after
     # deterministic: the same config gives the same fine-tuned figures
     assert run_config(config, tmp_path / "again").rounds[-1]["personalized"] == after
+
+
+# --- first-hour regressions (issue: wrong results a new user meets) ---
+
+def _trainer(hidden):
+    import torch
+
+    from fedstack.client import TorchTrainer
+
+    layers = [torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10)] \
+        if hidden else [torch.nn.Flatten(), torch.nn.Linear(64, 10)]
+    return TorchTrainer(torch.nn.Sequential(*layers))
+
+
+def _api_run(out, hidden=0, clients=8, rounds=2):
+    import functools
+
+    from fedstack.data import build_dataset
+    from fedstack.experiment import initial_params, simulate
+
+    factory = functools.partial(_trainer, hidden)
+    data = build_dataset("digits", num_clients=clients, partition="iid", alpha=0.5, seed=0)
+    return simulate(factory, data, initial_params(factory, 0), rounds=rounds, clients_per_round=3, out=out,
+                    federated_eval=False)
+
+
+def test_a_run_directory_of_another_model_or_data_is_refused_naming_what_differs(tmp_path, caplog):
+    first = _api_run(tmp_path / "mine")
+    with pytest.raises(FedstackError, match="holds another run: its model was 650 parameters"):
+        _api_run(tmp_path / "mine", hidden=12)  # was: silently the previous run's parameters and accuracies
+    with pytest.raises(FedstackError, match="holds another run: its data was .* 8 clients"):
+        _api_run(tmp_path / "mine", clients=6)
+    again = _api_run(tmp_path / "mine", rounds=3)  # the same run, further: a resume, and it says so
+    assert "resuming" in caplog.text and "from round 3" in caplog.text
+    np.testing.assert_array_equal(again.rounds[1]["test_accuracy"], first.rounds[1]["test_accuracy"])
+    assert [r["round"] for r in again.rounds] == [1, 2, 3]
+
+
+def test_a_resume_with_another_config_names_the_key(tmp_path):
+    with pytest.raises(Crash):
+        run_config(load_config(None, SMALL), tmp_path / "run", on_round=[crash_after(1)])
+    with pytest.raises(FedstackError, match="config key 'client.lr' was 0.2, this one's is 0.5"):
+        run_config(load_config(None, [*SMALL, "client.lr=0.5"]), tmp_path / "run")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"rounds": -1}, "rounds must be an integer >= 1, got -1"),
+    ({"clients_per_round": 0}, "clients_per_round must be an integer >= 1"),
+    ({"strategy": "fedavg"}, "strategy must be a strategy object such as fedstack.FedAvg"),
+    ({"initial_params": np.zeros(835, np.float32)}, "initial_params holds 835 values, but the trainer's model has"),
+])
+def test_the_python_api_checks_its_arguments_before_any_work(change, message):
+    import functools
+
+    from fedstack.data import build_dataset
+    from fedstack.experiment import initial_params, simulate
+
+    factory = functools.partial(_trainer, 0)
+    data = build_dataset("digits", num_clients=8, partition="iid", alpha=0.5, seed=0)
+    args = {**dict(initial_params=initial_params(factory, 0), rounds=2, clients_per_round=3), **change}
+    with pytest.raises(FedstackError, match=message):
+        simulate(factory, data, args.pop("initial_params"), **args)
+
+
+def test_fit_config_refuses_what_the_config_refuses():
+    from fedstack.client import FitConfig
+
+    for bad, message in ((dict(lr=-1.0), "FitConfig.lr must be a number > 0, got -1.0"),
+                         (dict(batch_size=0), "FitConfig.batch_size must be an integer >= 1"),
+                         (dict(epochs=1.5), "FitConfig.epochs must be an integer"),
+                         (dict(mu=float("nan")), "FitConfig.mu")):
+        with pytest.raises(FedstackError, match=message):
+            FitConfig(**bad)

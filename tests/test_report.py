@@ -5,12 +5,14 @@ from rich.console import Console
 
 from fedstack.errors import FedstackError
 from fedstack.report import (
+    draw_report,
     human_bytes,
     plot_report,
     print_summary,
     read_metrics,
     read_summary,
     summary_table,
+    time_unit,
     write_report,
 )
 
@@ -114,3 +116,88 @@ def test_print_summary_prints_table(run_dir):
 )
 def test_human_bytes(n, expected):
     assert human_bytes(n) == expected
+
+
+def _panels(fig):
+    return {ax.get_title(): ax for ax in fig.axes}
+
+
+def _has_data(ax) -> bool:
+    return bool(ax.lines or ax.patches or ax.collections)
+
+
+def test_the_report_has_no_empty_panel_and_a_train_loss_curve():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [{**m, "train_loss": 2.0 - 0.3 * m["round"]} for m in METRICS]
+    for records, panels in ((metrics, 7), ([{k: v for k, v in m.items() if k != "epsilon"} for m in metrics], 6),
+                            ([{**m, "rejected_by_reason": {"norm": 1}} for m in metrics], 8)):
+        fig = draw_report(records, SUMMARY, "demo")
+        try:
+            assert len(fig.axes) == panels
+            assert all(ax.get_visible() and ax.axison and _has_data(ax) for ax in fig.axes)
+            loss = _panels(fig)["Loss"]
+            assert [line.get_label().split()[0] for line in loss.lines] == ["test", "train"]
+            assert list(loss.lines[1].get_ydata()) == [m["train_loss"] for m in metrics]
+        finally:
+            plt.close(fig)
+
+
+def test_equal_up_and_down_traffic_stay_distinguishable():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [{**m, "bytes_down": m["bytes_up"]} for m in METRICS]
+    fig = draw_report(metrics, SUMMARY)
+    try:
+        up, down = _panels(fig)["Traffic per round"].lines
+        assert list(up.get_ydata()) == list(down.get_ydata())
+        assert up.get_linestyle() != down.get_linestyle() and up.get_color() != down.get_color()
+        assert up.get_marker() != down.get_marker() and up.get_linewidth() > down.get_linewidth()
+    finally:
+        plt.close(fig)
+
+
+def test_the_time_axis_takes_a_unit_by_magnitude_and_a_deployed_run_plots_wall_time():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert time_unit(21.6) == ("seconds", 1.0) and time_unit(600) == ("minutes", 60.0)
+    assert time_unit(36_000) == ("hours", 3600.0)
+    short = [{**m, "sim_time_s": m["sim_time_s"] / 1000} for m in METRICS]  # 0.04 s: not 0.00001 hours
+    for summary, title, label, values in (
+            (SUMMARY, "Accuracy vs simulated time", "simulated time (seconds)", [0.01, 0.03, 0.04]),
+            ({**SUMMARY, "deployed": True}, "Accuracy vs wall time", "wall time (seconds)", [1.2, 3.5, 4.6])):
+        fig = draw_report(short, summary)
+        try:
+            ax = _panels(fig)[title]
+            assert ax.get_xlabel() == label and list(ax.lines[0].get_xdata()) == pytest.approx(values)
+        finally:
+            plt.close(fig)
+    hours = [{**m, "sim_time_s": m["sim_time_s"] * 1000} for m in METRICS]
+    fig = draw_report(hours, SUMMARY)
+    try:
+        assert _panels(fig)["Accuracy vs simulated time"].get_xlabel() == "simulated time (hours)"
+    finally:
+        plt.close(fig)
+
+
+def test_the_summary_labels_its_times_and_a_deployed_run_shows_no_simulated_time(run_dir):
+    def rows(summary):
+        console = Console(record=True, width=120)
+        console.print(summary_table(summary, METRICS))
+        return console.export_text()
+
+    text = rows({**SUMMARY, "total_time_s": 9.25})
+    assert "wall time of the rounds (from engine start)" in text and "4.6 s" in text
+    assert "total time of the command (with start-up)" in text and "9.2 s" in text
+    assert "simulated time (device fleet)" in text and "40.0 s" in text
+    deployed = rows({**SUMMARY, "deployed": True})
+    assert "simulated" not in deployed and "40.0 s" not in deployed and "total time" not in deployed

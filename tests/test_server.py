@@ -352,3 +352,44 @@ def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
     counting = CountingEngine()  # a server optimizer keeps state a checkpoint saves: no riding
     run(counting, FedOpt(fit=fit))
     assert counting.batches == [["Task"] * 3, ["EvalTask"]] * 3
+
+
+def test_mean_train_loss_weighs_by_examples_and_skips_what_is_not_a_loss():
+    from fedstack.server import mean_train_loss
+
+    assert mean_train_loss([(1.0, 1), (4.0, 3)]) == 3.25
+    assert mean_train_loss([(2.0, 5), (float("nan"), 100), (None, 7), (6.0, 5)]) == 4.0  # DP-SGD's NaN skipped
+    assert mean_train_loss([(1.0, 0), (3.0, 0)]) == 2.0  # no weight at all: the plain mean
+    assert mean_train_loss([(float("nan"), 3)]) is None and mean_train_loss([]) is None
+
+
+class LossTrainer(ScriptedTrainer):
+    """Client i trains on i + 1 examples with loss i; client 3 updates with NaN (rejected)."""
+
+    def fit(self, params, data, config, state=None):
+        cid = int(data.train_idx[0])
+        update = np.full(params.shape, np.nan if cid == 3 else 0.1, np.float32)
+        return FitResult(update, cid + 1, {"train_loss": float(cid)})
+
+
+def test_a_round_records_the_mean_train_loss_of_its_accepted_updates():
+    import dataclasses
+
+    records = []
+    server = _server(4, 4, records)
+    server.workload = dataclasses.replace(server.workload, trainer_factory=LossTrainer)
+    server.run(np.zeros(3, np.float32))
+    (record,) = records
+    assert record["clients"] == 3 and record["rejected_by_reason"]["non_finite"] == 1
+    assert record["train_loss"] == (0 * 1 + 1 * 2 + 2 * 3) / (1 + 2 + 3)  # client 3's loss is not counted
+    assert "dp_clients" not in record and "client_states" not in record
+
+
+def test_a_clients_privacy_figures_are_checked_before_they_reach_the_ledger():
+    from fedstack.server import dp_release
+
+    assert dp_release({"dp_steps": 12.0, "dp_sample_rate": 0.25}) == (12, 0.25)
+    for bad in ({"dp_steps": float("nan"), "dp_sample_rate": 0.1}, {"dp_steps": 3.0},
+                {"dp_steps": 2.5, "dp_sample_rate": 0.1}, {"dp_steps": 1e12, "dp_sample_rate": 0.1},
+                {"dp_steps": 3.0, "dp_sample_rate": 1.5}, {"dp_steps": -1.0, "dp_sample_rate": 0.1}):
+        assert dp_release(bad) is None, bad  # the NaN one used to crash the round loop (int(nan))

@@ -3,8 +3,11 @@
 # The same three commands run across machines (README, "Run across machines").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-FEDSTACK=${FEDSTACK:-fedstack}
-PYTHON=${PYTHON:-python3}
+venv="$here/../../.venv/bin"  # the project's environment (make setup), else whatever is on PATH
+if [ -x "$venv/fedstack" ]; then default_fedstack="$venv/fedstack" default_python="$venv/python"
+else default_fedstack=fedstack default_python=python3; fi
+FEDSTACK=${FEDSTACK:-$default_fedstack}
+PYTHON=${PYTHON:-$default_python}
 PORT=${PORT:-9092}
 work=${1:-$(mktemp -d)}
 

@@ -54,7 +54,7 @@ from .codec import CodecContext
 from .engine import Outcome
 from .errors import ConfigError, FedstackError
 from .seeding import int_seed
-from .server import FAILURE_KINDS, REJECT_REASONS, SERVER_ID, Server
+from .server import FAILURE_KINDS, REJECT_REASONS, SERVER_ID, Server, mean_train_loss
 from .strategy import ClientUpdate, Task, broadcast
 
 log = logging.getLogger("fedstack.async")
@@ -294,6 +294,7 @@ class AsyncServer(Server):
             self.client_states.put(rnd, self.states)
         record = {"round": rnd, **self.tally, "failures": sum(self.kinds.values()), "failures_by_kind": self.kinds,
                   "overselected": 0, "attempts": 1, "sim_time_s": self.now,
+                  "train_loss": mean_train_loss((u.metrics.get("train_loss"), u.num_examples) for u in self.buffer),
                   "staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
         self.buffer = []
         self._new_period()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,17 +12,46 @@ from pathlib import Path
 from .errors import FedstackError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # `fedstack client`: every training task it ran failed (each logged, and reported to the server)
 EXIT_INTERRUPTED = 130
+RUN_LOG = "run.log"
+
+log = logging.getLogger("fedstack.cli")
+
+# What each reason a deployed server counts in `refused` means (fedstack.transport.server).
+REFUSALS = {
+    "unauthenticated": "calls with an unknown or missing client token (not a registered client)",
+    "foreign": "calls whose TLS client certificate names another client than their token, or updates "
+               "answering another client's task",
+    "stale": "updates to a task no longer open (a replay, a reply after the deadline or the round's end) or "
+             "for another round",
+    "size": "updates announcing more bytes than a reply to their task may hold",
+    "weight": "updates claiming a negative example count, or more than the client's max_examples",
+    "malformed": "updates that did not decode or check out (wrong length, non-finite values, bad metrics, "
+                 "a broken message stream)",
+    "busy": "updates sent while another reply of the same client was still arriving",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     import errno
     import sqlite3
 
+    # The command's clock (progress lines, summary.json's total_time_s): from the process's start when this is
+    # the program (its interpreter start-up and imports included), else from this call.
+    started = time.perf_counter() - (_process_age() if argv is None else 0.0)
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args.started, args.started_at = started, time.time() - (time.perf_counter() - started)
+    if not args.debug and "GRPC_TRACE" not in os.environ:
+        # gRPC's C core logs at INFO by default: a server's stderr would fill with a `Handshake failed` line
+        # per refused TLS connection. Its errors still show; --debug (or GRPC_VERBOSITY) shows everything.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported, which is later
+    level = logging.DEBUG if args.debug else logging.WARNING
+    stderr = logging.StreamHandler()
+    stderr.setLevel(level)  # run.log takes INFO records too (RunLog); stderr keeps to warnings
+    stderr.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[stderr])
     try:
         return args.func(args)
     except FedstackError as exc:
@@ -43,8 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc), or 0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+            return max(0.0, float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fedstack", description="Federated learning: simulate, deploy, report.")
+    parser.add_argument("--version", action="version", version=f"fedstack {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -151,14 +194,18 @@ def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else default_run_dir()
     console = Console()
-    progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
+    progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
+                        started=args.started)
     try:
-        with progress:
+        with RunLog(run_dir), progress:
+            log.info("fedstack run: %s rounds into %s", config.server.rounds, run_dir)
             run_config(config, run_dir, on_round=[progress], profile=args.profile)
     except KeyboardInterrupt:
+        finish_summary(run_dir, args)
         print(f"interrupted: finished rounds are saved in {run_dir}; the same command with "
               f"--out {run_dir} resumes", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finish_summary(run_dir, args)
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
     return 0
@@ -169,7 +216,7 @@ def cmd_server(args) -> int:
 
     from .config import load_config
     from .experiment import dataset_of, default_run_dir, run_config
-    from .report import print_summary
+    from .report import REPORT_FILE, print_summary, write_report
     from .transport.security import ClientRegistry, read_pem
     from .transport.server import ConnectedSampler, FederationService, GrpcEngine, client_view, serve
 
@@ -202,17 +249,22 @@ def cmd_server(args) -> int:
     print(f"listening on {host}:{port}", flush=True)
     console = Console()
     completed = False
+    run_log = RunLog(run_dir)
     try:
-        need = max(config.server.min_clients, 1)
-        print(f"waiting for {need} of {len(registry.names)} clients", flush=True)
-        while len(engine.connected()) < need:
-            time.sleep(0.2)
-        progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal)
-        with progress:
-            run_config(config, run_dir, on_round=[progress], engine=engine,
-                       sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
-                       dataset=dataset, profile=args.profile)
-        completed = True
+        with run_log:
+            log.info("fedstack server: listening on %s:%s for %s rounds into %s", host, port, config.server.rounds,
+                     run_dir)
+            need = max(config.server.min_clients, 1)
+            print(f"waiting for {need} of {len(registry.names)} clients", flush=True)
+            while len(engine.connected()) < need:
+                time.sleep(0.2)
+            progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
+                                started=args.started)
+            with progress:
+                run_config(config, run_dir, on_round=[progress], engine=engine,
+                           sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
+                           dataset=dataset, profile=args.profile)
+            completed = True
     except KeyboardInterrupt:
         print(f"interrupted: finished rounds are saved in {run_dir}; clients wait for the server to come back "
               "(the same command resumes)", file=sys.stderr)
@@ -222,9 +274,13 @@ def cmd_server(args) -> int:
             engine.stop_clients()
             time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
         server.stop(grace=2 if completed else 0).wait()
+        # Declared, not guessed: this run's devices were real, so its summary and report show no simulated time.
+        if finish_summary(run_dir, args, deployed=True) and (run_dir / REPORT_FILE).exists():
+            write_report(run_dir)
     print_summary(run_dir, console)
-    refused = dict(engine.refused)
-    console.print(f"results in {run_dir}" + (f"; refused: {refused}" if refused else ""))
+    console.print(f"results in {run_dir}")
+    for line in refusal_lines(engine.refused):
+        console.print(line, highlight=False)
     return 0
 
 
@@ -240,7 +296,11 @@ def cmd_client(args) -> int:
                     ckks_secret=args.ckks_secret, require=args.require, ckks_public=args.ckks_public,
                     min_members=args.min_members)
     client.run()
-    print(f"run over: {client.submitted} updates accepted, {client.refused} refused")
+    print(f"run over: {client.submitted} updates accepted, {client.refused} refused, {client.failed} failed")
+    if client.failed and client.failed == client.tasks:
+        print(f"error: all {client.tasks} training tasks failed on this device (see the warnings above)",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -267,6 +327,8 @@ def cmd_data(args) -> int:
     from .data import sources
 
     if args.name in ("digits", "synthetic"):
+        if args.path:
+            raise FedstackError(f"--path {args.path}: {args.name} reads no files (it is made on the fly)")
         print(f"{args.name} is made on the fly: nothing to install")
         return 0
     if args.name == "shakespeare":
@@ -284,12 +346,86 @@ def cmd_data(args) -> int:
     return 0
 
 
-class Progress:
-    """Per-round progress: a live bar on a terminal, one plain line per round otherwise."""
+def refusal_lines(refused: dict[str, int]) -> list[str]:
+    """One line per reason a deployed server refused something (its `refused` counts), saying what it means."""
+    return [f"refused {count} × {reason}: {REFUSALS.get(reason, 'see the warnings in run.log')}"
+            for reason, count in sorted(refused.items()) if count]
 
-    def __init__(self, rounds: int, console, plain: bool):
+
+class RunLog(logging.FileHandler):
+    """run_dir/run.log: the `fedstack` loggers' records at INFO and above, for the length of a `with`.
+
+    Records held in memory until the run has made its directory (a run refused on its config leaves no
+    directory behind); the `fedstack` logger is opened to INFO meanwhile (stderr's handler keeps to its level).
+    """
+
+    def __init__(self, run_dir):
+        super().__init__(Path(run_dir) / RUN_LOG, encoding="utf-8", delay=True)
+        self.setLevel(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._held: list[logging.LogRecord] = []
+        self._logger = logging.getLogger("fedstack")
+
+    def __enter__(self):
+        self._level = self._logger.level
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.setLevel(self._level)
+        self.close()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None and not Path(self.baseFilename).parent.is_dir():
+            self._held.append(record)
+            return
+        self._release()
+        super().emit(record)
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        for record in held:
+            super().emit(record)
+
+    def close(self) -> None:
+        if self._held and Path(self.baseFilename).parent.is_dir():
+            self._release()
+        self._held = []
+        super().close()
+
+
+def finish_summary(run_dir: Path, args, **fields) -> bool:
+    """Add what only the command knows to the summary.json this command's run wrote (False if it wrote none):
+    `total_time_s`, the command's whole time so far (start-up, data, rounds, report), and `fields`."""
+    from .report import SUMMARY_FILE, read_summary, write_summary
+
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        if path.stat().st_mtime < args.started_at - 1:  # an earlier session's: this one ended before writing
+            return False
+    except FileNotFoundError:
+        return False
+    summary = read_summary(run_dir)
+    summary.update(total_time_s=time.perf_counter() - args.started, **fields)
+    write_summary(run_dir, summary)
+    return True
+
+
+class Progress:
+    """Per-round progress: a live bar on a terminal, one plain line per round otherwise (also in run.log).
+
+    Times: `rounds` is the rounds' wall time since the engine started (`wall_time_s` of metrics.jsonl, the
+    summary's "wall time of the rounds"), `since start` the time since the command started (its data loading
+    and start-up included; the summary's "total time of the command" adds the summary and the report).
+    """
+
+    def __init__(self, rounds: int, console, plain: bool, started: float | None = None):
         self.rounds, self.console, self.plain = rounds, console, plain
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
+        self.done = 0  # rounds finished by this command (a resumed run starts later)
         self._bar = None
 
     def __enter__(self):
@@ -300,10 +436,12 @@ class Progress:
             # Redrawn at each round, not by a refresh thread: with no other thread running, the pool
             # engine can fork its workers (fedstack.engine.pool.start_method).
             self._bar = Bar(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
-                            TextColumn("{task.fields[figures]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=self.console, auto_refresh=False)
+                            TextColumn("{task.fields[figures]}"), TextColumn("since start"), TimeElapsedColumn(),
+                            TextColumn("ETA"), TimeRemainingColumn(), console=self.console, auto_refresh=False,
+                            get_time=time.perf_counter)
             self._bar.__enter__()
             self._task = self._bar.add_task("train", total=self.rounds, figures="")
+            self._bar.tasks[0].start_time = self.started  # elapsed counts from the command's start
         return self
 
     def __exit__(self, *exc):
@@ -314,13 +452,18 @@ class Progress:
         figures = ""
         if record.get("test_accuracy") is not None:
             figures = f"acc {record['test_accuracy']:.2%}  loss {record['test_loss']:.4f}"
+        self.done += 1
+        elapsed = time.perf_counter() - self.started
+        rounds_s = record.get("wall_time_s", elapsed)
+        eta = rounds_s / self.done * (self.rounds - record["round"])
+        line = (f"round {record['round']}/{self.rounds}  {figures}  clients {record['clients']}"
+                f"  failures {record['failures']}  rounds {rounds_s:.1f}s  since start {elapsed:.1f}s"
+                f"  eta {eta:.1f}s")
+        log.info("%s", line)
         if self._bar is not None:
             self._bar.update(self._task, completed=record["round"], figures=figures, refresh=True)
             return
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / record["round"] * (self.rounds - record["round"])
-        print(f"round {record['round']}/{self.rounds}  {figures}  clients {record['clients']}"
-              f"  failures {record['failures']}  elapsed {elapsed:.1f}s  eta {eta:.1f}s", flush=True)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from .errors import FedstackError
 from .params import ParamSpec, spec_of
 from .seeding import int_seed
 
@@ -31,6 +32,20 @@ class FitConfig:
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
     flip_labels: int = 0  # a simulated label-flipping client (fedstack.attack): trains on y → C − 1 − y, C = this
+
+    def __post_init__(self):
+        """The same checks as the config's client.* keys, so the Python API cannot train with lr = −1."""
+        for name, low, strict in (("epochs", 0, False), ("local_steps", 0, False), ("batch_size", 1, False),
+                                  ("lr", 0, True), ("mu", 0, False), ("clip_norm", 0, False),
+                                  ("dp_noise_multiplier", 0, False), ("dp_max_grad_norm", 0, True),
+                                  ("flip_labels", 0, False)):
+            value = getattr(self, name)
+            integer = name in ("epochs", "local_steps", "batch_size", "flip_labels")
+            kinds = (int, np.integer) if integer else (int, float, np.number)
+            if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
+                    or value < low or (strict and value == low):
+                raise FedstackError(f"FitConfig.{name} must be {'an integer' if integer else 'a number'} "
+                                    f"{'>' if strict else '>='} {low}, got {value!r}")
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
@@ -165,12 +180,22 @@ class TorchTrainer:
         self.dp_seeded_noise = dp_seeded_noise
         self.dp_secure_mode = dp_secure_mode
         self._grad_sampler = None  # Opacus's GradSampleModule around self.model, made by the first DP-SGD fit
-        tensors = list(model.parameters())
-        self.spec: ParamSpec = spec_of([(n, tuple(p.shape)) for n, p in model.named_parameters()])
+        named = list(model.named_parameters())
+        # Floating-point buffers (BatchNorm's running statistics) travel with the parameters, as in a
+        # state_dict: averaged like them, and the model every engine and the server evaluate is the same.
+        # Integer buffers (BatchNorm's num_batches_tracked) stay with the trainer: a count has no average.
+        buffers = [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
+        self.spec: ParamSpec = spec_of([(n, tuple(t.shape)) for n, t in named + buffers])
         self._flat = torch.zeros(self.spec.size, dtype=torch.float32)
-        for p, (a, b) in zip(tensors, self.spec.offsets()):
+        offsets = self.spec.offsets()
+        for (_, p), (a, b) in zip(named, offsets):
             self._flat[a:b].copy_(p.data.reshape(-1))
             p.data = self._flat[a:b].view(p.shape)
+        for (name, buffer), (a, b) in zip(buffers, offsets[len(named):]):
+            # a view into the flat vector: BatchNorm updates its statistics in place, so they land there
+            self._flat[a:b].copy_(buffer.reshape(-1))
+            owner, _, attr = name.rpartition(".")
+            model.get_submodule(owner)._buffers[attr] = self._flat[a:b].view(buffer.shape)
 
     def get_params(self) -> np.ndarray:
         """The model's current parameters as a new flat float32 vector."""

@@ -14,7 +14,9 @@ from .errors import ConfigError, FedstackError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: TOML has types, so rounds = "2" is a mistake to name, not a string to coerce (an int may
+    # still stand for a float: lr = 1)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class DataConfig(Section):
@@ -169,7 +171,8 @@ class EvalConfig(Section):
 
 
 class Config(Section):
-    """A whole run. Keys and defaults are the contract in DESIGN.md; unknown keys are errors."""
+    """A whole run. Keys and defaults are the contract the README's configuration section lists;
+    unknown keys are errors."""
 
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -220,8 +223,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return validate(tree)
 
 
+# Defaults that depend on the data set, for the keys a config leaves unset. The general ones suit
+# Fashion-MNIST; on digits' 1 797 small images a Dirichlet split over 100 clients leaves some clients
+# with almost nothing and the CNN at lr 0.05 stays at chance for rounds, so digits ("small and fast")
+# gets 10 clients and the 2NN at lr 0.2: about 60% after 3 rounds, 90% after 20.
+DATASET_DEFAULTS = {"digits": {("data", "num_clients"): 10, ("model", "name"): "mlp", ("client", "lr"): 0.2}}
+
+
+def with_dataset_defaults(tree: dict) -> dict:
+    """`tree` with its data set's own defaults filled in where it sets nothing (a new tree)."""
+    data = tree.get("data")
+    name = data.get("name") if isinstance(data, dict) else None
+    defaults = DATASET_DEFAULTS.get(name) if isinstance(name, str) else None
+    if not defaults:
+        return tree
+    tree = {key: dict(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    for (section, key), value in defaults.items():
+        node = tree.setdefault(section, {})
+        if isinstance(node, dict):
+            node.setdefault(key, value)
+    return tree
+
+
 def validate(tree: dict) -> Config:
     """A Config from a plain tree, or a ConfigError naming the first bad key."""
+    tree = with_dataset_defaults(tree)
     try:
         config = Config.model_validate(tree)
     except ValidationError as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import logging
 import math
 import platform
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
 from .attack import build_attack
 from .config import Config, codec_options, private, robust_rule, to_toml
+from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
@@ -32,6 +35,9 @@ from .profiling import Profile
 from .strategy.private import Private
 from .strategy.robust import RootUpdate
 from .systems import SystemModel, build_system
+
+
+log = logging.getLogger("fedstack.run")
 
 
 @dataclass
@@ -80,10 +86,9 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     `max_norm_ratio` (> 0) rejects updates longer than that many times their round's median norm;
     `attack` (a fedstack.attack.Attack) makes some clients malicious, unknown to the strategy.
     """
-    if clients_per_round > dataset.num_clients:
-        raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
-    workload = Workload(trainer_factory, dataset, pipeline or Pipeline(), seed)
     strategy = strategy or FedAvg()
+    check_arguments(trainer_factory, dataset, initial_params, strategy, rounds, clients_per_round)
+    workload = Workload(trainer_factory, dataset, pipeline or Pipeline(), seed)
     history = History()
     callbacks: list[Callable] = [history, *on_round]
     store = None
@@ -92,15 +97,20 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         run_dir = history.run_dir = prepare_run_dir(out)
         store = RunStore(run_dir / "store.sqlite")
         checkpoint = store.checkpoint()
+        identity = fingerprint(initial_params, dataset, strategy, seed, config or {})
         if checkpoint is not None:  # resume after the last finished round
-            if store.meta("config") != (config or {}):
+            difference = fingerprint_difference(store.meta("fingerprint") or {"config": store.meta("config")},
+                                                identity)
+            if difference is not None:
                 store.close()
-                raise FedstackError(f"--out {run_dir} holds a run with another config; choose another directory")
+                raise FedstackError(f"--out {run_dir} holds another run: {difference}; choose another directory")
             (last, params), history.rounds = checkpoint, store.rounds()
             start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
             restore_run_state(strategy, sampler, store.strategy_state(), record_ledger)
             store.rewind_client_states(last)
+            log.warning("resuming %s from round %d", run_dir, start_round)
         store.set_meta("config", config or {})
+        store.set_meta("fingerprint", identity)
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
                                                                run_state(strategy, sampler, record_ledger)),
                      MetricsWriter(run_dir, history.rounds), *callbacks]
@@ -118,6 +128,10 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         history.params = server.run(params, start_round, sim_time)
         if getattr(server, "stopped", None):
             history.status, history.stopped = "stopped", server.stopped
+        elif history.rounds and not any(r.get("clients", 0) >= max(extra.get("min_clients", 1), 1)
+                                        for r in history.rounds):
+            history.status = "degraded"  # no round aggregated an update: the model is the one it started from
+            log.warning("no round aggregated an update (every client failed or was refused): status degraded")
     except BaseException as exc:
         history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise
@@ -131,6 +145,96 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
             if history.rounds:
                 write_report(history.run_dir)
     return history
+
+
+def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: int, clients_per_round: int) -> None:
+    """`simulate`'s arguments checked as the CLI checks a config, before any work: one line naming the
+    argument at fault (FedstackError), never a traceback rounds later."""
+    for name, value in (("rounds", rounds), ("clients_per_round", clients_per_round)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise FedstackError(f"{name} must be an integer >= 1, got {value!r}")
+    if clients_per_round > dataset.num_clients:
+        raise FedstackError(f"clients_per_round={clients_per_round} > num_clients={dataset.num_clients}")
+    if not isinstance(strategy, Strategy):  # it declares configure and aggregate
+        raise FedstackError(f"strategy must be a strategy object such as fedstack.FedAvg(), got {strategy!r} "
+                            f"({type(strategy).__name__}); by name, strategies are a config's server.strategy")
+    params = np.asarray(initial_params)
+    if params.ndim != 1 or not np.issubdtype(params.dtype, np.floating):
+        raise FedstackError(f"initial_params must be a flat float vector, got shape {params.shape} of {params.dtype}")
+    try:  # one model, built here: a mismatch fails now, not in every task of every round
+        expected = trainer_factory().get_params().size
+    except AttributeError:  # a trainer of its own that does not expose its parameters: its first fit will say
+        return
+    if params.size != expected:
+        raise FedstackError(f"initial_params holds {params.size} values, but the trainer's model has {expected} "
+                            "(e.g. trainer_factory().get_params())")
+
+
+def fingerprint(params: np.ndarray, dataset, strategy, seed: int, config: dict) -> dict:
+    """What decides a run's result, item by item: a run directory holding a run whose fingerprint differs
+    is refused (`fingerprint_difference` names the item), never silently resumed or returned."""
+    return {
+        "model": f"{params.size} parameters, initial values sha256 {_digest(np.ascontiguousarray(params))}",
+        "data": f"{len(dataset.y)} examples of shape {tuple(dataset.x.shape[1:])}, {len(dataset.y_test)} test "
+                f"examples, {dataset.num_clients} clients, partition sha256 {_partition_digest(dataset.train_idx)}",
+        "strategy": describe(strategy),
+        "seed": int(seed),
+        "config": config,
+    }
+
+
+def fingerprint_difference(stored: dict, now: dict) -> str | None:
+    """The first item in which two fingerprints differ, said in words: a config key first (what a user
+    changes), then the model, the data, the strategy or the seed (what the Python API passes)."""
+    before, after = _dotted(stored.get("config") or {}), _dotted(now["config"])
+    for key in sorted(set(before) | set(after)):
+        if before.get(key, "(unset)") != after.get(key, "(unset)"):
+            was, is_ = before.get(key, "(unset)"), after.get(key, "(unset)")
+            return f"its config key '{key}' was {was!r}, this one's is {is_!r}"
+    for item in ("model", "data", "strategy", "seed"):
+        if item in stored and stored[item] != now[item]:
+            return f"its {item} was {stored[item]}, this one's is {now[item]}"
+    return None
+
+
+def describe(part, depth: int = 0) -> str:
+    """A run part (a strategy and what it holds) by its class and settings: numbers, flags and names, and
+    the fedstack parts inside it; arrays (state, which a checkpoint restores) are left out."""
+    try:
+        settings = sorted(vars(part).items())
+    except TypeError:  # no attributes of its own
+        settings = []
+    fields = []
+    for name, value in settings:
+        if isinstance(value, (bool, int, float, str)) and not name.startswith("_"):
+            fields.append(f"{name}={value!r}")
+        elif depth < 3 and type(value).__module__.startswith("fedstack."):
+            fields.append(f"{name}={describe(value, depth + 1)}")
+    return f"{type(part).__name__}({', '.join(fields)})"
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(array.tobytes()).hexdigest()[:16]
+
+
+def _partition_digest(parts) -> str:
+    if isinstance(parts, Partition):
+        arrays = np.asarray(parts.offsets).tobytes() + np.asarray(parts.indices).tobytes()
+        return hashlib.sha256(arrays).hexdigest()[:16]
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(np.asarray(part, np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_state(strategy, sampler, ledger=None) -> dict[str, np.ndarray]:

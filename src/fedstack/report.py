@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -113,59 +114,84 @@ def _run_title(run_dir: Path, summary: dict | None) -> str:
 
 
 def plot_report(run_dir) -> Path:
-    """Draw accuracy, loss and traffic per round into run_dir/report.png and return its path."""
+    """Draw the run's figures per round (`draw_report`) into run_dir/report.png and return its path."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)
     summary = read_summary(run_dir) if (run_dir / SUMMARY_FILE).exists() else None
+    fig = draw_report(metrics, summary, _run_title(run_dir, summary))
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    return write_atomic(run_dir / REPORT_FILE, png.getvalue())  # a failed write names the file
 
+
+def time_unit(seconds: float) -> tuple[str, float]:
+    """(unit name, seconds per unit) to show a span of `seconds`: seconds up to 2 minutes, minutes up to 2
+    hours, then hours."""
+    if seconds < 120:
+        return "seconds", 1.0
+    if seconds < 2 * 3600:
+        return "minutes", 60.0
+    return "hours", 3600.0
+
+
+def byte_unit(n: float) -> tuple[str, float]:
+    """(unit name, bytes per unit) to show amounts up to `n` bytes: B, KiB, MiB or GiB."""
+    for unit, size in (("GiB", 1024.0**3), ("MiB", float(_MIB)), ("KiB", 1024.0)):
+        if n >= size:
+            return unit, size
+    return "B", 1.0
+
+
+def draw_report(metrics: list[dict], summary: dict | None = None, title: str = ""):
+    """The report's matplotlib Figure: one panel per figure the run has, none empty.
+
+    Always: test accuracy; loss (test, and the clients' mean training loss); traffic per round;
+    clients per round (accepted, and failures by kind); accuracy against bytes uploaded; accuracy against
+    time (a simulation: the simulated clock of its device fleet; a deployed run, `deployed` in its
+    summary: wall time). When the run has them: privacy spent, rejected updates by reason.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    deployed = bool((summary or {}).get("deployed"))
     rounds = [m["round"] for m in metrics]
     evaluated = [m for m in metrics if m.get("test_accuracy") is not None]
-    with_loss = [m for m in metrics if m.get("test_loss") is not None]
     federated = [m for m in metrics if m.get("federated")]
     personalized = [m for m in metrics if m.get("personalized")]
-    up_mb = [m.get("bytes_up", 0) / _MIB for m in metrics]
-    down_mb = [m.get("bytes_down", 0) / _MIB for m in metrics]
-    cumulative_up = {}
-    total = 0.0
-    for m, mb in zip(metrics, up_mb):
-        total += mb
+    up = [m.get("bytes_up", 0) for m in metrics]
+    down = [m.get("bytes_down", 0) for m in metrics]
+    cumulative_up, total = {}, 0
+    for m, sent in zip(metrics, up):
+        total += sent
         cumulative_up[m["round"]] = total
-
     private = [m for m in metrics if m.get("epsilon") is not None or m.get("client_epsilon_max") is not None]
     rejections = rejections_per_round(metrics)
-    # A seventh panel when there is something in it: rejected updates per round, by reason.
-    columns = 4 if rejections else 3
-    fig, axes = plt.subplots(2, columns, figsize=(16 * columns / 3, 8))
-    acc_ax, loss_ax, bytes_ax = axes[0, :3]
-    curve_ax, time_ax, privacy_ax = axes[1, :3]
-    if rejections:
-        rejected_ax = axes[0, 3]
-        axes[1, 3].axis("off")
-        bottom = [0] * len(rounds)
-        for reason, counts in rejections.items():
-            rejected_ax.bar(rounds, counts, bottom=bottom, label=reason)
-            bottom = [b + c for b, c in zip(bottom, counts)]
-        rejected_ax.set(title="Rejected updates per round", xlabel="round", ylabel="updates")
-        rejected_ax.legend()
-        rejected_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        rejected_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    if private:  # differential privacy: what the run has spent, round by round
-        for key, label in (("epsilon", "ε of the run (client level)"),
-                           ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
-            points = [(m["round"], m[key]) for m in private if m.get(key) is not None]
-            if points:
-                privacy_ax.plot(*zip(*points), marker="o", label=label)
-        privacy_ax.set(title="Privacy spent", xlabel="round", ylabel="ε")
-        privacy_ax.legend()
-    else:
-        privacy_ax.axis("off")
 
+    panels = ["accuracy", "loss", "traffic", "clients", "upload", "time"]
+    if private:
+        panels.append("privacy")
+    if rejections:
+        panels.append("rejected")
+    # Two rows and no empty slot: the top row takes the extra panel of an odd count, and each row's
+    # panels share its width equally (a grid as wide as both rows' counts' least common multiple).
+    top = (len(panels) + 1) // 2
+    bottom = len(panels) - top
+    width = math.lcm(top, bottom)
+    fig = plt.figure(figsize=(16 * top / 3, 8))
+    grid = fig.add_gridspec(2, width)
+    ax = {}
+    for i, name in enumerate(panels):
+        row, col, count = (0, i, top) if i < top else (1, i - top, bottom)
+        span = width // count
+        ax[name] = fig.add_subplot(grid[row, col * span:(col + 1) * span])
+
+    acc_ax = ax["accuracy"]
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
     for key, records, color, label in (("federated", federated, "tab:orange", "federated mean (p10–p90)"),
@@ -184,35 +210,87 @@ def plot_report(run_dir) -> Path:
     acc_ax.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
     acc_ax.legend(loc="lower right")
 
-    loss_ax.plot([m["round"] for m in with_loss], [m["test_loss"] for m in with_loss],
-                 marker="o", color="tab:red")
-    loss_ax.set(title="Test loss", xlabel="round", ylabel="loss")
+    loss_ax = ax["loss"]
+    for key, color, style, label in (("test_loss", "tab:red", "-", "test (global model)"),
+                                     ("train_loss", "tab:blue", "--", "train (clients' mean, local training)")):
+        points = [(m["round"], m[key]) for m in metrics if m.get(key) is not None]
+        if points:
+            loss_ax.plot(*zip(*points), marker="o", color=color, linestyle=style, label=label)
+    loss_ax.set(title="Loss", xlabel="round", ylabel="loss")
+    if loss_ax.lines:
+        loss_ax.legend()
 
-    bytes_ax.plot(rounds, up_mb, marker="o", label="up")
-    bytes_ax.plot(rounds, down_mb, marker="o", label="down")
-    bytes_ax.set(title="Traffic per round", xlabel="round", ylabel="MiB")
+    # Up and down are often equal (a float32 model each way): a wide solid line under a dashed one, both seen.
+    bytes_ax = ax["traffic"]
+    unit, size = byte_unit(max(up + down, default=0))
+    bytes_ax.plot(rounds, [b / size for b in up], marker="o", markersize=9, linewidth=4, alpha=0.6,
+                  color="tab:blue", label="up (clients → server)")
+    bytes_ax.plot(rounds, [b / size for b in down], marker="x", markersize=8, linewidth=1.5, linestyle="--",
+                  color="tab:orange", label="down (server → clients)")
+    bytes_ax.set(title="Traffic per round", xlabel="round", ylabel=unit)
+    bytes_ax.set_ylim(bottom=0)
     bytes_ax.legend()
 
-    curve_ax.plot([cumulative_up[m["round"]] for m in evaluated],
+    clients_ax = ax["clients"]
+    accepted = [m.get("clients", 0) for m in metrics]
+    clients_ax.bar(rounds, accepted, color="tab:green", label="aggregated")
+    bottom = list(accepted)
+    kinds: dict[str, list[int]] = {}
+    for i, m in enumerate(metrics):
+        for kind, count in (m.get("failures_by_kind") or {}).items():
+            if count:
+                kinds.setdefault(kind, [0] * len(metrics))[i] = count
+    for kind, counts in kinds.items():
+        clients_ax.bar(rounds, counts, bottom=bottom, label=f"failed: {kind}")
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    clients_ax.set(title="Clients per round", xlabel="round", ylabel="clients")
+    if kinds:  # room above the bars for the legend
+        clients_ax.set_ylim(top=1.35 * max(bottom, default=1))
+        clients_ax.legend(loc="upper right", ncols=2, fontsize="small")
+
+    curve_ax = ax["upload"]
+    unit, size = byte_unit(max(cumulative_up.values(), default=0))
+    curve_ax.plot([cumulative_up[m["round"]] / size for m in evaluated],
                   [m["test_accuracy"] for m in evaluated], marker="o")
-    curve_ax.set(title="Accuracy vs upload", xlabel="cumulative MiB uploaded", ylabel="accuracy")
+    curve_ax.set(title="Accuracy vs upload", xlabel=f"cumulative {unit} uploaded", ylabel="accuracy")
 
-    # What a real fleet would take: the simulated clock of the device model (systems.py).
-    time_ax.plot([m.get("sim_time_s", 0.0) / 3600 for m in evaluated], [m["test_accuracy"] for m in evaluated],
-                 marker="o", color="tab:purple")
-    time_ax.set(title="Accuracy vs simulated time", xlabel="simulated hours", ylabel="accuracy")
+    # A simulation: what a real fleet would take, the simulated clock of the device model (systems.py).
+    # A deployed run has no simulated fleet: its own wall time.
+    time_ax = ax["time"]
+    key, what = ("wall_time_s", "wall time") if deployed else ("sim_time_s", "simulated time")
+    timed = [m for m in evaluated if m.get(key) is not None]
+    unit, size = time_unit(max((m[key] for m in timed), default=0.0))
+    time_ax.plot([m[key] / size for m in timed], [m["test_accuracy"] for m in timed], marker="o",
+                 color="tab:purple")
+    time_ax.set(title=f"Accuracy vs {what}", xlabel=f"{what} ({unit})", ylabel="accuracy")
 
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-    for ax in (acc_ax, loss_ax, bytes_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(_run_title(run_dir, summary))
+    if private:  # differential privacy: what the run has spent, round by round
+        privacy_ax = ax["privacy"]
+        for key, label in (("epsilon", "ε of the run (client level)"),
+                           ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
+            points = [(m["round"], m[key]) for m in private if m.get(key) is not None]
+            if points:
+                privacy_ax.plot(*zip(*points), marker="o", label=label)
+        privacy_ax.set(title="Privacy spent", xlabel="round", ylabel="ε")
+        privacy_ax.legend()
+    if rejections:
+        rejected_ax = ax["rejected"]
+        bottom = [0] * len(rounds)
+        for reason, counts in rejections.items():
+            rejected_ax.bar(rounds, counts, bottom=bottom, label=reason)
+            bottom = [b + c for b, c in zip(bottom, counts)]
+        rejected_ax.set(title="Rejected updates per round", xlabel="round", ylabel="updates")
+        rejected_ax.legend()
+        rejected_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+    for name, panel in ax.items():
+        panel.grid(alpha=0.3)
+        if name in ("accuracy", "loss", "traffic", "clients", "privacy", "rejected"):
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    clients_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title + (" — deployed" if deployed else ""))
     fig.tight_layout()
-
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    plt.close(fig)
-    return write_atomic(run_dir / REPORT_FILE, png.getvalue())  # a failed write names the file
+    return fig
 
 
 def rejections_per_round(metrics: list[dict]) -> dict[str, list[int]]:
@@ -249,6 +327,9 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
         table.add_row("final test top-3 accuracy", _percent(final.get("test_top3_accuracy")))
     loss = final.get("test_loss")
     table.add_row("final test loss", "-" if loss is None else f"{loss:.4f}")
+    train_loss = next((m["train_loss"] for m in reversed(metrics) if m.get("train_loss") is not None), None)
+    if train_loss is not None:
+        table.add_row("last train loss (clients' mean)", f"{train_loss:.4f}")
     for key, label in (("federated", "federated"), ("personalized", "fine-tuned")):
         fed = final.get(key)
         if fed:
@@ -259,8 +340,11 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     for key, label in (("compression_up", "upload"), ("compression_down", "download")):
         if final.get(key) is not None and abs(final[key] - 1) > 1e-9:
             table.add_row(f"{label} compression vs float32", f"{final[key]:.1f}×")
-    table.add_row("wall time", _seconds(final.get("wall_time_s")))
-    table.add_row("simulated time", _seconds(final.get("sim_time_s")))
+    table.add_row("wall time of the rounds (from engine start)", _seconds(final.get("wall_time_s")))
+    if summary.get("total_time_s") is not None:
+        table.add_row("total time of the command (with start-up)", _seconds(summary["total_time_s"]))
+    if not summary.get("deployed"):  # a deployed run's devices are real: no simulated clock
+        table.add_row("simulated time (device fleet)", _seconds(final.get("sim_time_s")))
     table.add_row("failures", str(final.get("failures_total", 0)))
     rejections = rejections_per_round(metrics)
     if rejections:

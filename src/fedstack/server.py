@@ -67,8 +67,8 @@ SERVER_ID = 2**32 - 1
 # How a sampled client can fail to contribute, as counted in each round's `failures_by_kind`.
 FAILURE_KINDS = ("dropout", "deadline", "unavailable", "error", "rejected")
 # Why an update was rejected, as counted in each round's `rejected_by_reason` (protocol: a deployed
-# secure round refused the client's masked input or ciphertext).
-REJECT_REASONS = ("undecodable", "shape", "dtype", "non_finite", "weight", "norm", "protocol")
+# secure round refused the client's masked input or ciphertext; metrics: a DP-SGD client's privacy figures).
+REJECT_REASONS = ("undecodable", "shape", "dtype", "non_finite", "weight", "norm", "protocol", "metrics")
 
 
 @dataclass
@@ -189,8 +189,9 @@ class Server:
                 record["sim_time_s"] = sim_time
                 if hasattr(self.strategy, "epsilon"):  # differential privacy: what the run has spent
                     record.update(epsilon=self.strategy.epsilon(), clip_norm=clip_norm)
+                dp_clients = record.pop("dp_clients", [])  # the ledger's input, not a figure of the round
                 if self.record_ledger is not None:  # DP-SGD: the largest own ε of this round's clients
-                    spent = self.record_ledger.epsilons(record.pop("dp_clients", []))
+                    spent = self.record_ledger.epsilons(dp_clients)
                     record["client_epsilon_max"] = float(spent.max()) if spent.size else None
                 if self._rides(rnd):  # its central evaluation runs with the next round's training
                     record.update(self.evaluate(rnd, params, central=False))
@@ -330,6 +331,7 @@ class Server:
         tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "partial": 0,
                  "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
         dp_clients: list[int] = []  # DP-SGD clients that trained in this attempt
+        losses: list[tuple] = []  # (train_loss, num_examples) of the updates that passed every check
         secure = self._secure_round(rnd, attempt, reached)
         if self.secure is not None:
             tally["secure_aborts"] = 0  # attempts whose secure aggregation aborted (counted over retries)
@@ -353,6 +355,7 @@ class Server:
                 states[update.client_id] = state
             if update.client_id in partial:
                 tally["partial"] += 1
+            losses.append((update.metrics.get("train_loss"), update.num_examples))
             if secure is None:
                 yield update
             elif not remote:  # the client's simulated device masks it; the server will see only the sum
@@ -391,10 +394,14 @@ class Server:
                 else:
                     update = self._accept(outcome, sent.size, tally, kinds)
                 if update is not None and self.record_ledger is not None and "dp_steps" in update.metrics:
-                    config = outcome.task.config
-                    self.record_ledger.add(update.client_id, int(update.metrics["dp_steps"]),
-                                           update.metrics["dp_sample_rate"], config.dp_noise_multiplier)
-                    dp_clients.append(update.client_id)
+                    release = dp_release(update.metrics)
+                    if release is None:  # a deployed client's figures are its own word: never trusted blindly
+                        self._reject(rnd, update.client_id, "metrics", "dp_steps / dp_sample_rate missing or out "
+                                     "of range", tally, kinds, counted=True)
+                        update = None
+                    else:
+                        self.record_ledger.add(update.client_id, *release, outcome.task.config.dp_noise_multiplier)
+                        dp_clients.append(update.client_id)
                 if update is not None:
                     if observe is not None:
                         observe(rnd, update.client_id, num_examples=update.num_examples,
@@ -435,6 +442,7 @@ class Server:
                   "sampled": len(ids), "overselected": clock["overselected"],
                   "bytes_down": download * len(reached) + (secure.bytes_down if secure else 0),
                   "bytes_down_raw": sent.nbytes * len(reached),
+                  "train_loss": mean_train_loss(losses),
                   "round_sim_s": waited + duration, "client_states": states, "dp_clients": dp_clients, **figures}
         return np.ascontiguousarray(new_params, dtype=np.float32), record
 
@@ -622,6 +630,35 @@ class Server:
     def federated_evaluate(self, params: np.ndarray, finetune: FitConfig | None = None) -> dict | None:
         """Accuracy of `params` on each client's held-out split (after fine-tuning with `finetune`)."""
         return evaluation.per_client(self.engine, params, self.dataset, self.workload.seed, finetune)
+
+
+def mean_train_loss(losses: Iterable[tuple]) -> float | None:
+    """The example-weighted mean of (train_loss, num_examples) pairs of a round's accepted updates, or None.
+
+    A missing or non-finite loss is skipped (DP-SGD clients report NaN: their loss is not private); when
+    the remaining weights sum to zero, the plain mean."""
+    values, weights = [], []
+    for loss, examples in losses:
+        if isinstance(loss, (int, float, np.floating)) and math.isfinite(loss):
+            values.append(float(loss))
+            weights.append(max(float(examples), 0.0))
+    if not values:
+        return None
+    total = sum(weights)
+    if total <= 0:
+        return sum(values) / len(values)
+    return sum(v * w for v, w in zip(values, weights)) / total
+
+
+def dp_release(metrics: dict) -> tuple[int, float] | None:
+    """(DP-SGD steps, sample rate) a client reports for its privacy ledger, or None if they are not a whole
+    number of steps (at most 10⁹) and a rate in [0, 1]."""
+    steps, rate = metrics.get("dp_steps"), metrics.get("dp_sample_rate")
+    if steps is None or rate is None or not (math.isfinite(steps) and math.isfinite(rate)):
+        return None
+    if steps != int(steps) or not 0 <= steps <= 1e9 or not 0 <= rate <= 1:
+        return None
+    return int(steps), float(rate)
 
 
 def influence(updates: list[ClientUpdate]) -> np.ndarray:

@@ -165,11 +165,13 @@ def test_missing_data_error_lists_searched_paths_and_commands(isolated, monkeypa
     env.mkdir()
     monkeypatch.setenv("FEDSTACK_DATA", str(env))
     assert sources.find_fashion_mnist(str(isolated / "given")) is None
+    with pytest.raises(DataError, match=f"not found in data.path {isolated / 'given'}"):
+        sources.load_fashion_mnist(str(isolated / "given"))  # an explicit path is the only place looked
     with pytest.raises(DataError) as info:
-        sources.load_fashion_mnist(str(isolated / "given"))
+        sources.load_fashion_mnist()
     message = str(info.value)
     assert "\n" not in message
-    for place in sources.fashion_mnist_search_paths(str(isolated / "given")):
+    for place in sources.fashion_mnist_search_paths():
         assert str(place) in message
     assert "sudo apt-get install dataset-fashion-mnist" in message
     assert "fedstack data fashion_mnist --download" in message
@@ -181,7 +183,10 @@ def test_incomplete_directory_is_skipped(isolated, monkeypatch):
     (partial / NAMES[3]).unlink()
     make_fixture_dir(full)
     monkeypatch.setenv("FEDSTACK_DATA", str(isolated / "env"))
-    assert sources.find_fashion_mnist(str(partial)) == full
+    assert sources.find_fashion_mnist(str(partial)) is None  # explicit: no falling back to another copy
+    monkeypatch.setenv("FEDSTACK_DATA", str(partial))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", full)
+    assert sources.find_fashion_mnist() == full  # searching: the incomplete directory is skipped
 
 
 def test_load_fixture_values(isolated):

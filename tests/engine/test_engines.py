@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from both_engines import run_on_both_engines
+from ray_runs import batchnorm_run, batchnorm_trainer
 from fedstack.client import EvalResult, FitConfig, FitResult
 from fedstack.codec import Pipeline
 from fedstack.data import FederatedDataset
@@ -101,3 +102,17 @@ def test_a_worker_that_cannot_start_stops_the_run_with_the_reason():
             list(engine.run(np.zeros(4, np.float32), _tasks(2)))
     finally:
         engine.close()
+
+
+def test_batchnorm_statistics_are_federated_and_give_the_same_bits_on_local_and_pool():
+    """Issue: BatchNorm's running statistics were never aggregated, so the server evaluated with whatever
+    its own copy held and engines disagreed (local [0.400, 0.566, 0.538] vs pool [0.380, 0.418, 0.454])."""
+    (local, local_acc), (pool, pool_acc) = batchnorm_run("local"), batchnorm_run("pool")
+    np.testing.assert_array_equal(local, pool)
+    assert local_acc == pool_acc
+    trainer = batchnorm_trainer()
+    buffers = trainer.model[2].running_mean.numel() + trainer.model[2].running_var.numel()
+    weights = sum(p.numel() for p in trainer.model.parameters())
+    assert local.size == weights + buffers  # the statistics travel; num_batches_tracked does not
+    start = trainer.get_params()
+    assert not np.array_equal(local[weights:], start[weights:])  # and they were trained and averaged

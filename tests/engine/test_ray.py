@@ -53,6 +53,13 @@ def test_same_seed_gives_identical_bits_on_local_pool_and_ray(runs):
 
 
 @needs_namespaces
+def test_batchnorm_statistics_give_the_same_bits_on_ray(runs):
+    params, accuracies = ray_runs.batchnorm_run("local")
+    np.testing.assert_array_equal(np.array(runs["batchnorm"]["params"], np.float32), params)
+    assert runs["batchnorm"]["accuracies"] == accuracies
+
+
+@needs_namespaces
 def test_a_killed_actor_loses_only_its_task_and_the_run_ends_with_the_same_bits(cluster):
     """On the two-node cluster: deadline, over-selection, dropouts, and an actor that kills itself (kill -9)."""
     result = cluster.result()

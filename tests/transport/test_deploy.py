@@ -58,6 +58,12 @@ def test_tls_and_tokens_end_to_end(tmp_path, creds):
     assert [r["clients"] for r in rounds] == [5, 5, 5]
     assert rounds[-1]["test_accuracy"] > rounds[0]["test_accuracy"] and rounds[-1]["test_accuracy"] > 0.5
     assert (tmp_path / "run" / "report.png").exists()
+    # A deployed run declares itself: no simulated time; each kind of refusal on a line that says what it is.
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["deployed"] is True and summary["total_time_s"] > summary["final"]["wall_time_s"] > 0
+    assert "simulated" not in out and "wall time of the rounds" in out
+    assert "× unauthenticated: calls with an unknown or missing client token" in out, out
+    assert "fedstack server: listening on" in (tmp_path / "run" / "run.log").read_text()
 
 
 def test_plaintext_needs_insecure_and_says_so(tmp_path, creds):

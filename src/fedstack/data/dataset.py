@@ -247,6 +247,8 @@ def build_dataset(
         raise ConfigError("data.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     _check_options(num_clients, partition, alpha, holdout)
     if name == "synthetic":
+        if path:
+            raise ConfigError("data.path", f"synthetic data is generated and reads no files; remove {path!r}")
         return _synthetic(num_clients=num_clients, partition=partition, alpha=alpha, beta=beta, seed=seed,
                           holdout=holdout)
     if name == "shakespeare":
@@ -260,6 +262,8 @@ def build_dataset(
     if name == "fashion_mnist":
         arrays = sources.load_fashion_mnist(path)
     else:
+        if path:  # an explicit path that cannot be read is an error, never silently ignored
+            raise ConfigError("data.path", f"digits ships with scikit-learn and reads no files; remove {path!r}")
         arrays = sources.load_digits(DIGITS_SPLIT_SEED)
     x, y, x_test, y_test = arrays
     # Standardise pixels with the training set's mean and std (one scalar each), as is usual

@@ -103,8 +103,9 @@ def _idx_file(directory: Path, name: str) -> Path | None:
 
 
 def find_fashion_mnist(path: str = "") -> Path | None:
-    """The first searched directory that holds all four Fashion-MNIST files, else None."""
-    for directory in fashion_mnist_search_paths(path):
+    """The first searched directory that holds all four Fashion-MNIST files, else None. An explicit
+    `path` is the only place looked: a path that does not hold the data must not fall back elsewhere."""
+    for directory in [Path(path).expanduser()] if path else fashion_mnist_search_paths():
         if all(_idx_file(directory, name) for name in FASHION_MNIST_FILES):
             return directory
     return None
@@ -131,6 +132,9 @@ def _labels(file: Path, n: int) -> np.ndarray:
 def load_fashion_mnist(path: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test): float32 (N, 1, 28, 28) images in [0, 1], int64 labels."""
     root = find_fashion_mnist(path)
+    if root is None and path:
+        raise DataError(f"Fashion-MNIST not found in data.path {path} (it needs {', '.join(FASHION_MNIST_FILES)}, "
+                        "or the same files without .gz)")
     if root is None:
         looked = ", ".join(str(d) for d in fashion_mnist_search_paths(path))
         raise DataError(

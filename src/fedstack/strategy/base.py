@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +46,7 @@ class ClientUpdate:
     members: tuple[int, ...] = ()  # secure aggregation: the clients whose updates this one averages
 
 
+@runtime_checkable
 class Strategy(Protocol):
     """The server algorithm: what each sampled client does, and how updates become new params.
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -52,6 +54,84 @@ def load_local_data(path: str | Path, label_column: str = "label") -> ClientData
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
     return ClientData(x, y, np.arange(len(y)), np.zeros(0, dtype=np.int64))
+
+
+def fit_to_model(data: ClientData, input_shape: tuple[int, ...], num_classes: int, source: str) -> ClientData:
+    """`data` as the server's model takes it; FedstackError, on one line naming both shapes, if it cannot be.
+
+    Examples must have the model's `input_shape`, or be flat vectors of as many values (a CSV's rows: they are
+    reshaped in C order); labels must lie in [0, num_classes). Checked at join: a client whose data cannot fit
+    would otherwise fail every task of the run."""
+    shape, want = tuple(data.x.shape[1:]), tuple(input_shape)
+    if want and shape != want:
+        if len(shape) == 1 and shape[0] == math.prod(want):
+            data = dataclasses.replace(data, x=data.x.reshape(len(data.x), *want))
+        else:
+            raise FedstackError(f"{source}: examples of shape {shape}, the server's model takes {want}")
+    if num_classes and len(data.y):
+        low, high = int(data.y.min()), int(data.y.max())
+        if low < 0 or high >= num_classes:
+            raise FedstackError(f"{source}: labels {low}..{high}, the server's model has {num_classes} classes "
+                                f"(labels 0..{num_classes - 1})")
+    return data
+
+
+def tls_refusal(server: str, ca: bytes | None, cert: bytes | None, key: bytes | None,
+                timeout_s: float = 3.0) -> str | None:
+    """Why the server's TLS turns this client away, when a handshake of our own shows it; None otherwise (the
+    server down or unreachable, or nothing wrong with TLS).
+
+    gRPC says only "Socket closed" (UNAVAILABLE) when a mutual-TLS server refuses a client, as it does for any
+    outage. The tell: the handshake with the server's certificate succeeds, the server asks for a client
+    certificate, then closes the connection before saying a word of HTTP/2 (a server that accepts us sends its
+    SETTINGS at once)."""
+    import socket
+    import ssl
+    import tempfile
+
+    host, _, port = server.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        return None
+    try:
+        context = ssl.create_default_context(cadata=ca.decode("ascii") if ca else None)
+    except (ssl.SSLError, ValueError):
+        return None
+    context.set_alpn_protocols(["h2"])
+    context.verify_flags &= ~ssl.VERIFY_X509_STRICT  # as gRPC checks (Python 3.13 turns strict checks on)
+    # Whether the server sent a CertificateRequest (handshake message 13), where CPython lets us watch the
+    # handshake (SSLContext._msg_callback); without it, the close alone tells.
+    asked = []
+    with contextlib.suppress(AttributeError, TypeError):
+        context._msg_callback = lambda conn, direction, version, content, message, data: asked.append(
+            direction == "read" and content == 22 and message == 13)
+    with tempfile.TemporaryDirectory() as tmp:  # the ssl module loads a key pair from files only (mode 0700)
+        if cert and key:
+            Path(tmp, "cert.pem").write_bytes(cert)
+            Path(tmp, "key.pem").write_bytes(key)
+            try:
+                context.load_cert_chain(Path(tmp, "cert.pem"), Path(tmp, "key.pem"))
+            except (ssl.SSLError, ValueError):
+                return None
+        try:
+            with socket.create_connection((host, int(port)), timeout=timeout_s) as raw, \
+                    context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                closed = not tls.recv(64)
+        except ssl.SSLCertVerificationError as exc:
+            return f"the server's certificate does not verify against --ca: {exc.verify_message}"
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError, BrokenPipeError):
+            closed = True
+        except ssl.SSLError as exc:  # an alert (TLS 1.2, or a server that says why): certificate ones only
+            closed = "CERTIFICATE" in str(exc.reason).upper() or "UNKNOWN_CA" in str(exc.reason).upper()
+        except OSError:  # refused, unreachable, timed out: not a TLS matter
+            return None
+    if not closed or (asked and not any(asked)):
+        return None
+    if not cert:
+        return "the server requires a client certificate: pass --cert and --key"
+    return ("the server refused this client's certificate (--cert): not signed by the CA it trusts, expired, "
+            "or not a client certificate")
 
 
 # What `fedstack client --require` can pin: the protections a device insists on, whatever the server's config.
@@ -137,6 +217,7 @@ class Client:
 
             torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
         self.grpc = grpc
+        self.tls = None if insecure else (server, ca, cert, key)  # to say why, when the server's TLS refuses us
         if insecure:
             self.channel = grpc.insecure_channel(server, options=GRPC_OPTIONS)
         else:
@@ -148,6 +229,7 @@ class Client:
         self.max_backoff_s = max_backoff_s
         self.trainer = trainer  # None: the model the run's config names
         self.submitted = self.refused = 0  # updates (fit replies); protocol replies count only when refused
+        self.failed = self.tasks = 0  # fit tasks that failed here (reported to the server as errors), of all run
         self.data = None
         self.summing = None  # the run's summing stage (secagg, ckks): then no update ever leaves in the clear
         self.secagg = None  # this device's side of secure aggregation (secagg.remote.SecAggDevice)
@@ -194,7 +276,8 @@ class Client:
             from ..experiment import make_trainer
 
             self.config = config
-            self.data = self._load_data()
+            self.data = fit_to_model(self._load_data(), tuple(reply.input_shape), reply.num_classes,
+                                     f"--data {self.data_path}" if self.data_path else f"--partition {self.partition}")
             self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
                                                         reply.num_classes, self.config.client.optimizer)
             pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
@@ -243,6 +326,11 @@ class Client:
                 if code in (self.grpc.StatusCode.UNAUTHENTICATED, self.grpc.StatusCode.FAILED_PRECONDITION,
                             self.grpc.StatusCode.PERMISSION_DENIED):
                     raise FedstackError(f"server refused this client: {err.details()}") from None
+                if not joined and code == self.grpc.StatusCode.UNAVAILABLE and self.tls is not None:
+                    # a TLS refusal looks like an outage to gRPC: a handshake of our own tells them apart
+                    reason = tls_refusal(*self.tls)
+                    if reason is not None:
+                        raise FedstackError(reason) from None
                 joined = False
                 delay = random.uniform(0, backoff)  # full jitter, so clients do not return in lockstep
                 log.warning("server unreachable (%s); retrying in %.1f s", code.name, delay)
@@ -309,7 +397,11 @@ class Client:
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
                 update.error = f"{type(exc).__name__}: {exc}"
                 violated = exc if isinstance(exc, PinError) else None
-        if self._submit(header, update, payload, "update"):
+                self.failed += 1
+                log.warning("round %d: training failed: %s", header.round, update.error,
+                            exc_info=log.isEnabledFor(logging.DEBUG))
+        self.tasks += 1
+        if self._submit(header, update, payload, "update") and not update.error:  # an error report is no update
             self.submitted += 1
             if reply is not None and reply.state is not None:  # the server took it: the state moves on
                 self.state = reply.state

@@ -326,14 +326,16 @@ class GrpcEngine:
             weight = self.weight(name, int(header.num_examples))
             if isinstance(weight, str):
                 return self.refuse(name, weight, "weight")
-            if len(header.metrics) > MAX_METRICS or not all(math.isfinite(v) for v in header.metrics.values()):
-                return self.refuse(name, f"metrics must be at most {MAX_METRICS} finite values", "malformed")
+            if len(header.metrics) > MAX_METRICS:
+                return self.refuse(name, f"at most {MAX_METRICS} metrics may come with an update", "malformed")
+            # NaN is "no value" (DP-SGD sends no training loss); an infinity would poison a mean: also NaN
+            metrics = {k: v if math.isfinite(v) else math.nan for k, v in header.metrics.items()}
             update = None
             if task.protocol is None:  # a masked vector or ciphertext is no update the server could decode
                 update, problem = self._decode(assignment, payload)
                 if problem:
                     return self.refuse(name, problem, "malformed")
-            outcome = Outcome(task, FitReply(payload, weight, dict(header.metrics), update=update))
+            outcome = Outcome(task, FitReply(payload, weight, metrics, update=update))
         with self._lock:
             if self._open.get(header.task_id) is not assignment:
                 return self.refuse(name, f"task {header.task_id} closed while its reply arrived", "stale")
