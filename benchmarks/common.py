@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from fedstack.config import load_config
-from fedstack.experiment import dataset_of, initial_params, make_trainer
+from fedstack.plan import dataset_of, initial_params, make_trainer
 
 
 def default_workload(rounds: int | None = None, overrides: list[str] = ()):

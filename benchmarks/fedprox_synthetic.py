@@ -21,7 +21,8 @@ import numpy as np
 
 from common import save_figure
 from fedstack.config import load_config
-from fedstack.experiment import dataset_of, make_trainer, run_config
+from fedstack.experiment import run_config
+from fedstack.plan import dataset_of, make_trainer
 
 SETUPS = {"Synthetic(1,1)": (1.0, 1.0), "Synthetic(0,0)": (0.0, 0.0)}
 METHODS = {"FedAvg": ["server.strategy=fedavg"], "FedProx μ=1": ["server.strategy=fedprox", "client.mu=1.0"]}

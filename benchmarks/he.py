@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from fedstack import he
-from fedstack.experiment import make_trainer
+from fedstack.plan import make_trainer
 
 
 def one_repeat(holder: he.KeyHolder, updates: np.ndarray) -> dict:

@@ -53,7 +53,8 @@ def run_one(args) -> None:
     import torch  # noqa: F401  (imported before the clock starts: its import time does not grow with N)
 
     from fedstack.config import load_config
-    from fedstack.experiment import dataset_of, run_config
+    from fedstack.experiment import run_config
+    from fedstack.plan import dataset_of
 
     marks: list[float] = []
     start = time.perf_counter()

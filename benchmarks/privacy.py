@@ -77,7 +77,8 @@ from pathlib import Path
 
 from common import save_figure
 from fedstack.config import load_config
-from fedstack.experiment import dataset_of, run_config
+from fedstack.experiment import run_config
+from fedstack.plan import dataset_of
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ROUNDS = 60

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from common import name_list
 from fedstack.config import load_config
-from fedstack.experiment import dataset_of, run_config
+from fedstack.experiment import run_config
+from fedstack.plan import dataset_of
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("none", "sign_flip", "gaussian", "scale", "label_flip", "alie", "ipm")

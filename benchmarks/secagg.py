@@ -57,7 +57,7 @@ import numpy as np
 
 from common import save_figure
 from fedstack.codec.secagg import SecAgg
-from fedstack.experiment import make_trainer
+from fedstack.plan import make_trainer
 from fedstack.secagg import (
     AdvertiseKeys,
     MaskedInput,

@@ -36,7 +36,8 @@ import numpy as np
 
 from common import save_figure
 from fedstack.config import load_config
-from fedstack.experiment import dataset_of, make_trainer, run_config
+from fedstack.experiment import run_config
+from fedstack.plan import dataset_of, make_trainer
 
 FRACTIONS = (0.5, 0.9)
 EPOCHS, DEADLINE_S, TRACE_SEED, MBPS = 20, 100.0, 0, 1e6

@@ -147,7 +147,8 @@ def batchnorm_trainer():
 def batchnorm_run(engine, workers: int = 2):
     """Three FedAvg rounds of the BatchNorm model on digits: (final params, test accuracies)."""
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import initial_params
 
     dataset = build_dataset("digits", num_clients=6, partition="iid", alpha=0.5, seed=0)
     history = simulate(batchnorm_trainer, dataset, initial_params(batchnorm_trainer, 0), rounds=3,
@@ -157,7 +158,8 @@ def batchnorm_run(engine, workers: int = 2):
 
 def simulate_config(config, engine, trainer_factory=None):
     """`config`'s run through fedstack.experiment.simulate on `engine` (a name or an Engine)."""
-    from fedstack.experiment import client_side, dataset_of, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import client_side, dataset_of
     from fedstack.strategy import build_strategy
     from fedstack.systems import build_system
 

@@ -8,7 +8,7 @@ import torch
 
 from fedstack.client import FitConfig, TorchTrainer
 from fedstack.data import ClientData
-from fedstack.experiment import make_trainer
+from fedstack.plan import make_trainer
 from fedstack.models import build_model
 from fedstack.privacy import Accountant, RecordLevelLedger
 from fedstack.errors import FedstackError

@@ -60,7 +60,9 @@ class MomentumAvg:
 def test_strategy_state_is_checkpointed_and_restored(tmp_path):
     import functools
 
-    from fedstack.experiment import initial_params, make_trainer, simulate
+    from fedstack.experiment import simulate
+
+    from fedstack.plan import initial_params, make_trainer
     from fedstack.data import build_dataset
 
     data = build_dataset("digits", num_clients=6, partition="iid", alpha=1, seed=0)
@@ -107,7 +109,8 @@ def _api_run(out, hidden=0, clients=8, rounds=2):
     import functools
 
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import initial_params
 
     factory = functools.partial(_trainer, hidden)
     data = build_dataset("digits", num_clients=clients, partition="iid", alpha=0.5, seed=0)
@@ -144,7 +147,8 @@ def test_the_python_api_checks_its_arguments_before_any_work(change, message):
     import functools
 
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import initial_params
 
     factory = functools.partial(_trainer, 0)
     data = build_dataset("digits", num_clients=8, partition="iid", alpha=0.5, seed=0)

@@ -328,7 +328,8 @@ class CountingEngine(LocalEngine):
 def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
     """Same records as evaluating on its own, in one engine batch per round instead of two."""
     from fedstack.config import load_config
-    from fedstack.experiment import client_side, dataset_of, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import client_side, dataset_of
     from fedstack.strategy import FedOpt
 
     config = load_config(None, ["data.name=digits", "data.num_clients=8", "server.clients_per_round=3",
@@ -386,7 +387,7 @@ def test_a_round_records_the_mean_train_loss_of_its_accepted_updates():
 
 
 def test_a_clients_privacy_figures_are_checked_before_they_reach_the_ledger():
-    from fedstack.server import dp_release
+    from fedstack.validation import dp_release
 
     assert dp_release({"dp_steps": 12.0, "dp_sample_rate": 0.25}) == (12, 0.25)
     for bad in ({"dp_steps": float("nan"), "dp_sample_rate": 0.1}, {"dp_steps": 3.0},

@@ -12,7 +12,8 @@ from fedstack.engine import LocalEngine, Outcome, Workload
 from fedstack.engine.base import FitReply
 from fedstack.errors import ConfigError
 from fedstack.report import plot_report, rejections_per_round, summary_table
-from fedstack.server import REJECT_REASONS, Server, update_problem
+from fedstack.server import REJECT_REASONS, Server
+from fedstack.validation import update_problem
 from fedstack.strategy import FedAsync, FedAvg, Task
 from fedstack.strategy.robust import Robust
 

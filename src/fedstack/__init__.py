@@ -1,6 +1,6 @@
 """fedstack: federated learning that simulates on one machine and deploys for real."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .client import EvalResult, FitConfig, FitResult, Trainer, TorchTrainer  # noqa: E402
 from .codec import Pipeline  # noqa: E402

@@ -40,6 +40,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from .client import flip_labels, flipped  # noqa: F401  (the label-flipping attack's data side)
 from .seeding import rng
 from .strategy.base import ClientUpdate, Task
 
@@ -57,19 +58,6 @@ def malicious_ids(num_clients: int, seed: int, fraction: float = 0.0, ids=()) ->
         return np.zeros(0, dtype=np.int64)
     k = min(num_clients, max(1, round(fraction * num_clients)))
     return np.sort(rng(seed, "attack").choice(num_clients, size=k, replace=False)).astype(np.int64)
-
-
-def flip_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
-    """y → C − 1 − y for C = num_classes; negative (ignored) targets stay as they are."""
-    return np.where(y >= 0, num_classes - 1 - y, y).astype(y.dtype)
-
-
-def flipped(data, num_classes: int):
-    """A client's data with its training labels flipped (`flip_labels`); the shared arrays are not touched."""
-    y = data.y.copy()
-    idx = np.asarray(data.train_idx)
-    y[idx] = flip_labels(data.y[idx], num_classes)
-    return replace(data, y=y)
 
 
 def sign_flip(update: np.ndarray, scale: float) -> np.ndarray:

@@ -84,7 +84,7 @@ def _process_age() -> float:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="fedstack", description="Federated learning: simulate, deploy, report.")
     parser.add_argument("--version", action="version", version=f"fedstack {__version__}")
@@ -188,7 +188,8 @@ def cmd_run(args) -> int:
     from rich.console import Console
 
     from .config import load_config
-    from .experiment import default_run_dir, run_config
+    from .experiment import run_config
+    from .records import default_run_dir
     from .report import print_summary
 
     config = load_config(args.config, args.overrides)
@@ -215,7 +216,9 @@ def cmd_server(args) -> int:
     from rich.console import Console
 
     from .config import load_config
-    from .experiment import dataset_of, default_run_dir, run_config
+    from .experiment import run_config
+    from .plan import dataset_of
+    from .records import default_run_dir
     from .report import REPORT_FILE, print_summary, write_report
     from .transport.security import ClientRegistry, read_pem
     from .transport.server import ConnectedSampler, FederationService, GrpcEngine, client_view, serve

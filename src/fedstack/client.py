@@ -6,7 +6,7 @@ import contextlib
 import math
 import secrets
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -60,6 +60,37 @@ class FitConfig:
         its batches are the first `s` of those the full config would visit (`batch_order`).
         """
         return min(self.batch_size, num_examples)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One client's work in one round; `state` is the client's state where the server keeps it.
+
+    `span` = (start, stop): the client trains the slice [start, stop) of the vector the engine was
+    given instead of all of it (decentralized nodes each hold their own model in one stacked vector).
+    `protocol` = (stage, message): a protocol step the task is part of (a deployed secure round's
+    masked-input request): the client answers with that step's reply instead of its encoded update.
+    """
+
+    round: int
+    client_id: int
+    config: FitConfig
+    state: Any = field(default=None, repr=False, compare=False)
+    span: tuple[int, int] | None = None
+    protocol: tuple[str, bytes] | None = field(default=None, repr=False)
+
+
+def flip_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """y → C − 1 − y for C = num_classes; negative (ignored) targets stay as they are."""
+    return np.where(y >= 0, num_classes - 1 - y, y).astype(y.dtype)
+
+
+def flipped(data, num_classes: int):
+    """A client's data with its training labels flipped (`flip_labels`); the shared arrays are not touched."""
+    y = data.y.copy()
+    idx = np.asarray(data.train_idx)
+    y[idx] = flip_labels(data.y[idx], num_classes)
+    return replace(data, y=y)
 
 
 @dataclass

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import hashlib
 import logging
 import math
-import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
 from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
 from .attack import build_attack
@@ -23,9 +18,11 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
+from .plan import client_side, dataset_of
+from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
-from .seeding import int_seed, rng
+from .seeding import rng
 from .async_loop import AsyncServer
 from .server import Server
 from .store import RunStore
@@ -38,21 +35,6 @@ from .systems import SystemModel, build_system
 
 
 log = logging.getLogger("fedstack.run")
-
-
-@dataclass
-class History:
-    """What a simulation produced: one record per round and the final parameters."""
-
-    rounds: list[dict] = field(default_factory=list)
-    params: np.ndarray | None = None
-    run_dir: Path | None = None
-    status: str = "finished"
-    stopped: str | None = None  # why a run ended early (the privacy budget)
-    profile: dict | None = None  # where the time went, with `profile` (fedstack.profiling.Profile)
-
-    def __call__(self, record: dict, params=None) -> None:
-        self.rounds.append(record)
 
 
 def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np.ndarray, *,
@@ -254,125 +236,6 @@ def restore_run_state(strategy, sampler, state: dict[str, np.ndarray], ledger=No
     for prefix, part in parts.items():
         if hasattr(part, "load_state"):
             part.load_state({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
-
-
-def summarize(history: History, seed: int, config: dict) -> dict:
-    """The figures of summary.json."""
-    rounds = history.rounds
-    last = rounds[-1] if rounds else {}
-    accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
-    federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
-    personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
-    return {
-        "run_dir": str(history.run_dir),
-        "status": history.status,
-        "stopped": history.stopped,
-        "rounds": len(rounds),
-        "final": {
-            "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
-            "test_top3_accuracy": last.get("test_top3_accuracy"),
-            "wall_time_s": last.get("wall_time_s"), "sim_time_s": last.get("sim_time_s"),
-            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
-            "bytes_down_total": sum(r["bytes_down"] for r in rounds),
-            # float32 bytes of the same messages / bytes sent: how much the codecs saved
-            "compression_up": _ratio(sum(r.get("bytes_up_raw", 0) for r in rounds), sum(r["bytes_up"] for r in rounds)),
-            "compression_down": _ratio(sum(r.get("bytes_down_raw", 0) for r in rounds),
-                                       sum(r["bytes_down"] for r in rounds)),
-            "failures_total": sum(r["failures"] for r in rounds),
-            "failures_by_kind": _kinds(rounds),
-            "rejected_by_reason": _kinds(rounds, "rejected_by_reason"),
-            "federated": federated,
-            "personalized": personalized,
-        },
-        "best_test_accuracy": max(accuracies) if accuracies else None,
-        "profile": history.profile,
-        "seed": seed,
-        "config": config,
-        "versions": versions(),
-    }
-
-
-def _kinds(rounds: list[dict], key: str = "failures_by_kind") -> dict[str, int]:
-    """Failures of the whole run by kind (dropout, deadline, unavailable, error, rejected), or the
-    counts of another such dict of the round records (`rejected_by_reason`)."""
-    totals: dict[str, int] = {}
-    for r in rounds:
-        for kind, count in (r.get(key) or {}).items():
-            totals[kind] = totals.get(kind, 0) + count
-    return totals
-
-
-def _ratio(raw: int, sent: int) -> float | None:
-    return raw / sent if sent else None
-
-
-def versions() -> dict:
-    import torch
-
-    return {"fedstack": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__}
-
-
-def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):
-    """A TorchTrainer for a named model (picklable through functools.partial)."""
-    from .client import TorchTrainer
-    from .models import build_model
-
-    return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True)
-
-
-def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
-    """The starting global model: the factory's model initialised from the run seed."""
-    import torch
-
-    torch.manual_seed(int_seed(seed, "init"))
-    return trainer_factory().get_params()
-
-
-def default_run_dir() -> Path:
-    """runs/<timestamp>, unique even for two runs in the same second."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / stamp
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"{stamp}-{suffix}"
-    return path
-
-
-def prepare_run_dir(out: str | Path | None) -> Path:
-    """Create the run directory, or fail now (before any training) naming the path."""
-    path = Path(out) if out is not None else default_run_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise FedstackError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
-    return path
-
-
-def dataset_of(config: Config):
-    """The FederatedDataset a Config names."""
-    from .data import build_dataset
-
-    d = config.data
-    return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
-                         beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout, level=d.level,
-                         vocab_size=d.vocab_size)
-
-
-def client_side(config: Config, dataset):
-    """What clients run under a Config: (trainer factory, initial params, local work, fine-tuning or None)."""
-    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
-                                dataset.num_classes, config.client.optimizer)
-    c = config.client
-    fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu,
-                    dp_sgd=c.dp_sgd, dp_noise_multiplier=c.dp_noise_multiplier, dp_max_grad_norm=c.dp_max_grad_norm)
-    steps = config.eval.finetune_steps
-    finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
-    return factory, initial_params(factory, config.seed), fit, finetune
 
 
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),

@@ -64,7 +64,8 @@ def test_a_payload_that_does_not_decode_is_refused_and_counted(tmp_path, caplog)
                 yield outcome
 
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, make_trainer, simulate
+    from fedstack.experiment import simulate
+    from fedstack.plan import initial_params, make_trainer
     import functools
 
     data = build_dataset("digits", num_clients=3, partition="iid", alpha=0.5, seed=0)

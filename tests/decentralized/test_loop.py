@@ -13,7 +13,8 @@ from fedstack.decentralized import Decentralized, complete, ring
 from fedstack.decentralized.loop import compress
 from fedstack.engine import LocalEngine, Workload
 from fedstack.errors import ConfigError
-from fedstack.experiment import dataset_of, initial_params, make_trainer, run_config
+from fedstack.experiment import run_config
+from fedstack.plan import dataset_of, initial_params, make_trainer
 from fedstack.seeding import int_seed
 
 SMALL = ["data.name=digits", "model.name=logreg", "data.num_clients=8", "server.clients_per_round=8",

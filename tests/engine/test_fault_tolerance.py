@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fedstack.config import load_config
-from fedstack.experiment import client_side, dataset_of, simulate
+from fedstack.experiment import simulate
+from fedstack.plan import client_side, dataset_of
 from fedstack.strategy import build_strategy
 from fedstack.systems import build_system
 

@@ -10,7 +10,8 @@ import pytest
 from fedstack.config import load_config
 from fedstack.engine import PoolEngine
 from fedstack.engine.pool import start_method
-from fedstack.experiment import client_side, dataset_of, simulate
+from fedstack.experiment import simulate
+from fedstack.plan import client_side, dataset_of
 from fedstack.strategy import FedAvg
 
 
@@ -46,7 +47,7 @@ PARENT = textwrap.dedent("""
     from fedstack.engine import EvalTask, PoolEngine, Workload
     from fedstack.codec import Pipeline
     from fedstack.config import load_config
-    from fedstack.experiment import client_side, dataset_of
+    from fedstack.plan import client_side, dataset_of
 
     config = load_config(None, ["data.name=digits", "data.num_clients=4", "server.clients_per_round=2",
                                  "model.name=logreg"])

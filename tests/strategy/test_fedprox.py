@@ -77,7 +77,7 @@ def test_clients_that_do_less_local_work_still_aggregate_exactly():
     from fedstack.codec import Pipeline
     from fedstack.data import build_dataset
     from fedstack.engine import LocalEngine, Workload
-    from fedstack.experiment import initial_params, make_trainer
+    from fedstack.plan import initial_params, make_trainer
     from fedstack.seeding import int_seed
     from fedstack.server import Server
     from fedstack.strategy import FedAvg

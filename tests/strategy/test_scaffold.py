@@ -117,7 +117,7 @@ def test_runs_alike_on_both_engines_keep_state_in_the_store_and_resume_exactly(t
 def test_client_state_is_never_recomputed_from_scratch():
     # The same run with client states forgotten after every round ends elsewhere.
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, make_trainer
+    from fedstack.plan import initial_params, make_trainer
     import functools
 
     data = build_dataset("digits", num_clients=4, partition="iid", alpha=0.5, seed=0)
@@ -164,7 +164,7 @@ def test_an_engine_that_cannot_carry_client_state_is_refused_before_training():
             raise AssertionError("must not start")
 
     from fedstack.data import build_dataset
-    from fedstack.experiment import initial_params, make_trainer
+    from fedstack.plan import initial_params, make_trainer
     import functools
 
     data = build_dataset("digits", num_clients=4, partition="iid", alpha=0.5, seed=0)

@@ -1,7 +1,8 @@
 """Data layer: dataset sources, partitioners, and the federated dataset of index partitions."""
 
 from fedstack.data.csr import Partition
-from fedstack.data.dataset import ClientData, FederatedDataset, build_dataset
+from fedstack.data.build import build_dataset
+from fedstack.data.dataset import ClientData, FederatedDataset
 from fedstack.data.partition import dirichlet, iid, powerlaw, powerlaw_shared, shards, split_holdout
 from fedstack.data.sources import (
     FASHION_MNIST_FILES,

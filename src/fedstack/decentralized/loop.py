@@ -50,8 +50,8 @@ from ..engine import Engine, Workload, make_engine
 from ..errors import ConfigError
 from ..report import MetricsWriter, write_report, write_summary
 from ..seeding import int_seed, rng, stable_hash
-from ..server import check_update
-from ..strategy import Task
+from ..validation import check_update
+from ..client import Task
 from .gossip import average, choco_gossip, consensus_distance, live_weights, mix
 from .topology import build_topology, metropolis_hastings, spectral_gap
 
@@ -226,7 +226,8 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..experiment import History, client_side, dataset_of, prepare_run_dir, summarize
+    from ..plan import client_side, dataset_of
+    from ..records import History, prepare_run_dir, summarize
 
     check_config(config)
     section = config.decentralized

@@ -9,10 +9,8 @@ from typing import Any, Callable, Iterator, Protocol, Union
 
 import numpy as np
 
-from ..attack import flipped
-from ..client import EvalResult, FitConfig, Trainer
+from ..client import EvalResult, FitConfig, Task, Trainer, flipped
 from ..codec import CodecContext, Pipeline
-from ..strategy import Task
 
 
 @dataclass(frozen=True)

@@ -3,29 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..client import FitConfig
-
-
-@dataclass(frozen=True)
-class Task:
-    """One client's work in one round; `state` is the client's state where the server keeps it.
-
-    `span` = (start, stop): the client trains the slice [start, stop) of the vector the engine was
-    given instead of all of it (decentralized nodes each hold their own model in one stacked vector).
-    `protocol` = (stage, message): a protocol step the task is part of (a deployed secure round's
-    masked-input request): the client answers with that step's reply instead of its encoded update.
-    """
-
-    round: int
-    client_id: int
-    config: FitConfig
-    state: Any = field(default=None, repr=False, compare=False)
-    span: tuple[int, int] | None = None
-    protocol: tuple[str, bytes] | None = field(default=None, repr=False)
+from ..client import FitConfig, Task  # noqa: F401  (Task: re-exported; defined beside FitConfig)
 
 
 @dataclass

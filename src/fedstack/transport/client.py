@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..client import FitConfig
-from ..engine.base import fit_and_encode
-from ..strategy import Task
+from ..client import FitConfig, Task
 from ..codec import CodecContext, build_pipeline
 from ..config import codec_options, validate
 from ..data import ClientData
+from ..engine.base import fit_and_encode
 from ..errors import DataError, FedstackError
+from ..version import __version__
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
 from . import fedstack_pb2_grpc as pb_grpc
@@ -273,7 +272,7 @@ class Client:
         # pipeline is built once, at the first join; a rejoin never rebuilds it from the new config.)
         check_pins(config, self.require)
         if self.data is None:
-            from ..experiment import make_trainer
+            from ..plan import make_trainer
 
             self.config = config
             self.data = fit_to_model(self._load_data(), tuple(reply.input_shape), reply.num_classes,
@@ -303,7 +302,7 @@ class Client:
             return load_local_data(self.data_path)
         if self.partition is None:
             raise FedstackError("a client needs --data FILE or --partition ID")
-        from ..experiment import dataset_of
+        from ..plan import dataset_of
 
         dataset = dataset_of(self.config)
         if not 0 <= self.partition < dataset.num_clients:

@@ -21,7 +21,7 @@ import numpy as np
 from ..codec import CodecContext
 from ..engine import EvalTask, FitReply, Outcome, Workload, execute
 from ..errors import brief
-from ..server import check_update
+from ..validation import check_update
 from ..seeding import rng
 from . import PROTOCOL
 from . import fedstack_pb2 as pb

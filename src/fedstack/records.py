@@ -1,0 +1,110 @@
+"""A run's directory and what it records: the `History` a run returns, the directory's creation, and
+the figures of summary.json. Shared by every loop (rounds, gossip) without importing any of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FedstackError
+from .version import __version__
+
+
+@dataclass
+class History:
+    """What a simulation produced: one record per round and the final parameters."""
+
+    rounds: list[dict] = field(default_factory=list)
+    params: np.ndarray | None = None
+    run_dir: Path | None = None
+    status: str = "finished"
+    stopped: str | None = None  # why a run ended early (the privacy budget)
+    profile: dict | None = None  # where the time went, with `profile` (fedstack.profiling.Profile)
+
+    def __call__(self, record: dict, params=None) -> None:
+        self.rounds.append(record)
+
+
+def summarize(history: History, seed: int, config: dict) -> dict:
+    """The figures of summary.json."""
+    rounds = history.rounds
+    last = rounds[-1] if rounds else {}
+    accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
+    federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
+    personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
+    return {
+        "run_dir": str(history.run_dir),
+        "status": history.status,
+        "stopped": history.stopped,
+        "rounds": len(rounds),
+        "final": {
+            "test_accuracy": last.get("test_accuracy"), "test_loss": last.get("test_loss"),
+            "test_top3_accuracy": last.get("test_top3_accuracy"),
+            "wall_time_s": last.get("wall_time_s"), "sim_time_s": last.get("sim_time_s"),
+            "bytes_up_total": sum(r["bytes_up"] for r in rounds),
+            "bytes_down_total": sum(r["bytes_down"] for r in rounds),
+            # float32 bytes of the same messages / bytes sent: how much the codecs saved
+            "compression_up": _ratio(sum(r.get("bytes_up_raw", 0) for r in rounds), sum(r["bytes_up"] for r in rounds)),
+            "compression_down": _ratio(sum(r.get("bytes_down_raw", 0) for r in rounds),
+                                       sum(r["bytes_down"] for r in rounds)),
+            "failures_total": sum(r["failures"] for r in rounds),
+            "failures_by_kind": _kinds(rounds),
+            "rejected_by_reason": _kinds(rounds, "rejected_by_reason"),
+            "federated": federated,
+            "personalized": personalized,
+        },
+        "best_test_accuracy": max(accuracies) if accuracies else None,
+        "profile": history.profile,
+        "seed": seed,
+        "config": config,
+        "versions": versions(),
+    }
+
+
+def _kinds(rounds: list[dict], key: str = "failures_by_kind") -> dict[str, int]:
+    """Failures of the whole run by kind (dropout, deadline, unavailable, error, rejected), or the
+    counts of another such dict of the round records (`rejected_by_reason`)."""
+    totals: dict[str, int] = {}
+    for r in rounds:
+        for kind, count in (r.get(key) or {}).items():
+            totals[kind] = totals.get(kind, 0) + count
+    return totals
+
+
+def _ratio(raw: int, sent: int) -> float | None:
+    return raw / sent if sent else None
+
+
+def versions() -> dict:
+    import torch
+
+    return {"fedstack": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__}
+
+
+def default_run_dir() -> Path:
+    """runs/<timestamp>, unique even for two runs in the same second."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / stamp
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = Path("runs") / f"{stamp}-{suffix}"
+    return path
+
+
+def prepare_run_dir(out: str | Path | None) -> Path:
+    """Create the run directory, or fail now (before any training) naming the path."""
+    path = Path(out) if out is not None else default_run_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise FedstackError(f"--out {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
