@@ -109,3 +109,19 @@ def test_a_private_runs_report_and_summary_table_show_the_privacy_spent(tmp_path
     text = console.export_text()
     assert "privacy spent" in text and "δ = 1e-05" in text
     assert (tmp_path / "run" / "report.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("schedule", [["server.strategy=fedbuff", "server.concurrency=3", "server.buffer_size=2"],
+                                      ["server.strategy=fedasync", "server.concurrency=3"]])
+def test_dp_sgd_clients_report_their_epsilon_in_the_asynchronous_schedules_too(schedule, tmp_path):
+    """The asynchronous loop accepted client.dp_sgd and recorded no client_epsilon_max."""
+    config = load_config(None, ["data.name=digits", "data.num_clients=6", "model.name=logreg", "server.rounds=3",
+                                "server.clients_per_round=4", "client.dp_sgd=true", "eval.federated=false",
+                                *schedule])
+    spent = [r["client_epsilon_max"] for r in run_config(config, tmp_path / "run").rounds]
+    assert len(spent) == 3 and all(e is not None and 0 < e < float("inf") for e in spent), spent
+
+
+def test_dp_sgd_is_refused_where_no_ledger_would_report_it():
+    with pytest.raises(ConfigError, match="client.dp_sgd.*gossip"):
+        load_config(None, ["data.name=digits", "decentralized.topology=ring", "client.dp_sgd=true"])

@@ -146,6 +146,7 @@ class AsyncServer(Server):
                       "partial": 0, "sampled": 0, "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
         self.kinds = dict.fromkeys(FAILURE_KINDS, 0)
         self.states: dict[int, dict] = {}
+        self.dp_clients: list[int] = []  # DP-SGD clients whose updates this period accepted
 
     def _model(self, version: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(params, what clients receive, its bytes on the wire) of `version`, made once per version."""
@@ -257,6 +258,9 @@ class AsyncServer(Server):
             size = self.models[flight.version][1].size
             update = self._accept(flight.outcome, size, self.tally, self.kinds)
             if update is not None:
+                update = self._account(self.version + 1, update, flight.task.config, self.dp_clients, self.tally,
+                                       self.kinds)
+            if update is not None:
                 passed = self._screen(self.version + 1, [update], size, self.tally, self.kinds, self.recent_norms)
                 update = passed[0] if passed else None
             if update is not None:
@@ -296,6 +300,8 @@ class AsyncServer(Server):
                   "overselected": 0, "attempts": 1, "sim_time_s": self.now,
                   "train_loss": mean_train_loss((u.metrics.get("train_loss"), u.num_examples) for u in self.buffer),
                   "staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
+        if self.record_ledger is not None:  # DP-SGD: the largest own ε of this update's clients
+            record["client_epsilon_max"] = self._client_epsilon_max(self.dp_clients)
         self.buffer = []
         self._new_period()
         self._forget_old_models()

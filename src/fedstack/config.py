@@ -344,6 +344,10 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
     if config.client.dp_sgd and config.model.name in ("char_lstm", "word_lstm"):
         raise ConfigError("client.dp_sgd", f"Opacus computes per-example gradients of torch's LSTM only through "
                           f"its own DPLSTM; {config.model.name} is not supported with DP-SGD")
+    if config.client.dp_sgd and serverless:
+        raise ConfigError("client.dp_sgd", "decentralized (gossip) training keeps no record-level privacy ledger: "
+                          "each node's ε would go unreported; DP-SGD runs with a server (synchronous or fedbuff/"
+                          "fedasync)")
     if config.client.dp_sgd and server.strategy == "scaffold":
         raise ConfigError("client.dp_sgd", "DP-SGD with SCAFFOLD's control variates is not supported")
     if not private(config):

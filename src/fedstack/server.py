@@ -191,8 +191,7 @@ class Server:
                     record.update(epsilon=self.strategy.epsilon(), clip_norm=clip_norm)
                 dp_clients = record.pop("dp_clients", [])  # the ledger's input, not a figure of the round
                 if self.record_ledger is not None:  # DP-SGD: the largest own ε of this round's clients
-                    spent = self.record_ledger.epsilons(dp_clients)
-                    record["client_epsilon_max"] = float(spent.max()) if spent.size else None
+                    record["client_epsilon_max"] = self._client_epsilon_max(dp_clients)
                 if self._rides(rnd):  # its central evaluation runs with the next round's training
                     record.update(self.evaluate(rnd, params, central=False))
                     self.finish_record(record, started, before)  # its evaluation is booked to the next round
@@ -393,15 +392,8 @@ class Server:
                     update = self._collect(outcome, secure, sent.size, tally, kinds)
                 else:
                     update = self._accept(outcome, sent.size, tally, kinds)
-                if update is not None and self.record_ledger is not None and "dp_steps" in update.metrics:
-                    release = dp_release(update.metrics)
-                    if release is None:  # a deployed client's figures are its own word: never trusted blindly
-                        self._reject(rnd, update.client_id, "metrics", "dp_steps / dp_sample_rate missing or out "
-                                     "of range", tally, kinds, counted=True)
-                        update = None
-                    else:
-                        self.record_ledger.add(update.client_id, *release, outcome.task.config.dp_noise_multiplier)
-                        dp_clients.append(update.client_id)
+                if update is not None:
+                    update = self._account(rnd, update, outcome.task.config, dp_clients, tally, kinds)
                 if update is not None:
                     if observe is not None:
                         observe(rnd, update.client_id, num_examples=update.num_examples,
@@ -570,6 +562,26 @@ class Server:
             return None
         tally["clients"] += 1
         return ClientUpdate(task.client_id, update, reply.num_examples, reply.metrics)
+
+    def _account(self, rnd: int, update: ClientUpdate, config: FitConfig, dp_clients: list[int], tally: dict,
+                 kinds: dict) -> ClientUpdate | None:
+        """Book a DP-SGD client's release in the record-level ledger (and list it in `dp_clients`); the update,
+        or None if its privacy figures are missing or out of range (a deployed client's word is checked)."""
+        if self.record_ledger is None or "dp_steps" not in update.metrics:
+            return update
+        release = dp_release(update.metrics)
+        if release is None:
+            self._reject(rnd, update.client_id, "metrics", "dp_steps / dp_sample_rate missing or out of range",
+                         tally, kinds, counted=True)
+            return None
+        self.record_ledger.add(update.client_id, *release, config.dp_noise_multiplier)
+        dp_clients.append(update.client_id)
+        return update
+
+    def _client_epsilon_max(self, dp_clients: list[int]) -> float | None:
+        """The largest record-level ε among `dp_clients` (DP-SGD), or None without any."""
+        spent = self.record_ledger.epsilons(dp_clients)
+        return float(spent.max()) if spent.size else None
 
     def _reject(self, rnd: int, client_id: int, reason: str, message: str, tally: dict, kinds: dict,
                 counted: bool = False) -> None:
