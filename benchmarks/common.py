@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.plan import dataset_of, initial_params, make_trainer
 
 

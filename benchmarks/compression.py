@@ -25,7 +25,7 @@ import numpy as np
 from common import save_figure
 from fedstack.client import FitConfig
 from fedstack.codec import CodecContext, build_pipeline
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.plan import dataset_of, initial_params, make_trainer
 

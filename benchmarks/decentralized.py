@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from common import save_figure
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 GOAL_POINTS = 3.0

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from common import save_figure
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.plan import dataset_of, make_trainer
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import save_figure
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 FLEET = ["systems.profile=heterogeneous", "systems.speed_sigma=1.0", "systems.tier_mix=[0.5, 0.3, 0.2]",

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from common import save_figure
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 TARGET = 0.75

@@ -52,7 +52,7 @@ def run_one(args) -> None:
 
     import torch  # noqa: F401  (imported before the clock starts: its import time does not grow with N)
 
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.experiment import run_config
     from fedstack.plan import dataset_of
 

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from common import name_list
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.plan import dataset_of
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 

@@ -177,7 +177,7 @@ def engines(out: Path) -> None:
     """Local, pool and a Ray the engine starts itself on one config; then faults in a Ray of our own."""
     import ray
 
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.engine import RayEngine
     from fedstack.errors import ConfigError
     from fedstack.experiment import run_config
@@ -237,7 +237,7 @@ def engines(out: Path) -> None:
 def cluster(out: Path, address: str) -> None:
     """One run on LocalEngine and on the Ray cluster at `address` (with where the tasks ran), and again
     on the cluster with an actor that kills itself mid-task."""
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.engine import make_engine
 
     config = load_config(None, [*KILLED_RUN, "engine.name=ray", f"engine.address={address}", "engine.workers=2"])

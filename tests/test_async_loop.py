@@ -8,7 +8,7 @@ from crashes import Crash, crash_after
 from fedstack.async_loop import AsyncServer
 from fedstack.client import EvalResult, FitConfig, FitResult, batch_order
 from fedstack.codec import Pipeline
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.data import FederatedDataset
 from fedstack.engine import LocalEngine, Workload
 from fedstack.errors import ConfigError, FedstackError

@@ -4,7 +4,7 @@ import pytest
 from fedstack.attack import (Attack, alie, alie_z, boost, build_attack, flip_labels, flipped, ipm, malicious_ids,
                              sign_flip)
 from fedstack.client import FitConfig
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.data.dataset import ClientData
 from fedstack.errors import ConfigError
 from fedstack.experiment import _refuse_simulated_fleet, run_config

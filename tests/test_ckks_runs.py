@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedstack.cli import main
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError
 from fedstack.experiment import run_config
 

@@ -183,6 +183,6 @@ def test_digits_works_with_nothing_but_its_name(tmp_path):
 
 
 def cli_config(overrides):
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
 
     return load_config(None, overrides)

@@ -2,7 +2,7 @@ import json
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import FedstackError
 from fedstack.experiment import run_config
 from fedstack.store import RunStore

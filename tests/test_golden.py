@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 BASE = ["data.name=digits", "data.num_clients=6", "model.name=logreg", "server.rounds=2",

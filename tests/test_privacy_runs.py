@@ -7,7 +7,7 @@ import pytest
 
 from both_engines import run_on_both_engines
 from crashes import Crash, crash_after
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError
 from fedstack.experiment import run_config
 

@@ -297,7 +297,7 @@ def test_local_and_pool_agree_bit_for_bit_on_a_heterogeneous_fleet_with_a_deadli
 
 def test_oort_learns_from_rounds_and_a_resumed_run_picks_the_same_clients(tmp_path):
     from crashes import Crash, crash_after
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.experiment import run_config
 
     overrides = ["data.name=digits", "model.name=logreg", "data.num_clients=30", "server.clients_per_round=5",
@@ -327,7 +327,7 @@ class CountingEngine(LocalEngine):
 
 def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
     """Same records as evaluating on its own, in one engine batch per round instead of two."""
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.experiment import simulate
     from fedstack.plan import client_side, dataset_of
     from fedstack.strategy import FedOpt

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError, DataError
 from fedstack.systems import (ALWAYS, DAY_S, MBIT, TIERS, Availability, DeviceProfile, Fleet, UniformSystem,
                               build_system, heterogeneous, read_trace)

@@ -187,7 +187,7 @@ def cmd_keys(args) -> int:
 def cmd_run(args) -> int:
     from rich.console import Console
 
-    from .config import load_config
+    from .plan import load_config
     from .experiment import run_config
     from .records import default_run_dir
     from .report import print_summary
@@ -215,7 +215,7 @@ def cmd_run(args) -> int:
 def cmd_server(args) -> int:
     from rich.console import Console
 
-    from .config import load_config
+    from .plan import load_config
     from .experiment import run_config
     from .plan import dataset_of
     from .records import default_run_dir

@@ -245,6 +245,21 @@ def with_dataset_defaults(tree: dict) -> dict:
     return tree
 
 
+# The config's vocabulary of parts that other modules implement: it names them, and imports none of them.
+RULES = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip", "fltrust")  # robust rules
+# Rules whose guarantee holds only while fewer than half of a round's clients are Byzantine.
+HONEST_MAJORITY = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clip")
+TIER_NAMES = ("wifi", "4g", "3g")  # the heterogeneous fleet's network tiers (fedstack.systems.TIERS)
+
+
+def overselected(k: int, overselect: float) -> int:
+    """⌈(1 + overselect) · k⌉: how many clients to ask so that `k` can be aggregated.
+
+    A hair of tolerance keeps products like 1.3 · 10 = 13.000000000000002 at 13.
+    """
+    return max(k, math.ceil((1.0 + overselect) * k - 1e-9))
+
+
 def validate(tree: dict) -> Config:
     """A Config from a plain tree, or a ConfigError naming the first bad key."""
     tree = with_dataset_defaults(tree)
@@ -265,14 +280,6 @@ def validate(tree: dict) -> Config:
     if config.engine.address and config.engine.name != "ray":
         raise ConfigError("engine.address", f"a Ray cluster's address needs engine.name = \"ray\", "
                           f"not \"{config.engine.name}\"")
-    from .codec import build_pipeline
-
-    options = codec_options(config)
-    build_pipeline(config.codec.pipeline, options)  # unknown names, bad parameters, impossible orders
-    download = build_pipeline(config.codec.download, options, key="codec.download")
-    if download.stateful:
-        raise ConfigError("codec.download", "error-feedback codecs (topk, sign) compress uploads only: the "
-                          "server keeps no residual for the global model")
     if config.server.strategy == "fedprox" and config.client.mu == 0:
         raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
     sequence = {"char_lstm": "char", "word_lstm": "word"}.get(config.model.name)
@@ -287,26 +294,6 @@ def validate(tree: dict) -> Config:
     return config
 
 
-def codec_options(config: Config, deployed: bool = False):
-    """The parameters of the codec stages, from `[codec]` and `[privacy]` (a deployed client draws DP
-    noise from the operating system instead of the run seed, which the server knows)."""
-    from .codec import CodecOptions
-
-    c, p = config.codec, config.privacy
-    # Distributed noise is split among the fewest clients a secure round can end with (secagg: its
-    # threshold; ckks: server.min_clients), so that the sum always carries the noise the accountant counts.
-    cohort = config.server.clients_per_round
-    noise_clients = max(1, math.ceil(c.secagg_threshold * cohort)) if "secagg" in c.pipeline else \
-        max(1, config.server.min_clients) if "ckks" in c.pipeline else cohort
-    noise = p.noise_multiplier * p.clip_norm / math.sqrt(noise_clients) if p.mode == "distributed" else 0.0
-    return CodecOptions(bits=c.bits, qsgd_bucket=c.qsgd_bucket, topk_fraction=c.topk_fraction,
-                        zstd_level=c.zstd_level, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
-                        noise_mode=p.mode, noise_clients=noise_clients, seeded_noise=not deployed,
-                        secagg_threshold=c.secagg_threshold, secagg_plus=c.secagg_plus, secagg_bits=c.secagg_bits,
-                        secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise,
-                        ckks_keys=c.ckks_keys)
-
-
 def private(config: Config) -> bool:
     """Whether the run is differentially private: DP noise, or at least clipping, is configured."""
     return config.privacy.noise_multiplier > 0 or "clip" in config.codec.pipeline
@@ -314,8 +301,6 @@ def private(config: Config) -> bool:
 
 def _validate_privacy(config: Config, serverless: bool) -> None:
     """DP settings that cannot give the guarantee they promise are refused, naming the key."""
-    from .sampling import overselected
-
     p, pipeline, server = config.privacy, config.codec.pipeline, config.server
     if "clip" in config.codec.download or "gaussian" in config.codec.download:
         raise ConfigError("codec.download", "clip and gaussian protect client updates: use them in codec.pipeline")
@@ -400,15 +385,11 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
 
 def robust_rule(server: ServerConfig) -> str:
     """The robust aggregation rule a `[server]` section asks for ("" = none)."""
-    from .strategy.robust import RULES
-
     return server.strategy if server.strategy in RULES else server.aggregator
 
 
 def _validate_robustness(config: Config, serverless: bool) -> None:
     """Robust rules, attacks and update validation: refused where their bounds or assumptions fail."""
-    from .strategy.robust import HONEST_MAJORITY, RULES
-
     server, attack, pipeline = config.server, config.attack, config.codec.pipeline
     rule = robust_rule(server)
     if server.aggregator:
@@ -473,14 +454,12 @@ def _validate_robustness(config: Config, serverless: bool) -> None:
 
 def _validate_systems(config: Config, serverless: bool) -> None:
     """The device fleet, deadline, over-selection and partial work: consistent with each other and the data."""
-    from .sampling import overselected
-    from .systems import TIERS
 
     s, server = config.systems, config.server
     mix = s.tier_mix
-    if len(mix) != len(TIERS) or any(f < 0 for f in mix) or abs(sum(mix) - 1) > 1e-6:
-        raise ConfigError("systems.tier_mix", f"expected {len(TIERS)} non-negative fractions of "
-                          f"{', '.join(TIERS)} devices summing to 1, got {mix}")
+    if len(mix) != len(TIER_NAMES) or any(f < 0 for f in mix) or abs(sum(mix) - 1) > 1e-6:
+        raise ConfigError("systems.tier_mix", f"expected {len(TIER_NAMES)} non-negative fractions of "
+                          f"{', '.join(TIER_NAMES)} devices summing to 1, got {mix}")
     if s.profile == "trace" and not s.trace:
         raise ConfigError("systems.trace", "systems.profile = \"trace\" needs the path of a trace CSV file")
     if s.trace and s.profile != "trace":

@@ -13,12 +13,12 @@ import numpy as np
 from .client import FitConfig, Trainer
 from .codec import Pipeline, build_pipeline
 from .attack import build_attack
-from .config import Config, codec_options, private, robust_rule, to_toml
+from .config import Config, private, robust_rule, to_toml
 from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import client_side, dataset_of
+from .plan import check_parts, client_side, codec_options, dataset_of
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -245,6 +245,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
 
     A deployment passes its own `engine` (remote clients) and `sampler` (among connected clients).
     """
+    check_parts(config)  # a Config made without fedstack.plan.load_config is checked here, before any work
     if config.decentralized.topology:  # no server: nodes gossip with their neighbours
         from .decentralized import run_decentralized
 

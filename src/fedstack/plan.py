@@ -1,17 +1,43 @@
 """Plan: a config read into the parts a run is built from — the data set, the model's trainer factory,
-the initial model and the clients' local work. What a simulation, a deployed server and a deployed
-device all build the same way (none of them imports the others for it)."""
+the initial model, the clients' local work, the codec options — and checked as a whole. What a
+simulation, a deployed server and a deployed device all build the same way (none of them imports the
+others for it). `fedstack.config` checks keys and values and imports no part; `check_parts` checks what
+only the built parts can say (a pipeline's names, parameters and order), and `load_config` does both."""
 
 from __future__ import annotations
 
 import functools
+import math
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from . import config as keys
 from .client import FitConfig, Trainer
+from .codec import CodecOptions, build_pipeline
 from .config import Config
+from .errors import ConfigError
 from .seeding import int_seed
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """The config of an optional TOML file plus `--set` overrides, checked before any work: its keys and
+    values (`fedstack.config.load_config`) and the parts they name (`check_parts`)."""
+    config = keys.load_config(path, overrides)
+    check_parts(config)
+    return config
+
+
+def check_parts(config: Config) -> None:
+    """What only the parts can check: each codec pipeline builds (known names, valid parameters, an order
+    its stages' declared traits allow), and the download pipeline keeps no client state."""
+    options = codec_options(config)
+    build_pipeline(config.codec.pipeline, options)  # unknown names, bad parameters, impossible orders
+    download = build_pipeline(config.codec.download, options, key="codec.download")
+    if download.stateful:
+        raise ConfigError("codec.download", "error-feedback codecs (topk, sign) compress uploads only: the "
+                          "server keeps no residual for the global model")
 
 
 def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):
@@ -50,3 +76,21 @@ def client_side(config: Config, dataset):
     steps = config.eval.finetune_steps
     finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
     return factory, initial_params(factory, config.seed), fit, finetune
+
+
+def codec_options(config: Config, deployed: bool = False):
+    """The parameters of the codec stages, from `[codec]` and `[privacy]` (a deployed client draws DP
+    noise from the operating system instead of the run seed, which the server knows)."""
+    c, p = config.codec, config.privacy
+    # Distributed noise is split among the fewest clients a secure round can end with (secagg: its
+    # threshold; ckks: server.min_clients), so that the sum always carries the noise the accountant counts.
+    cohort = config.server.clients_per_round
+    noise_clients = max(1, math.ceil(c.secagg_threshold * cohort)) if "secagg" in c.pipeline else \
+        max(1, config.server.min_clients) if "ckks" in c.pipeline else cohort
+    noise = p.noise_multiplier * p.clip_norm / math.sqrt(noise_clients) if p.mode == "distributed" else 0.0
+    return CodecOptions(bits=c.bits, qsgd_bucket=c.qsgd_bucket, topk_fraction=c.topk_fraction,
+                        zstd_level=c.zstd_level, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier,
+                        noise_mode=p.mode, noise_clients=noise_clients, seeded_noise=not deployed,
+                        secagg_threshold=c.secagg_threshold, secagg_plus=c.secagg_plus, secagg_bits=c.secagg_bits,
+                        secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise,
+                        ckks_keys=c.ckks_keys)

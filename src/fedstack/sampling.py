@@ -42,17 +42,10 @@ import math
 
 import numpy as np
 
+from .config import overselected  # noqa: F401  (defined with the config keys it reads)
 from .seeding import rng
 
 log = logging.getLogger("fedstack.sampling")
-
-
-def overselected(k: int, overselect: float) -> int:
-    """⌈(1 + overselect) · k⌉: how many clients to ask so that `k` can be aggregated.
-
-    A hair of tolerance keeps products like 1.3 · 10 = 13.000000000000002 at 13.
-    """
-    return max(k, math.ceil((1.0 + overselect) * k - 1e-9))
 
 
 def _stream(seed: int, round: int, attempt: int) -> np.random.Generator:

@@ -79,6 +79,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import TIER_NAMES
 from .errors import DataError
 from .seeding import rng, stable_hash
 
@@ -88,6 +89,7 @@ DAY_S = 86400.0
 TIERS: dict[str, tuple[float, float]] = {"wifi": (50.0, 20.0), "4g": (20.0, 5.0), "3g": (2.0, 0.5)}
 DEFAULT_TIER_MIX = (0.5, 0.3, 0.2)
 _TIER_NAMES = tuple(TIERS)
+assert _TIER_NAMES == TIER_NAMES, "fedstack.config.TIER_NAMES names these tiers"
 TRACE_COLUMNS = ("client_id", "samples_per_s", "down_mbps", "up_mbps", "availability")
 REQUIRED_COLUMNS = TRACE_COLUMNS[:4]
 

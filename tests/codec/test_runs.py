@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedstack.codec import CodecContext, build_pipeline
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.engine import FitReply, Outcome
 from fedstack.experiment import run_config
 from fedstack.store import RunStore

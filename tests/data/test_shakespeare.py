@@ -488,7 +488,7 @@ def test_word_windows_mask_exactly_the_oov_targets(tokens, vocab_size):
 # --------------------------------------------------------------------------------------------- whole runs
 @pytest.mark.parametrize("level, model", [("char", "char_lstm"), ("word", "word_lstm")])
 def test_next_token_runs_end_to_end(tmp_path, play_dir, level, model):
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.experiment import run_config
 
     config = load_config(None, [

@@ -44,7 +44,7 @@ def test_build_dataset_natural_partition_is_one_device_per_client():
 
 
 def test_a_synthetic_run_learns(tmp_path):
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.experiment import run_config
 
     config = load_config(None, ["data.name=synthetic", "data.partition=natural", "data.alpha=0.5",

@@ -8,7 +8,7 @@ import pytest
 
 from fedstack.client import FitConfig
 from fedstack.codec import CodecContext, Pipeline, build_pipeline
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.decentralized import Decentralized, complete, ring
 from fedstack.decentralized.loop import compress
 from fedstack.engine import LocalEngine, Workload

@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import simulate
 from fedstack.plan import client_side, dataset_of
 from fedstack.strategy import build_strategy

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.engine import PoolEngine
 from fedstack.engine.pool import start_method
 from fedstack.experiment import simulate
@@ -46,7 +46,7 @@ PARENT = textwrap.dedent("""
     import numpy as np
     from fedstack.engine import EvalTask, PoolEngine, Workload
     from fedstack.codec import Pipeline
-    from fedstack.config import load_config
+    from fedstack.plan import load_config
     from fedstack.plan import client_side, dataset_of
 
     config = load_config(None, ["data.name=digits", "data.num_clients=4", "server.clients_per_round=2",

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ray_runs
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.engine import RayEngine, make_engine
 from fedstack.errors import ConfigError
 

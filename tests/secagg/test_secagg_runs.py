@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from both_engines import run_on_both_engines
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError
 from fedstack.experiment import run_config
 

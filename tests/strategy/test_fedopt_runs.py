@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 
 from crashes import Crash, crash_after

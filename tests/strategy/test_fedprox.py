@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fedstack.client import FitConfig, TorchTrainer
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.data import ClientData
 from fedstack.errors import ConfigError
 from fedstack.models import build_model

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedstack.client import FitConfig
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError
 from fedstack.strategy import ClientUpdate, FedAvg, FedOpt, build_strategy
 from fedstack.strategy.robust import (Robust, centered_clip, coordinate_median, fltrust, krum, krum_scores,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedstack.client import FitConfig, TorchTrainer
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.engine import LocalEngine
 from fedstack.errors import FedstackError
 from fedstack.experiment import run_config, simulate

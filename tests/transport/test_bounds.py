@@ -4,7 +4,7 @@ import tomllib
 
 import numpy as np
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.validation import influence
 from fedstack.strategy import ClientUpdate
 from fedstack.transport.server import GrpcEngine, client_view

@@ -15,7 +15,8 @@ from deployment import start_client, start_server
 from fedstack import he
 from fedstack.client import FitResult
 from fedstack.codec.ckks import CKKS, DECRYPT, ENCRYPT, PUBLIC_KEY, CKKSDevice, KeyPinError, decrypt_request
-from fedstack.config import load_config, to_toml
+from fedstack.config import to_toml
+from fedstack.plan import load_config
 from fedstack.errors import ConfigError, FedstackError
 from fedstack.experiment import run_config
 from fedstack.store import RunStore

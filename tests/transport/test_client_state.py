@@ -4,7 +4,7 @@
 import numpy as np
 
 from deployment import start_client, start_server
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport.security import make_credentials

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport.security import make_credentials

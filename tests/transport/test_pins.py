@@ -13,7 +13,8 @@ import pytest
 from deployment import start_client, start_server
 from fedstack.cli import main
 from fedstack.client import FitResult
-from fedstack.config import load_config, to_toml
+from fedstack.config import to_toml
+from fedstack.plan import load_config
 from fedstack.errors import FedstackError
 from fedstack.transport import fedstack_pb2 as pb
 from fedstack.transport.client import Client, PinError, check_pins, dp_by_clients, pins

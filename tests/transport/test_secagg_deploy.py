@@ -17,7 +17,7 @@ from deployment import start_client, start_server
 from fedstack.client import FitResult
 from fedstack.codec import build_pipeline
 from fedstack.codec.secagg import SecAgg
-from fedstack.config import load_config
+from fedstack.plan import load_config
 from fedstack.experiment import run_config
 from fedstack.secagg import MaskedInput, SecAggAbort
 from fedstack.secagg.remote import MASKED_INPUT, START, SecAggDevice

@@ -45,7 +45,7 @@ import numpy as np
 from .. import evaluation
 from ..client import FitConfig
 from ..codec import CodecContext, Pipeline, build_pipeline
-from ..config import Config, codec_options, to_toml
+from ..config import Config, to_toml
 from ..engine import Engine, Workload, make_engine
 from ..errors import ConfigError
 from ..report import MetricsWriter, write_report, write_summary
@@ -226,7 +226,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..plan import client_side, dataset_of
+    from ..plan import client_side, codec_options, dataset_of
     from ..records import History, prepare_run_dir, summarize
 
     check_config(config)

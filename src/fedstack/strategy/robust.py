@@ -13,12 +13,10 @@ import numpy as np
 from ..client import FitConfig
 from ..seeding import int_seed
 from .base import ClientUpdate, Strategy, Task, restore_strategy_state, strategy_state
+from ..config import HONEST_MAJORITY, RULES  # noqa: F401  (the rules' names: the config's vocabulary)
 
 log = logging.getLogger("fedstack.strategy.robust")
 
-RULES = ("median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip", "fltrust")
-# Rules whose guarantee holds only while fewer than half of a round's clients are Byzantine.
-HONEST_MAJORITY = ("median", "trimmed_mean", "krum", "multi_krum", "centered_clip")
 
 
 def _sq_norms(U: np.ndarray) -> np.ndarray:

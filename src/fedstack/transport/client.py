@@ -17,7 +17,7 @@ import numpy as np
 
 from ..client import FitConfig, Task
 from ..codec import CodecContext, build_pipeline
-from ..config import codec_options, validate
+from ..config import validate
 from ..data import ClientData
 from ..engine.base import fit_and_encode
 from ..errors import DataError, FedstackError
@@ -272,7 +272,7 @@ class Client:
         # pipeline is built once, at the first join; a rejoin never rebuilds it from the new config.)
         check_pins(config, self.require)
         if self.data is None:
-            from ..plan import make_trainer
+            from ..plan import codec_options, make_trainer
 
             self.config = config
             self.data = fit_to_model(self._load_data(), tuple(reply.input_shape), reply.num_classes,
