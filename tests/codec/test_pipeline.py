@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedstack.codec import CodecContext, Pipeline, build_pipeline
+from fedstack.codec import Codec, CodecContext, Pipeline, build_pipeline
 from fedstack.errors import ConfigError
 
 CTX = CodecContext(round=1, client_id=0, seed=0)
@@ -18,7 +18,7 @@ def test_identity_round_trip_counts_real_bytes():
 def test_stages_run_in_order_and_reverse_on_decode():
     calls = []
 
-    class Tag:
+    class Tag(Codec):
         linear, unbiased = True, True
 
         def __init__(self, name, factor):
@@ -91,7 +91,7 @@ def test_a_raw_payload_of_a_partial_value_is_refused():
 def test_a_summing_stage_refuses_nonlinear_stages_before_it():
     from fedstack.codec.sparsify import TopK
 
-    class MaskedSum:  # stands in for secure aggregation: the server only ever sees a sum
+    class MaskedSum(Codec):  # stands in for secure aggregation: the server only ever sees a sum
         name, linear, unbiased, needs_linear_input, takes_bytes = "masked_sum", True, True, True, True
 
         def encode(self, value, ctx):

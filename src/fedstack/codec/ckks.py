@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import he
+from .base import Codec
 
 log = logging.getLogger("fedstack.ckks")
 
@@ -75,7 +76,7 @@ def read_decrypt_request(request: bytes) -> tuple[tuple[int, ...], bytes]:
     return members, request[end:]
 
 
-class CKKS:
+class CKKS(Codec):
     """Marks homomorphic aggregation at the end of a pipeline and opens each round's encrypted sum."""
 
     name, linear, unbiased = "ckks", True, True

@@ -7,7 +7,8 @@ import struct
 import numpy as np
 
 from ..errors import ConfigError
-from .quantize import CODEC_IDS, FORMAT_VERSION, MAX_LENGTH, check_id_and_version, max_encoded_bytes
+from .quantize import CODEC_IDS, FORMAT_VERSION, MAX_LENGTH, check_id_and_version
+from .base import Codec, max_encoded_bytes
 
 _ZSTD_HEADER = struct.Struct("<BBB")  # id, version, kind
 KIND_BYTES, KIND_FLOAT32 = 0, 1
@@ -22,7 +23,7 @@ def _zstandard():
     return zstandard
 
 
-class Zstd:
+class Zstd(Codec):
     """Zstandard compression of whatever the previous stage emits, usually another codec's bytes.
 
     Takes bytes, or a float32 vector (then its raw little-endian bytes), and gives the same kind
@@ -65,6 +66,10 @@ class Zstd:
         compressor = _zstandard().ZstdCompressor(level=self.level, write_checksum=True, write_content_size=True)
         frame = compressor.compress(raw)
         return _ZSTD_HEADER.pack(CODEC_IDS[self.name], FORMAT_VERSION, kind) + frame
+
+    def follows(self, previous) -> None:
+        """In a pipeline it takes only what the stage before it emits: bytes, or a float32 vector."""
+        self.content = "bytes" if previous is not None and previous.emits_bytes else "float32"
 
     def decode(self, value, ctx):
         if isinstance(value, (bytearray, memoryview)):

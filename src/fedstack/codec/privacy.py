@@ -14,9 +14,10 @@ import numpy as np
 
 from ..privacy import NOISE_MODES, clip_by_l2, noise_std
 from ..seeding import rng, stable_hash
+from .base import Codec
 
 
-class Clip:
+class Clip(Codec):
     """Scales an update down to L2 norm ≤ the round's clip norm (`ctx.clip_norm`, else `clip_norm`)."""
 
     name, linear, unbiased = "clip", True, False  # linear: decode is the identity, sums pass through
@@ -34,7 +35,7 @@ class Clip:
         return value
 
 
-class Gaussian:
+class Gaussian(Codec):
     """Adds N(0, std²) to each coordinate, std = noise_std(noise_multiplier, clip norm, mode, clients).
 
     In simulation (`seeded`) the draw comes from the run seed's "noise" stream keyed by (round,

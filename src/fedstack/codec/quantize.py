@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..seeding import STREAMS
+from .base import Codec
 
 CODEC_STREAM = STREAMS["codec"]
 FORMAT_VERSION = 1
@@ -61,13 +62,6 @@ def as_update(value, name: str) -> np.ndarray:
     if v.size > 0xFFFFFFFF:
         raise ValueError(f"{name}: update of {v.size} values does not fit the uint32 length field")
     return v
-
-
-def max_encoded_bytes(size: int) -> int:
-    """The most bytes any codec's payload for `size` values can take: QSGD's 8-bit codes with one float32
-    norm per value (bucket 1) are the worst case at 5 bytes a value (top-k's bitmap and values take
-    4.125), plus room for headers. A server refuses a longer payload, or decompressed content, unread."""
-    return 5 * size + 4096
 
 
 def check_max_length(max_length) -> int:
@@ -130,7 +124,7 @@ def check_scale(scale: float, name: str, what: str = "scale") -> None:
 _LEN_HEADER = struct.Struct("<BBI")  # id, version, n
 
 
-class FP16:
+class FP16(Codec):
     """IEEE half precision (round to nearest even), 2 bytes per value.
 
     Payload: 6-byte header (id, version, uint32 n) + n little-endian float16 = 6 + 2n bytes.
@@ -176,7 +170,7 @@ def float32_to_bf16_bits(v: np.ndarray) -> np.ndarray:
     return ((u + 0x7FFF + lsb) >> 16).astype("<u2")  # finite input: no uint32 overflow
 
 
-class BF16:
+class BF16(Codec):
     """bfloat16: the top 16 bits of float32, rounded to nearest even, 2 bytes per value.
 
     Same exponent range as float32, 8 significant bits. Payload: 6-byte header (id, version,
@@ -264,7 +258,7 @@ def _per_bucket(op: np.ufunc, x: np.ndarray, values: np.ndarray, bucket: int) ->
         op(tail, values[full.shape[0]], out=tail)
 
 
-class QSGD:
+class QSGD(Codec):
     """QSGD stochastic quantization (Alistarh et al. 2017, "QSGD: Communication-Efficient SGD via
     Gradient Quantization and Encoding") with bucketing, `bits` per coordinate, densely bit-packed.
 

@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 
 from ..secagg import SecAggParams, secagg_plus_degree
+from .base import Codec
 
 
-class SecAgg:
+class SecAgg(Codec):
     """Marks secure aggregation at the end of a pipeline and makes each round's protocol parameters."""
 
     name, linear, unbiased = "secagg", True, True

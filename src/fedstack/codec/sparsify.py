@@ -18,6 +18,7 @@ import struct
 import numpy as np
 
 from ..errors import ConfigError
+from .base import Codec
 from .quantize import (
     MAX_LENGTH,
     as_update,
@@ -172,7 +173,7 @@ def top_k_indices(a: np.ndarray, k: int) -> np.ndarray:
 _TOPK_HEADER = struct.Struct("<BBIIB")  # id, version, n, k, index coding
 
 
-class TopK:
+class TopK(Codec):
     """Top-k sparsification with error feedback (Stich et al. 2018, "Sparsified SGD with Memory").
 
     Keeps the k = max(1, ceil(fraction·n)) coordinates of p = update + residual with the largest
@@ -274,7 +275,7 @@ def _scaled(values: np.ndarray, n: int, k: int) -> np.ndarray:
         return (values.astype(np.float64) * (n / k)).astype(np.float32)
 
 
-class RandK:
+class RandK(Codec):
     """Random-k sparsification (Konečný et al. 2016, "Federated Learning: Strategies for Improving
     Communication Efficiency", random mask), unbiased.
 
@@ -327,7 +328,7 @@ class RandK:
 _SIGN_HEADER = struct.Struct("<BBIf")  # id, version, n, scale
 
 
-class Sign:
+class Sign(Codec):
     """Scaled sign compression with error feedback (EF-signSGD, Karimireddy et al. 2019,
     "Error Feedback Fixes SignSGD and other Gradient Compression Schemes").
 
