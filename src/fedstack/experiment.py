@@ -262,7 +262,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
         _refuse_simulated_fleet(config)
         # Deployed clients (an engine that exchanges protocol messages) encrypt under the public key of
         # codec.ckks_keys; without it the server would make the key pair, and so hold the secret key.
-        if "ckks" in config.codec.pipeline and hasattr(engine, "exchange") and not config.codec.ckks_keys:
+        if "ckks" in config.codec.pipeline and engine.exchanges and not config.codec.ckks_keys:
             raise ConfigError("codec.ckks_keys", "homomorphic aggregation with deployed clients needs a key pair "
                               "from `fedstack keys DIR`: the server reads DIR/ckks_public.bin only, and one client, "
                               "started with --ckks-secret DIR/ckks_secret.bin, decrypts the aggregate")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from types import GeneratorType
 from typing import Iterator
 
 import numpy as np
 
-from .engine import EvalTask, Outcome, Workload
+from .engine import Engine, EvalTask, Outcome, Workload
 
 
 @dataclass
@@ -53,22 +54,27 @@ class Profile:
         return Profile(**asdict(self))
 
 
-class ProfiledEngine:
-    """Wraps an Engine and books each outcome's seconds and the time its consumer waits into a Profile."""
+class ProfiledEngine(Engine):
+    """Wraps an Engine and books each outcome's seconds and the time its consumer waits into a Profile.
+    It declares what the engine it wraps declares, and passes protocol steps through."""
 
-    def __init__(self, engine, profile: Profile):
+    def __init__(self, engine: Engine, profile: Profile):
         self.engine = engine
         self.profile = profile
-        profile.workers = getattr(engine, "workers", 1) or 1
+        self.client_state, self.parallel, self.exchanges = engine.client_state, engine.parallel, engine.exchanges
+        profile.workers = engine.workers or 1
 
-    def __getattr__(self, name):  # what the loops look for (client_state, parallel, exchange, ...) is the engine's
-        return getattr(self.engine, name)
+    def exchange(self, round: int, stage: str, requests: dict[int, bytes]) -> dict[int, bytes]:
+        return self.engine.exchange(round, stage, requests)
+
+    def session(self, client_id: int) -> int:
+        return self.engine.session(client_id)
 
     def start(self, workload: Workload) -> None:
         started = time.perf_counter()
         self.engine.start(workload)
         self.profile.startup_s += time.perf_counter() - started
-        self.profile.workers = getattr(self.engine, "workers", 1) or 1  # Ray knows its count once started
+        self.profile.workers = self.engine.workers or 1  # Ray knows its count once started
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         outcomes = iter(self.engine.run(params, tasks))
@@ -82,9 +88,8 @@ class ProfiledEngine:
                 self._book(outcome)
                 yield outcome
         finally:  # a consumer that stops early stops the engine's iterator too (the pool drains)
-            close = getattr(outcomes, "close", None)
-            if close is not None:
-                close()
+            if isinstance(outcomes, GeneratorType):
+                outcomes.close()
 
     def _book(self, outcome: Outcome) -> None:
         if isinstance(outcome.task, EvalTask):

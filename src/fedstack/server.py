@@ -162,7 +162,7 @@ class Server:
         who = ("server.strategy", type(strategy).__name__) if needs_client_state(strategy) else \
             ("codec.pipeline", "error feedback") if workload.pipeline.stateful else None
         if who is not None:
-            where = getattr(engine, "client_state", None)
+            where = engine.client_state
             if where not in ("task", "device"):
                 raise FedstackError(f"{who[0]}: {who[1]} keeps state on each client across rounds, which "
                                     f"engine {type(engine).__name__} cannot carry")
@@ -214,7 +214,7 @@ class Server:
         training: that round trains from the very vector it evaluates, and nothing that a checkpoint
         keeps (strategy or sampler state, privacy ledgers) changes before the evaluation lands."""
         every = self.federated_eval_every
-        return (getattr(self.engine, "parallel", False) and rnd < self.rounds
+        return (self.engine.parallel and rnd < self.rounds
                 and bool(self.eval_every) and rnd % self.eval_every == 0
                 and not (every and rnd % every == 0) and self.secure is None and not self.download.stages
                 and not hasattr(self.strategy, "state") and not hasattr(self.strategy, "broadcast")
@@ -337,7 +337,7 @@ class Server:
             if secure is None:
                 tasks = []  # no secure aggregation, no aggregation: the round fails below min_clients
                 tally["secure_aborts"] = int(bool(reached))
-        remote = hasattr(secure, "collect")  # deployed secagg or ckks: each device masks or encrypts its update
+        remote = secure is not None and self.engine.exchanges  # deployed secagg or ckks: devices mask or encrypt
         if remote:
             tasks, reached = self._masking_tasks(rnd, secure, tasks, reached, kinds)
         states: dict[int, np.ndarray] = {}
@@ -451,7 +451,7 @@ class Server:
 
         seed = int_seed(self.workload.seed, "codec", rnd, attempt)
         try:
-            if hasattr(self.engine, "exchange"):
+            if self.engine.exchanges:
                 return self.secure.open_round(cohort, seed, engine=self.engine, round=rnd)
             return self.secure.open_round(cohort, seed)
         except (SecAggAbort, ValueError) as exc:

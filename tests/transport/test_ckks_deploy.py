@@ -24,6 +24,7 @@ from fedstack.transport import fedstack_pb2 as pb
 from fedstack.transport.client import Client
 from fedstack.transport.security import make_credentials
 from fedstack.transport.server import GrpcEngine
+from fedstack.engine import Engine
 
 pytest.importorskip("tenseal")
 
@@ -41,8 +42,10 @@ def other_public():
     return he.KeyHolder().public_context()
 
 
-class Devices:
+class Devices(Engine):
     """An engine whose `exchange` asks in-process devices; a device that raises, or is `silent`, does not answer."""
+
+    exchanges = True
 
     def __init__(self, devices, silent=()):
         self.devices, self.silent = devices, set(silent)

@@ -27,10 +27,13 @@ from fedstack.transport import fedstack_pb2 as pb
 from fedstack.transport.client import Client
 from fedstack.transport.security import make_credentials
 from fedstack.transport.server import FederationService, GrpcEngine
+from fedstack.engine import Engine
 
 
-class Devices:
+class Devices(Engine):
     """An engine whose `exchange` asks in-process devices; `garble` = {(client, stage)} answered with junk."""
+
+    exchanges = True
 
     def __init__(self, stage, cohort, garble=()):
         self.devices = {u: SecAggDevice(stage) for u in cohort}

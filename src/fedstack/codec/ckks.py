@@ -101,7 +101,7 @@ class CKKS(Codec):
         """One round's encrypted sum (the cohort needs no setup: clients encrypt under a fixed public key):
         with a simulated key holder (EncryptedRound), or with the deployed clients of an `engine` that
         offers `exchange` (RemoteEncryptedRound; ValueError if no key holder is connected)."""
-        if engine is not None and hasattr(engine, "exchange"):
+        if engine is not None and engine.exchanges:
             if self._roster is None:
                 if not self.keys:  # a server that made the keys would hold the secret one
                     raise ValueError("deployed homomorphic aggregation needs codec.ckks_keys (`fedstack keys DIR`)")

@@ -49,7 +49,7 @@ class SecAgg(Codec):
         """Round `round`'s protocol with `cohort`, keys and shares exchanged: with simulated devices
         (secagg.simulation.SecureRound), or with the deployed clients of an `engine` that offers
         `exchange` (secagg.remote.RemoteSecureRound)."""
-        if engine is not None and hasattr(engine, "exchange"):
+        if engine is not None and engine.exchanges:
             from ..secagg.remote import RemoteSecureRound
 
             return RemoteSecureRound(self.params(len(cohort), seed), cohort, engine, round)

@@ -239,7 +239,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     (run_dir / "config.toml").write_text(to_toml(config))
     if engine is None or isinstance(engine, str):
         engine = make_engine(engine or config.engine.name, config.engine.workers, config.engine.address)
-    elif getattr(engine, "client_state", None) == "device":
+    elif engine.client_state == "device":
         raise ConfigError("decentralized.topology", "decentralized training runs in simulation only "
                           "(engine.name = local | pool | ray), not over remote clients")
     history = History(run_dir=run_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Protocol, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
@@ -62,22 +62,40 @@ class Workload:
     seed: int
 
 
-class Engine(Protocol):
+class Engine:
     """Runs tasks somewhere (in-process, worker processes, Ray, remote devices).
 
     `run` yields one Outcome per task, in task order, so results never depend on timing.
-    An engine says where clients' state lives in `client_state`: "task" (the server keeps
-    it and sends it with each Task; FitReply.state brings it back) or "device" (each client
-    keeps its own). An engine without the attribute cannot run strategies with client state.
+    Every engine declares what it can do (the defaults below, overridden as class attributes):
+    `client_state` — where clients' state lives: "task" (the server keeps it and sends it with each
+    Task; FitReply.state brings it back), "device" (each client keeps its own) or "none" (it cannot
+    carry any: strategies with client state are refused); `parallel` — it runs several tasks at once
+    (a round's evaluation may then share a batch with the next round's training); `workers` — how many;
+    `exchanges` — it reaches real devices that can answer protocol steps (`exchange`, `session`:
+    deployed secure and homomorphic aggregation).
     """
 
-    client_state: str
+    client_state: str = "none"
+    parallel: bool = False
+    workers: int = 1
+    exchanges: bool = False
 
-    def start(self, workload: Workload) -> None: ...
+    def start(self, workload: Workload) -> None:
+        """Get ready to run the workload's tasks (start workers, share the data set)."""
 
-    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]: ...
+    def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
+        raise NotImplementedError(f"{type(self).__name__} runs no tasks")
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what `start` took."""
+
+    def exchange(self, round: int, stage: str, requests: dict[int, bytes]) -> dict[int, bytes]:
+        """One protocol step with devices: {client id: request} → {client id: reply} (engines that `exchanges`)."""
+        raise NotImplementedError(f"{type(self).__name__} reaches no devices that answer protocol steps")
+
+    def session(self, client_id: int) -> int:
+        """How many times a device has joined (a new value: it lost what earlier protocol steps gave it)."""
+        return 0
 
 
 def task_cost(task, dataset) -> float:

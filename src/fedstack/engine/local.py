@@ -6,10 +6,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .base import Outcome, Workload, execute
+from .base import Engine, Outcome, Workload, execute
 
 
-class LocalEngine:
+class LocalEngine(Engine):
     """Runs tasks sequentially in-process with one Trainer, on one torch thread.
 
     One thread makes results bit-identical to the process-pool engine's workers.

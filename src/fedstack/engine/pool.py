@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .base import Outcome, Workload, execute, longest_first
+from .base import Engine, Outcome, Workload, execute, longest_first
 
 # A task whose worker process dies is retried on a fresh worker this many times.
 MAX_ATTEMPTS = 3
@@ -114,7 +114,7 @@ def _send(worker: _Worker, message) -> None:
         pass
 
 
-class PoolEngine:
+class PoolEngine(Engine):
     """Runs tasks on `workers` processes (default: one per core), each with one torch thread.
 
     The dataset's arrays exist once: forked workers share the parent's pages, spawned ones map a

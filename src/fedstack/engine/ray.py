@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ConfigError
-from .base import Outcome, Workload, execute, longest_first
+from .base import Engine, Outcome, Workload, execute, longest_first
 
 # A task whose actor dies is retried on a fresh actor this many times (as PoolEngine does).
 MAX_ATTEMPTS = 3
@@ -61,7 +61,7 @@ class _StartFailed(Exception):
     """An actor could not build its Trainer or data; the message says why."""
 
 
-class RayEngine:
+class RayEngine(Engine):
     """Runs tasks on Ray actors: a local Ray of `workers` CPUs, or the cluster at `address`.
 
     One actor per worker (one CPU, one torch thread) holds one Trainer for the whole run.

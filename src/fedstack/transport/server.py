@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from ..codec import CodecContext
-from ..engine import EvalTask, FitReply, Outcome, Workload, execute
+from ..engine import Engine, EvalTask, FitReply, Outcome, Workload, execute
 from ..errors import brief
 from ..validation import check_update
 from ..seeding import rng
@@ -57,7 +57,7 @@ class _Assignment:
     results: queue.Queue  # the awaiting round's inbox; a late answer lands in a discarded one
 
 
-class GrpcEngine:
+class GrpcEngine(Engine):
     """Runs fit tasks on the clients connected over gRPC; evaluates the test set locally.
 
     Client ids are positions in the registry's list of names. A task not answered within
@@ -76,6 +76,7 @@ class GrpcEngine:
     """
 
     client_state = "device"
+    exchanges = True  # its clients are real devices: protocol steps (secure, homomorphic aggregation) reach them
 
     def __init__(self, names: list[str], deadline_s: float = 300.0, poll_s: float = 5.0,
                  max_examples: dict[str, int] | None = None):
