@@ -181,9 +181,7 @@ class AsyncServer(Server):
     def _draw(self, k: int, exclude: list[int]) -> list[int]:
         self.fills += 1
         rnd = self.version + 1
-        if getattr(self.sampler, "clocked", False):
-            return self.sampler.sample(rnd, k, self.fills, now=self.now, exclude=exclude)
-        return self.sampler.sample(rnd, k, self.fills, exclude=exclude)
+        return self.sampler.sample(rnd, k, self.fills, now=self.now, exclude=exclude)
 
     def _start(self, cid: int) -> bool:
         """Send client `cid` the current model and schedule what it will do; False if it cannot
@@ -253,7 +251,6 @@ class AsyncServer(Server):
     def _settle(self, flight: Flight) -> None:
         """Count a flight's event; an accepted result goes into the buffer."""
         cid = flight.task.client_id
-        observe = getattr(self.sampler, "observe", None)
         if flight.kind == "result":
             size = self.models[flight.version][1].size
             update = self._accept(flight.outcome, size, self.tally, self.kinds)
@@ -270,15 +267,14 @@ class AsyncServer(Server):
                 self.tally["partial"] += flight.partial
                 if self.keeps_state and flight.outcome.value.state is not None:
                     self.states[cid] = flight.outcome.value.state
-                if observe is not None:
-                    observe(self.version + 1, cid, num_examples=update.num_examples,
-                            loss=update.metrics.get("train_loss"), duration_s=self.now - flight.start)
+                self.sampler.observe(self.version + 1, cid, num_examples=update.num_examples,
+                                     loss=update.metrics.get("train_loss"), duration_s=self.now - flight.start)
         else:
             self.kinds[flight.kind] += 1
             if flight.kind == "error":
                 log.warning("update %d: client %d failed: %s", self.version + 1, cid, flight.outcome.error)
-            if flight.kind == "deadline" and observe is not None:
-                observe(self.version + 1, cid, duration_s=self.now - flight.start)
+            if flight.kind == "deadline":
+                self.sampler.observe(self.version + 1, cid, duration_s=self.now - flight.start)
         self._forget_old_models()
 
     def _forget_old_models(self) -> None:

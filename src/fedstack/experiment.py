@@ -223,8 +223,8 @@ def run_state(strategy, sampler, ledger=None) -> dict[str, np.ndarray]:
     """What a checkpoint keeps besides the params: the strategy's state, the sampler's ("sampler.*") and
     the DP-SGD clients' privacy ledger ("ledger.*")."""
     state = strategy_state(strategy)
-    for prefix, part in (("sampler", sampler), ("ledger", ledger)):
-        if hasattr(part, "state"):
+    for prefix, part in (("sampler", sampler), ("ledger", ledger)):  # both declare state (no-op by default)
+        if part is not None:
             state.update({f"{prefix}.{key}": value for key, value in part.state().items()})
     return state
 
@@ -234,7 +234,7 @@ def restore_run_state(strategy, sampler, state: dict[str, np.ndarray], ledger=No
     parts = {"sampler": sampler, "ledger": ledger}
     restore_strategy_state(strategy, {k: v for k, v in state.items() if k.split(".")[0] not in parts})
     for prefix, part in parts.items():
-        if hasattr(part, "load_state"):
+        if part is not None:
             part.load_state({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
 
 

@@ -1,9 +1,10 @@
 """Who takes part in a round (`server.sampler`), and how many are asked (`server.overselect`).
 
-A sampler offers `sample(round, k, attempt=0, exclude=()) -> sorted client ids` (at most `k`,
-distinct, none of those in `exclude`: an asynchronous server passes the clients still training).
-One that looks at the simulated clock declares `clocked = True` and also takes `now` (seconds);
-the server then passes the time at which the attempt starts. Draws come from the "sampling" stream
+A sampler subclasses `Sampler`: `sample(round, k, attempt=0, now=0.0, exclude=()) -> sorted client
+ids` (at most `k`, distinct, none of those in `exclude`: an asynchronous server passes the clients still
+training; `now`: the simulated time at which the attempt starts, for samplers that look at the fleet's
+clock), and the hooks it declares with no-op defaults: `observe` (a sampler that learns from outcomes),
+`state` / `load_state` with the trait `stateful` (what a checkpoint keeps). Draws come from the "sampling" stream
 of the run seed keyed by (round, attempt), so a resumed run or another engine draws the same clients.
 
 - `uniform` (`UniformSampler`, default): `k` clients uniformly among all. Unbiased: every client's
@@ -117,14 +118,33 @@ def _online(system, num_clients: int, round: int, k: int, now: float, exclude):
     return candidates
 
 
-class UniformSampler:
+class Sampler:
+    """Who takes part in a round. Subclasses implement `sample`; the hooks below are no-ops by default."""
+
+    stateful: bool = False  # whether `state()` holds something a checkpoint must keep
+
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
+        raise NotImplementedError(f"{type(self).__name__} draws no clients")
+
+    def observe(self, round: int, client_id: int, *, num_examples: int = 0, loss: float | None = None,
+                duration_s: float | None = None) -> None:
+        """A client's outcome: its examples and training loss, and how long its task took (None: it failed)."""
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take back what `state` gave (a resumed run)."""
+
+
+class UniformSampler(Sampler):
     """Each round, `k` distinct clients drawn uniformly at random from the run seed."""
 
     def __init__(self, num_clients: int, seed: int = 0):
         self.num_clients = num_clients
         self.seed = seed
 
-    def sample(self, round: int, k: int, attempt: int = 0, exclude=()) -> list[int]:
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
         """Sorted ids of the `k` clients of `round` (a retried round draws again, from `attempt`), none in `exclude`."""
         population = _Ids(self.num_clients, exclude)
         if not 0 < k <= len(population):
@@ -133,13 +153,11 @@ class UniformSampler:
         return _draw(self.seed, round, attempt, population, k)
 
 
-class AvailableSampler:
+class AvailableSampler(Sampler):
     """`k` clients drawn uniformly among those of `system` online at time `now` and not in `exclude`; all if fewer.
 
     With every client online it draws exactly what UniformSampler draws.
     """
-
-    clocked = True
 
     def __init__(self, num_clients: int, system, seed: int = 0):
         self.num_clients = num_clients
@@ -153,7 +171,7 @@ class AvailableSampler:
         return _draw(self.seed, round, attempt, candidates, k)
 
 
-class OortSampler:
+class OortSampler(Sampler):
     """Oort's guided selection: exploit the clients of high utility, explore those never observed.
 
     Per client (one array each, indexed by client id) it remembers its statistical utility
@@ -162,7 +180,7 @@ class OortSampler:
     Before any observation it draws exactly what AvailableSampler draws.
     """
 
-    clocked = True
+    stateful = True
     STATE = {"utility": np.float64, "duration": np.float64, "last_round": np.int64, "explored": np.bool_}
 
     def __init__(self, num_clients: int, system, seed: int = 0, *, explore: float = 0.9,
@@ -256,7 +274,7 @@ class OortSampler:
             setattr(self, name, values)
 
 
-class PoissonSampler:
+class PoissonSampler(Sampler):
     """Each client takes part independently with probability k / num_clients (so about k per round).
 
     The sampling that differential privacy's accounting assumes when it amplifies privacy by
@@ -268,7 +286,7 @@ class PoissonSampler:
         self.num_clients = num_clients
         self.seed = seed
 
-    def sample(self, round: int, k: int, attempt: int = 0, exclude=()) -> list[int]:
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
         if not 0 < k <= self.num_clients:
             raise ValueError(f"cannot sample {k} of {self.num_clients} clients")
         chosen = np.flatnonzero(_stream(self.seed, round, attempt).random(self.num_clients) < k / self.num_clients)

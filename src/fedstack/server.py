@@ -218,7 +218,7 @@ class Server:
                 and bool(self.eval_every) and rnd % self.eval_every == 0
                 and not (every and rnd % every == 0) and self.secure is None and not self.download.stages
                 and not hasattr(self.strategy, "state") and not hasattr(self.strategy, "broadcast")
-                and not hasattr(self.sampler, "state") and self.record_ledger is None and not self.epsilon_budget)
+                and not self.sampler.stateful and self.record_ledger is None and not self.epsilon_budget)
 
     def _land(self, ride: Ride, outcomes) -> None:
         """The riding evaluation is back: complete its round's record and close that round."""
@@ -343,7 +343,6 @@ class Server:
         states: dict[int, np.ndarray] = {}
         target = self.clients_per_round if self.overselect > 0 else None
         clock = {"last": 0.0, "late": False, "full": False, "overselected": 0}
-        observe = getattr(self.sampler, "observe", None)  # a sampler that learns from outcomes (oort)
         # Round-level checks and update attacks need the round's updates at once: hold them until the last.
         hold = self.secure is None and (self.max_norm_ratio > 0 or (self.attack is not None and self.attack.tampers))
         held: list[tuple[ClientUpdate, object]] = []  # (update, its client's new state)
@@ -383,8 +382,7 @@ class Server:
                 if self.deadline_s and seconds > self.deadline_s:
                     kinds["deadline"] += 1
                     clock["late"] = True
-                    if observe is not None:
-                        observe(rnd, outcome.task.client_id, duration_s=seconds)
+                    self.sampler.observe(rnd, outcome.task.client_id, duration_s=seconds)
                     log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
                              rnd, outcome.task.client_id, seconds, self.deadline_s)
                     continue
@@ -395,9 +393,8 @@ class Server:
                 if update is not None:
                     update = self._account(rnd, update, outcome.task.config, dp_clients, tally, kinds)
                 if update is not None:
-                    if observe is not None:
-                        observe(rnd, update.client_id, num_examples=update.num_examples,
-                                loss=update.metrics.get("train_loss"), duration_s=seconds)
+                    self.sampler.observe(rnd, update.client_id, num_examples=update.num_examples,
+                                         loss=update.metrics.get("train_loss"), duration_s=seconds)
                     clock["last"] = max(clock["last"], seconds)
                     clock["full"] = target is not None and tally["clients"] >= target
                     if hold:
@@ -514,9 +511,7 @@ class Server:
         return later, later - start
 
     def _sample(self, rnd: int, attempt: int, now: float) -> list[int]:
-        if getattr(self.sampler, "clocked", False):
-            return self.sampler.sample(rnd, self.sample_size, attempt, now=now)
-        return self.sampler.sample(rnd, self.sample_size, attempt)
+        return self.sampler.sample(rnd, self.sample_size, attempt, now=now)
 
     def _fit_deadline(self, task, download: int, size: int):
         """The task itself if its full work arrives by the deadline, else the same task cut to the

@@ -22,6 +22,7 @@ from ..codec import CodecContext
 from ..engine import Engine, EvalTask, FitReply, Outcome, Workload, execute
 from ..errors import brief
 from ..validation import check_update
+from ..sampling import Sampler
 from ..seeding import rng
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
@@ -458,14 +459,14 @@ def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = N
     return server, port
 
 
-class ConnectedSampler:
+class ConnectedSampler(Sampler):
     """Each round, up to `k` clients drawn uniformly (from the run seed) among those connected, once
     `need` are (waiting up to `wait_s` seconds for them: a short outage does not use up the run)."""
 
     def __init__(self, engine: GrpcEngine, seed: int = 0, need: int = 1, wait_s: float = 60.0):
         self.engine, self.seed, self.need, self.wait_s = engine, seed, need, wait_s
 
-    def sample(self, round: int, k: int, attempt: int = 0) -> list[int]:
+    def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
         ids = self.engine.wait_for(self.need, self.wait_s)
         if not ids:
             return []
