@@ -6,6 +6,7 @@ from fedstack.plan import load_config
 from fedstack.errors import FedstackError
 from fedstack.experiment import run_config
 from fedstack.store import RunStore
+from fedstack.strategy import Strategy
 
 from crashes import Crash, crash_after
 
@@ -33,8 +34,10 @@ def test_resuming_with_another_config_is_refused(tmp_path):
         run_config(load_config(None, [*SMALL, "client.lr=0.5"]), tmp_path / "run")
 
 
-class MomentumAvg:
+class MomentumAvg(Strategy):
     """FedAvg with server momentum: state that must survive a crash for the resumed run to match."""
+
+    stateful = True
 
     def __init__(self):
         from fedstack.client import FitConfig

@@ -98,7 +98,7 @@ class AsyncServer(Server):
         if self.concurrency > self.dataset.num_clients:
             raise ConfigError("server.concurrency", f"asks {self.concurrency} clients at once of "
                               f"{self.dataset.num_clients}")
-        self.buffer_size = buffer_size or (self.clients_per_round if getattr(strategy, "buffered", False) else 1)
+        self.buffer_size = buffer_size or (self.clients_per_round if strategy.buffered else 1)
         if self.attack is not None and self.attack.colludes:
             raise ConfigError("attack.name", f"{self.attack.name} crafts its update from the honest updates of a "
                               "round; the asynchronous loop has no rounds of updates")

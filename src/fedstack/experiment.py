@@ -97,7 +97,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                                                                run_state(strategy, sampler, record_ledger)),
                      MetricsWriter(run_dir, history.rounds), *callbacks]
     loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
-        if getattr(strategy, "asynchronous", False) else (Server, {"min_clients": min_clients,
+        if strategy.asynchronous else (Server, {"min_clients": min_clients,
                                                                    "round_retries": round_retries})
     server = loop(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers, address),
                   workload, rounds=rounds, clients_per_round=clients_per_round, **extra,

@@ -109,7 +109,7 @@ class Server:
                  partial_work: bool = False, epsilon_budget: float = 0.0, record_ledger=None,
                  profile: Profile | None = None, max_norm_ratio: float = 0.0, attack=None,
                  on_round: list[Callable[[dict, np.ndarray], None]] | None = None):
-        if bool(getattr(strategy, "asynchronous", False)) != self.asynchronous:
+        if strategy.asynchronous != self.asynchronous:
             raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
                               f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
         self.strategy = strategy
@@ -180,15 +180,16 @@ class Server:
                 if self._over_budget(rnd):
                     break
                 before = self.profile.snapshot() if self.profile is not None else None
-                clip_norm = getattr(self.strategy, "clip_norm", None)
+                clip_norm = self.strategy.clip_norm
                 params, record = self.round_with_retries(rnd, params, sim_time)
                 if self._ride is not None:  # the round ran no task to carry it: evaluate on its own
                     ride, self._ride = self._ride, None
                     self._land(ride, self.engine.run(ride.params, ride.tasks))
                 sim_time += record.pop("round_sim_s")
                 record["sim_time_s"] = sim_time
-                if hasattr(self.strategy, "epsilon"):  # differential privacy: what the run has spent
-                    record.update(epsilon=self.strategy.epsilon(), clip_norm=clip_norm)
+                epsilon = self.strategy.epsilon()
+                if epsilon is not None:  # differential privacy: what the run has spent
+                    record.update(epsilon=epsilon, clip_norm=clip_norm)
                 dp_clients = record.pop("dp_clients", [])  # the ledger's input, not a figure of the round
                 if self.record_ledger is not None:  # DP-SGD: the largest own ε of this round's clients
                     record["client_epsilon_max"] = self._client_epsilon_max(dp_clients)
@@ -217,7 +218,7 @@ class Server:
         return (self.engine.parallel and rnd < self.rounds
                 and bool(self.eval_every) and rnd % self.eval_every == 0
                 and not (every and rnd % every == 0) and self.secure is None and not self.download.stages
-                and not hasattr(self.strategy, "state") and not hasattr(self.strategy, "broadcast")
+                and not self.strategy.stateful and not self.strategy.broadcasts
                 and not self.sampler.stateful and self.record_ledger is None and not self.epsilon_budget)
 
     def _land(self, ride: Ride, outcomes) -> None:
@@ -246,10 +247,8 @@ class Server:
 
     def _over_budget(self, rnd: int) -> bool:
         """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""
-        if not self.epsilon_budget or not hasattr(self.strategy, "epsilon_after"):
-            return False
-        after = self.strategy.epsilon_after(1)
-        if after <= self.epsilon_budget:
+        after = self.strategy.epsilon_after(1) if self.epsilon_budget else None
+        if after is None or after <= self.epsilon_budget:
             return False
         self.stopped = (f"stopped before round {rnd}: it would raise ε to {after:.4g}, over "
                         f"privacy.epsilon_budget = {self.epsilon_budget:g}")
@@ -423,7 +422,7 @@ class Server:
             tally[key] = sum(secure.rejected.values())
             if tally[key]:
                 log.warning("round %d: %s rejected %s", rnd, self.secure.name, dict(secure.rejected))
-        figures = self.strategy.round_figures() if hasattr(self.strategy, "round_figures") else {}
+        figures = self.strategy.round_figures()
         if tally["clients"] < self.min_clients:
             new_params = params
         duration = clock["last"] if clock["full"] or not clock["late"] else self.deadline_s

@@ -159,7 +159,9 @@ def test_client_state_is_never_recomputed_from_scratch():
 
 
 def test_an_engine_that_cannot_carry_client_state_is_refused_before_training():
-    class Stateless:  # an engine that never declared where client state lives
+    from fedstack.engine import Engine
+
+    class Stateless(Engine):  # an engine that keeps the default: it carries no client state
         def start(self, workload):
             raise AssertionError("must not start")
 

@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, same_work
+from .base import ClientUpdate, Strategy, Task, same_work
 
 
 def staleness_weight(staleness: int, exponent: float) -> float:
@@ -25,7 +25,7 @@ def staleness_weight(staleness: int, exponent: float) -> float:
 
 
 @dataclass
-class FedBuff:
+class FedBuff(Strategy):
     """FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation"):
     the server buffers `server.buffer_size` client updates and then steps by their
     staleness-weighted mean, params + server_lr · (1/K) Σ s(τᵢ)·Δᵢ. As in the paper the mean is
@@ -54,7 +54,7 @@ class FedBuff:
 
 
 @dataclass
-class FedAsync:
+class FedAsync(Strategy):
     """FedAsync (Xie et al. 2019, "Asynchronous Federated Optimization"): each arriving client
     model is mixed into the global one, x ← (1 − αₜ)·x + αₜ·x_client with αₜ = α·s(τ), where
     x_client = the model the client started from + its update.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Iterable
 
 import numpy as np
 
@@ -28,13 +28,12 @@ class ClientUpdate:
     members: tuple[int, ...] = ()  # secure aggregation: the clients whose updates this one averages
 
 
-@runtime_checkable
-class Strategy(Protocol):
+class Strategy:
     """The server algorithm: what each sampled client does, and how updates become new params.
 
     A toy that ignores clients' sizes and takes a plain mean::
 
-        class PlainMean:
+        class PlainMean(Strategy):
             def configure(self, round, params, sampled_ids):
                 return [Task(round, cid, FitConfig()) for cid in sampled_ids]
             def aggregate(self, round, params, updates):
@@ -44,37 +43,63 @@ class Strategy(Protocol):
                 return params + acc.mean() if acc.weight else params
     """
 
-    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]: ...
+    # What the loops need to know of a strategy, declared (defaults: a plain synchronous algorithm).
+    asynchronous: bool = False  # the asynchronous schedule runs it: the server steps as updates arrive
+    buffered: bool = False  # asynchronous: it steps once server.buffer_size updates are in (FedBuff)
+    needs_client_state: bool = False  # its clients keep state across rounds (SCAFFOLD's control variates)
+    broadcasts: bool = False  # clients receive more than the params (`broadcast`)
+    stateful: bool = False  # it keeps state across rounds that a checkpoint saves (`state`, `load_state`)
+    clip_norm: float | None = None  # differential privacy: the clip norm of the coming round
 
-    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray: ...
+    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
+        raise NotImplementedError(f"{type(self).__name__} configures no clients")
+
+    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} aggregates nothing")
+
+    def broadcast(self, params: np.ndarray) -> np.ndarray:
+        """What the sampled clients receive (`broadcasts`: the params and more; clients' updates then have
+        the length of what they received)."""
+        return params
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What it must keep across rounds (server momentum, moments), saved with each checkpoint."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take back a state it had (on resume, or after a round that did not count)."""
+
+    def round_figures(self) -> dict:
+        """Figures of the round just aggregated, for its record (a robust rule's cost and choices)."""
+        return {}
+
+    def epsilon(self) -> float | None:
+        """Differential privacy: the ε spent so far (None: not private)."""
+        return None
+
+    def epsilon_after(self, rounds: int = 1) -> float | None:
+        """Differential privacy: the ε after `rounds` more rounds (None: not private)."""
+        return None
 
 
-def broadcast(strategy, params: np.ndarray) -> np.ndarray:
-    """What the sampled clients receive: the params, plus whatever else the strategy sends them.
-
-    A strategy offers `broadcast(params)` to send more (SCAFFOLD's control variate); clients'
-    updates then have the length of what they received.
-    """
-    return strategy.broadcast(params) if hasattr(strategy, "broadcast") else params
+def broadcast(strategy: Strategy, params: np.ndarray) -> np.ndarray:
+    """What the sampled clients receive: the params, plus whatever else the strategy sends them."""
+    return strategy.broadcast(params)
 
 
-def needs_client_state(strategy) -> bool:
-    """Whether the strategy's clients keep state across rounds (declared `needs_client_state = True`)."""
-    return bool(getattr(strategy, "needs_client_state", False))
+def needs_client_state(strategy: Strategy) -> bool:
+    """Whether the strategy's clients keep state across rounds."""
+    return strategy.needs_client_state
 
 
-def strategy_state(strategy) -> dict[str, np.ndarray]:
-    """What a strategy must keep across rounds (server momentum, moments): saved with each checkpoint.
-
-    A stateful strategy offers `state() -> dict of arrays` and `load_state(dict)`; others have none.
-    """
-    return strategy.state() if hasattr(strategy, "state") else {}
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    """What a strategy must keep across rounds: saved with each checkpoint."""
+    return strategy.state()
 
 
-def restore_strategy_state(strategy, state: dict[str, np.ndarray]) -> None:
+def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
     """Give a strategy back a state it had (on resume, or after a round that did not count)."""
-    if hasattr(strategy, "load_state"):
-        strategy.load_state(state)
+    strategy.load_state(state)
 
 
 class WeightedSum:

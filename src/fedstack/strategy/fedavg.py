@@ -8,11 +8,11 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, example_weighted, same_work
+from .base import ClientUpdate, Strategy, Task, example_weighted, same_work
 
 
 @dataclass
-class FedAvg:
+class FedAvg(Strategy):
     """FedAvg (McMahan et al. 2017, "Communication-Efficient Learning of Deep Networks from
     Decentralized Data"): each sampled client trains locally; the server moves the global model
     by the example-weighted mean of their updates.

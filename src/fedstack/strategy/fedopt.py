@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, example_weighted, same_work
+from .base import ClientUpdate, Strategy, Task, example_weighted, same_work
 
 ADAPTIVE = ("fedadagrad", "fedadam", "fedyogi")
 
@@ -40,11 +40,13 @@ def adaptive_step(kind: str, params, delta, m, v, lr: float, beta1: float, beta2
 
 
 @dataclass
-class FedOpt:
+class FedOpt(Strategy):
     """FedAvg's client work with a server optimizer on the averaged update (fedavgm or an adaptive one).
 
     The optimizer's moments are strategy state: checkpointed every round, restored on resume.
     """
+
+    stateful = True  # server momentum and moments: a checkpoint keeps them
 
     kind: str = "fedadam"
     fit: FitConfig = FitConfig()

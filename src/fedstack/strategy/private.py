@@ -16,7 +16,7 @@ from .base import ClientUpdate, Strategy, Task, restore_strategy_state, strategy
 _CLIPPED_TOLERANCE = 1e-6
 
 
-class Private:
+class Private(Strategy):
     """DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"):
     every client's update is clipped to L2 norm C (codec stage "clip", with the C of
     `FitConfig.clip_norm`); the server sums the clipped updates with weight 1, adds Gaussian noise of
@@ -37,6 +37,8 @@ class Private:
     amplifies privacy (the server sees each noised update and knows who sent it), so ε is that of the
     most frequent participant's releases.
     """
+
+    stateful = True  # the clip norm, the accountant's ledger, the inner strategy's state
 
     def __init__(self, inner: Strategy, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
                  clients_per_round: int, population: int, seed: int = 0, delta: float = 1e-5,

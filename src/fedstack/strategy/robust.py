@@ -179,7 +179,7 @@ class RootUpdate:
         return np.asarray(self.trainer.fit(params, self.data, config).update, dtype=np.float32)
 
 
-class Robust:
+class Robust(Strategy):
     """A Byzantine-robust rule (`RULES`) in front of any synchronous server step `inner` (FedAvg,
     FedAvgM, FedAdam, ...): the round's updates are gathered into one n × d float32 matrix (allocated
     for `capacity` clients, kept across rounds, grown only if more arrive: memory O(clients × model)),
@@ -196,6 +196,8 @@ class Robust:
     `robust_trusted` (FLTrust: updates with trust > 0) and `root_s` (FLTrust: the server's training).
     """
 
+    stateful = True  # centered clipping's previous aggregate, the inner strategy's state
+
     def __init__(self, inner: Strategy, rule: str, *, capacity: int = 10, byzantine: float = 0.2,
                  krum_m: int = 0, trim_beta: float = 0.2, norm_bound: float = 0.0, clip_tau: float = 0.0,
                  clip_iters: int = 1, root: Callable[[int, np.ndarray], np.ndarray] | None = None):
@@ -203,7 +205,7 @@ class Robust:
             raise ValueError(f"unknown robust rule {rule!r} ({' | '.join(RULES)})")
         if rule == "fltrust" and root is None:
             raise ValueError("fltrust needs the server's root update (root=RootUpdate(...))")
-        if getattr(inner, "asynchronous", False) or hasattr(inner, "broadcast"):
+        if inner.asynchronous or inner.broadcasts:
             raise ValueError(f"a robust rule cannot run in front of {type(inner).__name__}")
         self.inner, self.rule = inner, rule
         self.capacity = max(1, capacity)

@@ -8,7 +8,7 @@ from typing import Iterable
 import numpy as np
 
 from ..client import FitConfig
-from .base import ClientUpdate, Task, WeightedSum, same_work
+from .base import ClientUpdate, Strategy, Task, WeightedSum, same_work
 
 
 def scaffold_step(params: np.ndarray, control: np.ndarray, delta_y: np.ndarray, delta_c_sum: np.ndarray,
@@ -24,7 +24,7 @@ def scaffold_step(params: np.ndarray, control: np.ndarray, delta_y: np.ndarray, 
 
 
 @dataclass
-class Scaffold:
+class Scaffold(Strategy):
     """SCAFFOLD (Karimireddy et al. 2020, "SCAFFOLD: Stochastic Controlled Averaging for Federated
     Learning"), option II: clients correct each gradient by c − cᵢ and derive their new control
     variate cᵢ from the distance they moved.
@@ -41,6 +41,8 @@ class Scaffold:
     control: np.ndarray | None = field(default=None, repr=False)
 
     needs_client_state = True
+    broadcasts = True  # [x; c]: the global control variate travels with the model
+    stateful = True  # c: a checkpoint keeps it
 
     def broadcast(self, params: np.ndarray) -> np.ndarray:
         """What clients receive: the global model followed by the server control variate."""
