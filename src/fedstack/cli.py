@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                               isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError):
             raise
         what = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
-        where = getattr(exc, "filename", None)
+        where = getattr(exc, "filename", None)  # the store names its file on the sqlite errors it raises
         print(f"error: {where}: {what}" if where else f"error: {what}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -39,7 +39,7 @@ class FitConfig:
                                   ("lr", 0, True), ("mu", 0, False), ("clip_norm", 0, False),
                                   ("dp_noise_multiplier", 0, False), ("dp_max_grad_norm", 0, True),
                                   ("flip_labels", 0, False)):
-            value = getattr(self, name)
+            value = vars(self)[name]
             integer = name in ("epochs", "local_steps", "batch_size", "flip_labels")
             kinds = (int, np.integer) if integer else (int, float, np.number)
             if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
@@ -380,13 +380,11 @@ class TorchTrainer:
                 self._grad_sampler.remove_hooks()
             for p in self.model.parameters():
                 p.grad = None
-                for attr in _OPACUS_PARAM_ATTRS:
-                    if hasattr(p, attr):
-                        delattr(p, attr)
+                for attr in _OPACUS_PARAM_ATTRS:  # plain attributes Opacus set on the tensor
+                    vars(p).pop(attr, None)
             for m in self.model.modules():
                 for attr in _OPACUS_MODULE_ATTRS:
-                    if hasattr(m, attr):
-                        delattr(m, attr)
+                    vars(m).pop(attr, None)
 
     def _dp_optimizer(self, optimizer, config: FitConfig):
         """Opacus's DPOptimizer around `optimizer`: clip each example's gradient, sum, add noise, average.

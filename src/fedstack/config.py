@@ -481,8 +481,8 @@ def _validate_systems(config: Config, serverless: bool) -> None:
         raise ConfigError("client.partial_work", "partial work stops clients at the deadline: set "
                           "server.deadline_s > 0")
     asynchronous = server.strategy in ("fedbuff", "fedasync")
-    for key in ("concurrency", "buffer_size"):
-        if getattr(server, key) and not asynchronous:
+    for key, value in (("concurrency", server.concurrency), ("buffer_size", server.buffer_size)):
+        if value and not asynchronous:
             raise ConfigError(f"server.{key}", "applies to the asynchronous strategies (fedbuff, fedasync), "
                               f"not to {server.strategy}")
     if asynchronous and server.overselect:

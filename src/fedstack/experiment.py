@@ -108,7 +108,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                   profile=Profile() if profile else None, max_norm_ratio=max_norm_ratio, attack=attack)
     try:
         history.params = server.run(params, start_round, sim_time)
-        if getattr(server, "stopped", None):
+        if server.stopped:
             history.status, history.stopped = "stopped", server.stopped
         elif history.rounds and not any(r.get("clients", 0) >= max(extra.get("min_clients", 1), 1)
                                         for r in history.rounds):

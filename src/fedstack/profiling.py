@@ -47,7 +47,8 @@ class Profile:
 
     def since(self, earlier: Profile) -> Profile:
         """What was spent after the snapshot `earlier` (a copy taken with `snapshot`)."""
-        values = {k: v - getattr(earlier, k) for k, v in asdict(self).items() if k != "workers"}
+        before = asdict(earlier)
+        values = {k: v - before[k] for k, v in asdict(self).items() if k != "workers"}
         return Profile(workers=self.workers, **values)
 
     def snapshot(self) -> Profile:

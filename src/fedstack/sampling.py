@@ -102,8 +102,7 @@ def _online(system, num_clients: int, round: int, k: int, now: float, exclude):
     is online); logs when fewer than `k`."""
     if k <= 0:
         raise ValueError(f"cannot sample {k} clients")
-    everyone = getattr(system, "everyone_online", None)
-    if everyone is not None and everyone(now):
+    if system.everyone_online(now):
         online_count = num_clients
         candidates = _Ids(num_clients, exclude)
     else:
@@ -259,7 +258,7 @@ class OortSampler(Sampler):
 
     def state(self) -> dict[str, np.ndarray]:
         """A copy of what the sampler has learnt, for a checkpoint (`load_state` resumes from it)."""
-        return {name: getattr(self, name).copy() for name in self.STATE}
+        return {name: vars(self)[name].copy() for name in self.STATE}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore what `state()` returned; a ValueError, changing nothing, if it does not fit these clients."""

@@ -129,7 +129,7 @@ class Server:
         self.dataset = workload.dataset
         self.sampler = sampler or UniformSampler(self.dataset.num_clients, workload.seed)
         self.system = system or UniformSystem(seed=workload.seed)
-        fleet = getattr(self.system, "num_clients", None)
+        fleet = self.system.num_clients
         if fleet is not None and fleet < self.dataset.num_clients:
             raise FedstackError(f"the device fleet has {fleet} devices for {self.dataset.num_clients} clients")
         if deadline_s < 0:

@@ -206,6 +206,7 @@ class SystemModel:
     """A fleet of devices. Subclasses say `device(client_id)`; the rest follows from the profiles."""
 
     seed: int = 0
+    num_clients: int | None = None  # the fleet's size when it has one (None: as many devices as asked for)
 
     def device(self, client_id: int) -> DeviceProfile:
         raise NotImplementedError

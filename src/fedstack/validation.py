@@ -35,7 +35,8 @@ def update_problem(update: np.ndarray, size: int, num_examples: int) -> tuple[st
     """(reason, message) why a decoded update may not touch the aggregate — wrong length ("shape"), not
     float32 ("dtype"), NaN/inf ("non_finite"), negative weight ("weight") —, or None."""
     if not isinstance(update, np.ndarray) or update.shape != (size,):
-        return "shape", f"expected {size} values, got shape {getattr(update, 'shape', None)}"
+        got = update.shape if isinstance(update, np.ndarray) else type(update).__name__
+        return "shape", f"expected {size} values, got {got}"
     if update.dtype != np.float32:
         return "dtype", f"expected float32 values, got {update.dtype}"
     if not np.isfinite(update).all():

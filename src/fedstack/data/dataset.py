@@ -84,16 +84,17 @@ class FederatedDataset:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The big arrays by name: x, y, x_test, y_test."""
-        return {k: getattr(self, k) for k in ARRAY_NAMES}
+        return {"x": self.x, "y": self.y, "x_test": self.x_test, "y_test": self.y_test}
 
     def with_arrays(self, arrays: dict[str, np.ndarray]) -> FederatedDataset:
         """The same partitions over replacement arrays of the same shapes (e.g. shared-memory views)."""
         unknown = set(arrays) - set(ARRAY_NAMES)
         if unknown:
             raise ValueError(f"unknown array names {sorted(unknown)}; expected a subset of {list(ARRAY_NAMES)}")
+        current = self.arrays()
         for k, a in arrays.items():
-            if np.shape(a) != getattr(self, k).shape:
-                raise DataError(f"replacement array '{k}' has shape {np.shape(a)}, expected {getattr(self, k).shape}")
+            if np.shape(a) != current[k].shape:
+                raise DataError(f"replacement array '{k}' has shape {np.shape(a)}, expected {current[k].shape}")
         return dataclasses.replace(self, **arrays)
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..client import FitConfig, Task
+from ..client import FitConfig, Task, TorchTrainer
 from ..codec import CodecContext, build_pipeline
 from ..config import validate
 from ..data import ClientData
@@ -283,17 +283,18 @@ class Client:
             # A summing stage (secagg, ckks) is a protocol with the server, not an encoding: the device applies
             # the stages before it and masks or encrypts the result when the server asks.
             self.pipeline, self.summing = pipeline.before_summing(), pipeline.summing
-            if getattr(self.summing, "name", None) == "secagg":
+            summing = self.summing.name if self.summing is not None else None
+            if summing == "secagg":
                 from ..secagg.remote import SecAggDevice
 
                 self.secagg = SecAggDevice(self.summing)
-            if getattr(self.summing, "name", None) == "ckks":
+            if summing == "ckks":
                 from ..codec.ckks import CKKSDevice
 
                 # the key holder decrypts only sums of at least --min-members, and of the run's min_clients
                 self.ckks = CKKSDevice(self.key_holder, key_id=self.ckks_key_id,
                                        min_members=max(self.min_members, self.config.server.min_clients))
-            if hasattr(self.trainer, "dp_seeded_noise"):  # DP-SGD noise the server cannot recompute from the seed
+            if isinstance(self.trainer, TorchTrainer):  # DP-SGD noise the server cannot recompute from the seed
                 self.trainer.dp_seeded_noise = False
         log.info("joined as %s", self.name)
 
