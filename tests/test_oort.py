@@ -146,4 +146,4 @@ def test_bad_arguments_are_refused():
 
 def test_oort_is_built_by_name():
     sampler = build_sampler("oort", 10, UniformSystem(), 1)
-    assert isinstance(sampler, OortSampler) and sampler.stateful and sampler.seed == 1  # it learns: a checkpoint keeps it
+    assert isinstance(sampler, OortSampler) and sampler.stateful and sampler.seed == 1  # a checkpoint keeps it

@@ -221,7 +221,8 @@ def cmd_server(args) -> int:
     from .records import default_run_dir
     from .report import REPORT_FILE, print_summary, write_report
     from .transport.security import ClientRegistry, read_pem
-    from .transport.server import ConnectedSampler, FederationService, GrpcEngine, client_view, serve
+    from .transport.server import (STREAMS_PER_CONNECTION, ConnectedSampler, FederationService, GrpcEngine,
+                                   client_view, serve)
 
     config = load_config(args.config, args.overrides)
     registry = ClientRegistry.load(args.clients)
@@ -247,7 +248,8 @@ def cmd_server(args) -> int:
         tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
                "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
     # Each client holds at most a poll, an arriving update and a heartbeat at once: three threads, plus some.
-    server, port = serve(service, args.listen, workers=3 * len(registry.names) + 16, **tls)
+    server, port = serve(service, args.listen, workers=3 * len(registry.names) + 16,
+                         max_calls=STREAMS_PER_CONNECTION * len(registry.names) + 16, **tls)
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
     console = Console()

@@ -12,10 +12,10 @@ from fedstack.transport.server import GrpcEngine, client_view
 
 def test_an_update_weighs_what_its_bound_allows():
     engine = GrpcEngine(["a", "b"], max_examples={"a": 100})
-    assert engine.weight("a", 60) == 60
-    assert "over the 100" in engine.weight("a", 2**62)
-    assert "negative" in engine.weight("a", -1)
-    assert engine.weight("b", 2**62) == 1  # no bound declared: every update weighs the same
+    assert engine.rules.weight("a", 60) == 60
+    assert "over the 100" in engine.rules.weight("a", 2**62)
+    assert "negative" in engine.rules.weight("a", -1)
+    assert engine.rules.weight("b", 2**62) == 1  # no bound declared: every update weighs the same
 
 
 def test_the_norm_screen_weighs_each_update_by_its_claimed_examples():

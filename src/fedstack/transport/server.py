@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import queue
 import secrets
 import threading
@@ -18,22 +17,18 @@ from typing import Iterator
 
 import numpy as np
 
-from ..codec import CodecContext
 from ..engine import Engine, EvalTask, FitReply, Outcome, Workload, execute
 from ..errors import brief
-from ..validation import check_update
 from ..sampling import Sampler
 from ..seeding import rng
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
 from . import fedstack_pb2_grpc as pb_grpc
+from .replies import ReplyRules
 from .wire import GRPC_OPTIONS, assemble, chunks
 
 log = logging.getLogger("fedstack.transport")
 
-# Masked inputs, ciphertexts and protocol messages: at most this many bytes a model value, plus the base.
-PROTECTED_BYTES_PER_VALUE, PROTECTED_BYTES_BASE = 128, 2 << 20
-MAX_METRICS = 64  # training figures a client may attach to an update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +80,7 @@ class GrpcEngine(Engine):
         self.ids = {name: i for i, name in enumerate(self.names)}
         self.deadline_s = deadline_s
         self.poll_s = poll_s
-        self.max_examples = dict(max_examples or {})
+        self.rules = ReplyRules(max_examples)
         self.last_seen: dict[str, float] = {}
         self.joins: collections.Counter = collections.Counter()  # Join calls by client name
         self.refused: collections.Counter = collections.Counter()
@@ -108,19 +103,6 @@ class GrpcEngine(Engine):
         horizon = time.monotonic() - (within_s or 3 * self.poll_s)
         with self._lock:
             return sorted(self.ids[n] for n, t in self.last_seen.items() if t >= horizon)
-
-    def wait_for(self, need: int, timeout_s: float) -> list[int]:
-        """The connected clients once at least `need` are, or whoever is after `timeout_s` seconds: during
-        a short outage a round waits for its clients instead of failing at once."""
-        end = time.monotonic() + timeout_s
-        ids = self.connected()
-        if len(ids) < need:
-            log.warning("%d of the %d clients a round needs are connected: waiting up to %.0f s",
-                        len(ids), need, timeout_s)
-        while len(ids) < need and time.monotonic() < end:
-            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-            ids = self.connected()
-        return ids
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         """Outcomes in task order: fit tasks from the clients, evaluation shards computed here."""
@@ -250,14 +232,10 @@ class GrpcEngine(Engine):
                 self._lock.wait(left)
 
     def reply_limit(self, assignment: _Assignment) -> int:
-        """The most bytes a reply to this task may announce: an encoded update within what the pipeline can
-        emit for the model; a masked input, ciphertext or protocol message within a bound that grows with
-        the model (a CKKS ciphertext takes ~83 bytes a value plus ~330 KB)."""
-        size = len(self._params_payload) // 4
+        """The most bytes a reply to this task may announce (`ReplyRules.limit`)."""
         task = assignment.task
-        if isinstance(task, ProtocolTask) or task.protocol is not None:
-            return PROTECTED_BYTES_PER_VALUE * size + PROTECTED_BYTES_BASE
-        return self.workload.pipeline.max_payload_bytes(size)
+        protected = isinstance(task, ProtocolTask) or task.protocol is not None
+        return self.rules.limit(protected, len(self._params_payload) // 4, self.workload)
 
     @contextlib.contextmanager
     def arriving(self, name: str):
@@ -289,28 +267,6 @@ class GrpcEngine(Engine):
                                f"to this task may hold", "size")
         return assignment
 
-    def weight(self, name: str, claimed: int) -> int | str:
-        """The weight an update counts with, or why its claimed example count is refused."""
-        bound = self.max_examples.get(name, 0)
-        if claimed < 0:
-            return f"negative num_examples {claimed}"
-        if not bound:  # nothing bounds the claim: every deployed update weighs the same
-            return 1
-        if claimed > bound:
-            return f"num_examples {claimed} is over the {bound} this client may claim"
-        return claimed
-
-    def _decode(self, assignment: _Assignment, payload: bytes) -> tuple[np.ndarray | None, str | None]:
-        """(the update, None), or (None, why it is refused): decoded once, and the round loop reuses it."""
-        size = len(self._params_payload) // 4
-        try:
-            ctx = CodecContext(assignment.round, assignment.task.client_id, self.workload.seed)
-            update = self.workload.pipeline.decode(payload, ctx, size)
-        except Exception as exc:  # garbage from the network must not reach the aggregate
-            return None, f"undecodable payload ({brief(exc)})"
-        problem = check_update(update, size, 0)
-        return (None, f"malformed update: {problem}") if problem else (update, None)
-
     def refuse(self, name: str, reason: str, kind: str) -> pb.SubmitReply:
         reason = brief(reason)
         self.refused[kind] += 1
@@ -325,19 +281,10 @@ class GrpcEngine(Engine):
         elif isinstance(task, ProtocolTask):  # a protocol message: the protocol checks it
             outcome = Outcome(task, FitReply(payload, 0))
         else:
-            weight = self.weight(name, int(header.num_examples))
-            if isinstance(weight, str):
-                return self.refuse(name, weight, "weight")
-            if len(header.metrics) > MAX_METRICS:
-                return self.refuse(name, f"at most {MAX_METRICS} metrics may come with an update", "malformed")
-            # NaN is "no value" (DP-SGD sends no training loss); an infinity would poison a mean: also NaN
-            metrics = {k: v if math.isfinite(v) else math.nan for k, v in header.metrics.items()}
-            update = None
-            if task.protocol is None:  # a masked vector or ciphertext is no update the server could decode
-                update, problem = self._decode(assignment, payload)
-                if problem:
-                    return self.refuse(name, problem, "malformed")
-            outcome = Outcome(task, FitReply(payload, weight, metrics, update=update))
+            reply = self.rules.fit_reply(name, task, header, payload, len(self._params_payload) // 4, self.workload)
+            if isinstance(reply, tuple):
+                return self.refuse(name, reply[1], reply[0])
+            outcome = Outcome(task, reply)
         with self._lock:
             if self._open.get(header.task_id) is not assignment:
                 return self.refuse(name, f"task {header.task_id} closed while its reply arrived", "stale")
@@ -438,14 +385,26 @@ class FederationService(pb_grpc.FederationServicer):
             return self.engine.accept(name, admitted, header, payload)
 
 
+# Streams one connection may hold open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): an honest client
+# uses three (a poll, a reply on its way in, a heartbeat); more wait on the client's side, not the server's.
+STREAMS_PER_CONNECTION = 8
+
+
 def serve(service: FederationService, listen: str, *, tls_cert: bytes | None = None,
-          tls_key: bytes | None = None, client_ca: bytes | None = None, workers: int = 32):
-    """Start the gRPC server on `listen` (TLS when a certificate is given; mutual TLS with `client_ca`)."""
+          tls_key: bytes | None = None, client_ca: bytes | None = None, workers: int = 32,
+          max_calls: int = 0):
+    """Start the gRPC server on `listen` (TLS when a certificate is given; mutual TLS with `client_ca`).
+
+    `workers` threads serve calls; at most `max_calls` (default: what every connection's streams can
+    hold, for `workers` of them) are in progress or queued — more are refused with RESOURCE_EXHAUSTED,
+    never queued without bound — and one connection holds at most STREAMS_PER_CONNECTION of them, so a
+    client flooding its own connection waits for itself instead of filling the server.
+    """
     import grpc
 
-    # Calls beyond the threads are refused (RESOURCE_EXHAUSTED) instead of queueing without bound.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS,
-                         maximum_concurrent_rpcs=workers)
+    options = [*GRPC_OPTIONS, ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                         maximum_concurrent_rpcs=max_calls or STREAMS_PER_CONNECTION * workers)
     pb_grpc.add_FederationServicer_to_server(service, server)
     if tls_cert is not None:
         credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)], root_certificates=client_ca,
@@ -467,12 +426,26 @@ class ConnectedSampler(Sampler):
         self.engine, self.seed, self.need, self.wait_s = engine, seed, need, wait_s
 
     def sample(self, round: int, k: int, attempt: int = 0, now: float = 0.0, exclude=()) -> list[int]:
-        ids = self.engine.wait_for(self.need, self.wait_s)
+        ids = self.wait_for(self.need, self.wait_s)
         if not ids:
             return []
         keys = (round, attempt) if attempt else (round,)
         chosen = rng(self.seed, "sampling", *keys).choice(ids, size=min(k, len(ids)), replace=False)
         return sorted(int(c) for c in chosen)
+
+
+    def wait_for(self, need: int, timeout_s: float) -> list[int]:
+        """The connected clients once at least `need` are, or whoever is after `timeout_s` seconds: during
+        a short outage a round waits for its clients instead of failing at once."""
+        end = time.monotonic() + timeout_s
+        ids = self.engine.connected()
+        if len(ids) < need:
+            log.warning("%d of the %d clients a round needs are connected: waiting up to %.0f s",
+                        len(ids), need, timeout_s)
+        while len(ids) < need and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            ids = self.engine.connected()
+        return ids
 
 
 def client_view(config, share_seed: bool = False) -> str:
