@@ -56,8 +56,8 @@ def test_each_refusal_reason_is_explained_on_its_own_line():
     # Every reason the deployed server counts has an explanation.
     import inspect
 
-    from fedstack.transport import server
+    from fedstack.transport import replies, server
 
-    source = inspect.getsource(server)
+    source = inspect.getsource(server) + inspect.getsource(replies)
     for reason in ("unauthenticated", "foreign", "stale", "size", "weight", "malformed", "busy"):
         assert f'"{reason}"' in source and reason in cli.REFUSALS

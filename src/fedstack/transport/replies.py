@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..codec import CodecContext
+from ..codec import CodecContext, Pipeline
 from ..engine import FitReply, Workload
 from ..errors import brief
 from ..validation import check_update
@@ -27,13 +27,13 @@ class ReplyRules:
         self.max_examples = dict(max_examples or {})
 
     @staticmethod
-    def limit(protected: bool, size: int, workload: Workload) -> int:
+    def limit(size: int, pipeline: Pipeline | None) -> int:
         """The most bytes a reply may announce for a model of `size` values: an encoded update within what
-        the pipeline can emit; a `protected` one (masked input, ciphertext, protocol message) within a bound
-        that grows with the model."""
-        if protected:
+        its `pipeline` can emit; a protected one (no pipeline: masked input, ciphertext, protocol message)
+        within a bound that grows with the model."""
+        if pipeline is None:
             return PROTECTED_BYTES_PER_VALUE * size + PROTECTED_BYTES_BASE
-        return workload.pipeline.max_payload_bytes(size)
+        return pipeline.max_payload_bytes(size)
 
     def weight(self, name: str, claimed: int) -> int | str:
         """The weight an update counts with, or why its claimed example count is refused."""

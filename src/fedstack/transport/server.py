@@ -235,7 +235,7 @@ class GrpcEngine(Engine):
         """The most bytes a reply to this task may announce (`ReplyRules.limit`)."""
         task = assignment.task
         protected = isinstance(task, ProtocolTask) or task.protocol is not None
-        return self.rules.limit(protected, len(self._params_payload) // 4, self.workload)
+        return self.rules.limit(len(self._params_payload) // 4, None if protected else self.workload.pipeline)
 
     @contextlib.contextmanager
     def arriving(self, name: str):
