@@ -201,6 +201,27 @@ def check_pins(config, require) -> None:
         raise PinError("; ".join(lacks))
 
 
+@contextlib.contextmanager
+def heartbeats(stub, metadata, every_s: float, rpc_error: type):
+    """Heartbeats in the background while the body trains, so the server knows the device is alive."""
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(every_s):
+            try:
+                stub.Heartbeat(pb.Beat(), metadata=metadata, timeout=every_s)
+            except rpc_error:
+                pass  # the main loop notices a lost server when it submits
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Client:
     """Joins a server, then polls for tasks, trains, and submits, reconnecting with backoff when cut off."""
 
@@ -349,26 +370,6 @@ class Client:
         # Never a half-written state, even after a power cut; derived from this device's data: owner-only.
         write_atomic(self.state_path, buffer.getvalue(), private=True)
 
-    @contextlib.contextmanager
-    def _beating(self):
-        """Heartbeats in the background while the body trains, so the server knows we are alive."""
-        stop = threading.Event()
-
-        def beat():
-            while not stop.wait(self.heartbeat_s):
-                try:
-                    self.stub.Heartbeat(pb.Beat(), metadata=self.metadata, timeout=self.heartbeat_s)
-                except self.grpc.RpcError:
-                    pass  # the main loop notices a lost server when it submits
-
-        thread = threading.Thread(target=beat, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
     def poll_once(self) -> bool:
         """Ask for work and do it; False when the run is over."""
         stream = self.stub.Poll(pb.PollRequest(), metadata=self.metadata, timeout=120)
@@ -385,7 +386,7 @@ class Client:
                                dtype=np.float32)
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload, reply, violated = b"", None, None
-        with self._beating():
+        with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):
             try:
                 config = FitConfig(**json.loads(header.fit_config_json))
                 self._check_task(config)
@@ -443,7 +444,7 @@ class Client:
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload, violated = b"", None
         device = {"secagg": self.secagg, "ckks": self.ckks}.get(header.protocol_stage.split(".")[0])
-        with self._beating():
+        with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):
             try:
                 if device is None:
                     raise FedstackError(f"protocol step {header.protocol_stage!r}, but the run has no such "
