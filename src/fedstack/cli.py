@@ -219,7 +219,7 @@ def cmd_server(args) -> int:
     from .experiment import run_config
     from .plan import dataset_of
     from .records import default_run_dir
-    from .report import REPORT_FILE, print_summary, write_report
+    from .report import print_summary
     from .transport.security import ClientRegistry, read_pem
     from .transport.server import (STREAMS_PER_CONNECTION, ConnectedSampler, FederationService, GrpcEngine,
                                    client_view, serve)
@@ -279,9 +279,7 @@ def cmd_server(args) -> int:
             engine.stop_clients()
             time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
         server.stop(grace=2 if completed else 0).wait()
-        # Declared, not guessed: this run's devices were real, so its summary and report show no simulated time.
-        if finish_summary(run_dir, args, deployed=True) and (run_dir / REPORT_FILE).exists():
-            write_report(run_dir)
+        finish_summary(run_dir, args)
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
     for line in refusal_lines(engine.refused):
@@ -402,9 +400,9 @@ class RunLog(logging.FileHandler):
         super().close()
 
 
-def finish_summary(run_dir: Path, args, **fields) -> bool:
+def finish_summary(run_dir: Path, args) -> bool:
     """Add what only the command knows to the summary.json this command's run wrote (False if it wrote none):
-    `total_time_s`, the command's whole time so far (start-up, data, rounds, report), and `fields`."""
+    `total_time_s`, the command's whole time so far (start-up, data, rounds, report)."""
     from .report import SUMMARY_FILE, read_summary, write_summary
 
     path = Path(run_dir) / SUMMARY_FILE
@@ -414,7 +412,7 @@ def finish_summary(run_dir: Path, args, **fields) -> bool:
     except FileNotFoundError:
         return False
     summary = read_summary(run_dir)
-    summary.update(total_time_s=time.perf_counter() - args.started, **fields)
+    summary["total_time_s"] = time.perf_counter() - args.started
     write_summary(run_dir, summary)
     return True
 

@@ -99,7 +99,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
         if strategy.asynchronous else (Server, {"min_clients": min_clients,
                                                                    "round_retries": round_retries})
-    server = loop(strategy, engine if not isinstance(engine, str) else make_engine(engine, workers, address),
+    engine = engine if not isinstance(engine, str) else make_engine(engine, workers, address)
+    server = loop(strategy, engine,
                   workload, rounds=rounds, clients_per_round=clients_per_round, **extra,
                   eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
                   sampler=sampler, client_states=store, finetune=finetune, download=download,
@@ -123,7 +124,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         if store is not None:
             store.set_meta("status", history.status)
             store.close()
-            write_summary(history.run_dir, summarize(history, seed, config or {}))
+            # an engine that reaches real devices (gRPC) ran a deployment: no simulated clock to report
+            write_summary(history.run_dir, summarize(history, seed, config or {}, deployed=engine.exchanges))
             if history.rounds:
                 write_report(history.run_dir)
     return history

@@ -29,14 +29,14 @@ class History:
         self.rounds.append(record)
 
 
-def summarize(history: History, seed: int, config: dict) -> dict:
-    """The figures of summary.json."""
+def summarize(history: History, seed: int, config: dict, deployed: bool = False) -> dict:
+    """The figures of summary.json (`deployed`: the clients were real devices, so there is no simulated time)."""
     rounds = history.rounds
     last = rounds[-1] if rounds else {}
     accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
     federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
     personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
-    return {
+    summary = {
         "run_dir": str(history.run_dir),
         "status": history.status,
         "stopped": history.stopped,
@@ -63,6 +63,9 @@ def summarize(history: History, seed: int, config: dict) -> dict:
         "config": config,
         "versions": versions(),
     }
+    if deployed:
+        summary["deployed"] = True
+    return summary
 
 
 def _kinds(rounds: list[dict], key: str = "failures_by_kind") -> dict[str, int]:

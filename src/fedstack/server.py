@@ -542,11 +542,11 @@ class Server:
         tally["bytes_up_raw"] += 4 * size  # what the update would weigh as raw float32
         started = time.perf_counter()
         try:
-            update = reply.update  # decoded once, by a transport that checked it on arrival
+            update, problem = reply.update, None  # decoded and checked once, by the transport, on arrival
             if update is None:
                 ctx = CodecContext(task.round, task.client_id, self.workload.seed)
                 update = self.workload.pipeline.decode(reply.payload, ctx, size)
-            problem = update_problem(update, size, reply.num_examples)
+                problem = update_problem(update, size, reply.num_examples)
         except Exception as exc:  # an undecodable payload is the client's fault, not the round's
             problem = ("undecodable", f"undecodable payload ({brief(exc)})")
         if self.profile is not None:

@@ -38,7 +38,8 @@ class FitReply:
     state: dict | None = field(default=None, repr=False)  # the client's new state, where the server keeps it
     train_s: float = 0.0  # seconds in the trainer, then in the codecs (simulation engines measure them)
     encode_s: float = 0.0
-    # The payload decoded and checked by a transport on arrival (gRPC): the round loop does not decode it again.
+    # The payload decoded and checked by a transport on arrival (gRPC: shape, dtype, finite values, a bounded
+    # weight): the round loop neither decodes nor checks it again.
     update: np.ndarray | None = field(default=None, repr=False)
 
 
