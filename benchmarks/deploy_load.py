@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedstack.client import FitResult, batch_order
-from fedstack.transport.client import Client
+from fedstack.transport.client import Client, TlsSettings
 from fedstack.transport.security import make_credentials, read_pem, read_token
 
 
@@ -50,7 +50,7 @@ def generator(port: int, creds: str, ids: list[int]) -> None:
 
     def one(i):
         client = Client(f"localhost:{port}", read_token(Path(creds) / f"client-{i + 1}.token"), partition=i,
-                        ca=ca, trainer=NumpyLogReg())
+                        tls=TlsSettings(ca=ca), trainer=NumpyLogReg())
         client.run()
 
     threads = [threading.Thread(target=one, args=(i,)) for i in ids]

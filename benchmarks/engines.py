@@ -18,6 +18,7 @@ import numpy as np
 
 from common import default_workload
 from fedstack.client import FitConfig
+from fedstack.engine import make_engine
 from fedstack.experiment import simulate
 from fedstack.strategy import FedAvg
 
@@ -39,8 +40,8 @@ def main() -> None:
             start = time.perf_counter()
             history = simulate(factory, dataset, params0, strategy=FedAvg(FitConfig(epochs=c.epochs,
                                batch_size=c.batch_size, lr=c.lr)), rounds=config.server.rounds,
-                               clients_per_round=config.server.clients_per_round, engine=engine,
-                               workers=args.workers, seed=config.seed)
+                               clients_per_round=config.server.clients_per_round, seed=config.seed,
+                               engine=make_engine(engine, args.workers))
             times[engine].append(time.perf_counter() - start)
             finals[engine] = history.params
             print(f"[{rep + 1}] {engine:5s} {times[engine][-1]:6.1f} s  "

@@ -20,6 +20,7 @@ import torch
 from common import default_workload
 from fedstack.client import FitConfig
 from fedstack.experiment import simulate
+from fedstack.loop import Evaluation
 from fedstack.models import build_model
 from fedstack.sampling import UniformSampler
 from fedstack.seeding import int_seed
@@ -87,7 +88,7 @@ def fedstack_local(config, dataset, factory, params0):
     with tempfile.TemporaryDirectory() as out:
         history = simulate(factory, dataset, params0, strategy=strategy, rounds=config.server.rounds,
                            clients_per_round=config.server.clients_per_round, engine="local",
-                           seed=config.seed, federated_eval=False, out=out)
+                           seed=config.seed, evaluation=Evaluation(federated=False), out=out)
     return history.params, [r["test_accuracy"] for r in history.rounds]
 
 

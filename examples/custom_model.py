@@ -32,7 +32,8 @@ def main(rounds: int = 15) -> fedstack.History:
     torch.manual_seed(0)
     history = fedstack.simulate(make_trainer, data, make_trainer().get_params(),
                                 strategy=fedstack.FedAvg(fedstack.FitConfig(epochs=2, batch_size=16, lr=0.1)),
-                                rounds=rounds, clients_per_round=4, engine="pool", workers=2, seed=0)
+                                rounds=rounds, clients_per_round=4, engine=fedstack.make_engine("pool", workers=2),
+                                seed=0)
     for record in history.rounds:
         print(f"round {record['round']:2d}  test accuracy {record['test_accuracy']:.3f}")
     print(f"per-client accuracy after training: {history.rounds[-1]['federated']}")

@@ -147,18 +147,23 @@ def batchnorm_trainer():
 def batchnorm_run(engine, workers: int = 2):
     """Three FedAvg rounds of the BatchNorm model on digits: (final params, test accuracies)."""
     from fedstack.data import build_dataset
+    from fedstack.engine import make_engine
     from fedstack.experiment import simulate
+    from fedstack.loop import Evaluation
     from fedstack.plan import initial_params
 
     dataset = build_dataset("digits", num_clients=6, partition="iid", alpha=0.5, seed=0)
     history = simulate(batchnorm_trainer, dataset, initial_params(batchnorm_trainer, 0), rounds=3,
-                       clients_per_round=4, engine=engine, workers=workers, federated_eval=False)
+                       clients_per_round=4, engine=make_engine(engine, workers) if isinstance(engine, str) else engine,
+                       evaluation=Evaluation(federated=False))
     return history.params, [r["test_accuracy"] for r in history.rounds]
 
 
 def simulate_config(config, engine, trainer_factory=None):
     """`config`'s run through fedstack.experiment.simulate on `engine` (a name or an Engine)."""
-    from fedstack.experiment import simulate
+    from fedstack.engine import make_engine
+    from fedstack.experiment import rules_of, simulate
+    from fedstack.loop import Evaluation, Parts
     from fedstack.plan import client_side, dataset_of
     from fedstack.strategy import build_strategy
     from fedstack.systems import build_system
@@ -168,9 +173,10 @@ def simulate_config(config, engine, trainer_factory=None):
     s = config.server
     return simulate(trainer_factory(factory) if trainer_factory else factory, dataset, params,
                     strategy=build_strategy(s, fit, dataset.num_clients), rounds=s.rounds,
-                    clients_per_round=s.clients_per_round, engine=engine, workers=2, seed=config.seed,
-                    federated_eval=False, deadline_s=s.deadline_s, overselect=s.overselect,
-                    system=build_system(config.systems, dataset.num_clients, config.seed))
+                    clients_per_round=s.clients_per_round,
+                    engine=make_engine(engine, 2) if isinstance(engine, str) else engine, seed=config.seed,
+                    rules=rules_of(config), evaluation=Evaluation(federated=False),
+                    parts=Parts(system=build_system(config.systems, dataset.num_clients, config.seed)))
 
 
 def engines(out: Path) -> None:

@@ -5,7 +5,6 @@ import pytest
 
 from both_engines import run_on_both_engines
 from crashes import Crash, crash_after
-from fedstack.async_loop import AsyncServer
 from fedstack.client import EvalResult, FitConfig, FitResult, batch_order
 from fedstack.codec import Pipeline
 from fedstack.plan import load_config
@@ -13,7 +12,7 @@ from fedstack.data import FederatedDataset
 from fedstack.engine import LocalEngine, Workload
 from fedstack.errors import ConfigError, FedstackError
 from fedstack.experiment import run_config
-from fedstack.server import Server
+from fedstack.loop import Asynchronous, Evaluation, Parts, Rules, Synchronous
 from fedstack.strategy import FedAsync, FedAvg, FedBuff
 from fedstack.systems import DeviceProfile, Fleet
 
@@ -30,7 +29,7 @@ class EchoTrainer:
         return EvalResult(0.0, 0, len(y))
 
 
-def _async_server(speeds, strategy, records, *, rounds, concurrency, buffer_size=1, examples=1, **kwargs):
+def _async_server(speeds, strategy, records, *, rounds, concurrency, buffer_size=1, examples=1, **rules):
     """An asynchronous server over one client per speed (samples/s), transfers taking no time."""
     n = len(speeds)
     x = np.repeat(np.arange(n, dtype=np.float32), examples)[:, None]
@@ -39,9 +38,10 @@ def _async_server(speeds, strategy, records, *, rounds, concurrency, buffer_size
     ds.train_idx = [np.arange(i * examples, (i + 1) * examples) for i in range(n)]
     fleet = Fleet([DeviceProfile(samples_per_s=s, down_bytes_per_s=math.inf, up_bytes_per_s=math.inf)
                    for s in speeds])
-    return AsyncServer(strategy, LocalEngine(), Workload(EchoTrainer, ds, Pipeline(), seed=0), rounds=rounds,
-                       clients_per_round=1, concurrency=concurrency, buffer_size=buffer_size, eval_every=0,
-                       federated_eval_every=None, system=fleet, on_round=[lambda r, p: records.append(r)], **kwargs)
+    return Asynchronous(strategy, LocalEngine(), Workload(EchoTrainer, ds, Pipeline(), seed=0), rounds=rounds,
+                        clients_per_round=1, rules=Rules(concurrency=concurrency, buffer_size=buffer_size, **rules),
+                        evaluation=Evaluation(every=0, federated=False),
+                        parts=Parts(system=fleet, callbacks=[lambda r, p: records.append(r)]))
 
 
 def test_events_come_in_time_order_ties_in_start_order_with_their_staleness():
@@ -99,7 +99,7 @@ def test_sync_and_async_loops_refuse_each_others_strategies():
         _async_server([1.0, 1.0], FedAvg(), records, rounds=1, concurrency=1)
     server = _async_server([1.0, 1.0], FedBuff(), records, rounds=1, concurrency=1)
     with pytest.raises(ConfigError, match="server.strategy"):
-        Server(FedBuff(), LocalEngine(), server.workload, rounds=1, clients_per_round=1)
+        Synchronous(FedBuff(), LocalEngine(), server.workload, rounds=1, clients_per_round=1)
     with pytest.raises(ConfigError, match="server.concurrency"):
         _async_server([1.0, 1.0], FedBuff(), records, rounds=1, concurrency=3)
     with pytest.raises(ConfigError, match="server.overselect"):

@@ -64,17 +64,18 @@ def test_strategy_state_is_checkpointed_and_restored(tmp_path):
     import functools
 
     from fedstack.experiment import simulate
-
+    from fedstack.loop import Evaluation, Parts
     from fedstack.plan import initial_params, make_trainer
     from fedstack.data import build_dataset
 
     data = build_dataset("digits", num_clients=6, partition="iid", alpha=1, seed=0)
     factory = functools.partial(make_trainer, "logreg", (1, 8, 8), 10, "sgd")
     p0 = initial_params(factory, 0)
-    run = functools.partial(simulate, factory, data, p0, rounds=4, clients_per_round=3, federated_eval=False)
+    run = functools.partial(simulate, factory, data, p0, rounds=4, clients_per_round=3,
+                            evaluation=Evaluation(federated=False))
     unbroken = run(strategy=MomentumAvg(), out=tmp_path / "a")
     with pytest.raises(Crash):
-        run(strategy=MomentumAvg(), out=tmp_path / "b", on_round=[crash_after(2)])
+        run(strategy=MomentumAvg(), out=tmp_path / "b", parts=Parts(callbacks=[crash_after(2)]))
     resumed = run(strategy=MomentumAvg(), out=tmp_path / "b")
     assert np.array_equal(resumed.params, unbroken.params)
     assert set(RunStore(tmp_path / "b" / "store.sqlite").strategy_state()) == {"velocity"}
@@ -113,12 +114,13 @@ def _api_run(out, hidden=0, clients=8, rounds=2):
 
     from fedstack.data import build_dataset
     from fedstack.experiment import simulate
+    from fedstack.loop import Evaluation
     from fedstack.plan import initial_params
 
     factory = functools.partial(_trainer, hidden)
     data = build_dataset("digits", num_clients=clients, partition="iid", alpha=0.5, seed=0)
     return simulate(factory, data, initial_params(factory, 0), rounds=rounds, clients_per_round=3, out=out,
-                    federated_eval=False)
+                    evaluation=Evaluation(federated=False))
 
 
 def test_a_run_directory_of_another_model_or_data_is_refused_naming_what_differs(tmp_path, caplog):

@@ -7,7 +7,7 @@ from fedstack.client import EvalResult, FitResult
 from fedstack.codec import Pipeline
 from fedstack.data import FederatedDataset
 from fedstack.engine import LocalEngine, Workload
-from fedstack.server import Server
+from fedstack.loop import Evaluation, Parts, Rules, Synchronous
 from fedstack.strategy import FedAvg
 
 
@@ -35,8 +35,9 @@ def _server(num_clients, clients_per_round, records, rounds=1, min_clients=1):
     # from_arrays shuffles; give client i sample i so the scripted behaviour is predictable
     ds.train_idx = [np.array([i]) for i in range(num_clients)]
     workload = Workload(ScriptedTrainer, ds, Pipeline(), seed=0)
-    return Server(FedAvg(), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
-                  min_clients=min_clients, federated_eval_every=None, on_round=[lambda r, p: records.append(r)])
+    return Synchronous(FedAvg(), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
+                       rules=Rules(min_clients=min_clients), evaluation=Evaluation(federated=False),
+                       parts=Parts(callbacks=[lambda r, p: records.append(r)]))
 
 
 def test_bad_updates_are_rejected_counted_and_the_round_goes_on(caplog):
@@ -117,16 +118,16 @@ class EchoTrainer:
 
 
 def _fleet_server(system, records, *, num_clients, clients_per_round, examples=1, rounds=1, sampler=None,
-                  fit=FitConfig(batch_size=1), **kwargs):
+                  fit=FitConfig(batch_size=1), **rules):
     """A server over `num_clients` clients of `examples` examples each, on the fleet `system`."""
     x = np.repeat(np.arange(num_clients, dtype=np.float32), examples)[:, None]
     y = np.zeros(len(x), np.int64)
     ds = FederatedDataset.from_arrays(x, y, x[:1], y[:1], num_clients=num_clients, partition="iid", holdout=0)
     ds.train_idx = [np.arange(i * examples, (i + 1) * examples) for i in range(num_clients)]
     workload = Workload(EchoTrainer, ds, Pipeline(), seed=0)
-    return Server(FedAvg(fit), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
-                  eval_every=0, federated_eval_every=None, system=system, sampler=sampler,
-                  on_round=[lambda r, p: records.append(r)], **kwargs)
+    return Synchronous(FedAvg(fit), LocalEngine(), workload, rounds=rounds, clients_per_round=clients_per_round,
+                       rules=Rules(**rules), evaluation=Evaluation(every=0, federated=False),
+                       parts=Parts(system=system, sampler=sampler, callbacks=[lambda r, p: records.append(r)]))
 
 
 def _write_trace(tmp_path, rows):
@@ -339,7 +340,7 @@ def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
 
     def run(engine, strategy):
         history = simulate(factory, dataset, params0, strategy=strategy, rounds=3, clients_per_round=3,
-                           engine=engine, seed=5, federated_eval=False)
+                           engine=engine, seed=5, evaluation=Evaluation(federated=False))
         return history.params, [{k: v for k, v in r.items() if k != "wall_time_s"} for r in history.rounds]
 
     plain_params, plain_records = run(LocalEngine(), FedAvg(fit))
@@ -356,7 +357,7 @@ def test_a_rounds_evaluation_rides_with_the_next_rounds_training():
 
 
 def test_mean_train_loss_weighs_by_examples_and_skips_what_is_not_a_loss():
-    from fedstack.server import mean_train_loss
+    from fedstack.loop import mean_train_loss
 
     assert mean_train_loss([(1.0, 1), (4.0, 3)]) == 3.25
     assert mean_train_loss([(2.0, 5), (float("nan"), 100), (None, 7), (6.0, 5)]) == 4.0  # DP-SGD's NaN skipped

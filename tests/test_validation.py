@@ -3,7 +3,6 @@ import logging
 import numpy as np
 import pytest
 
-from fedstack.async_loop import AsyncServer
 from fedstack.attack import Attack
 from fedstack.client import EvalResult, FitConfig, FitResult
 from fedstack.codec import Pipeline
@@ -12,7 +11,7 @@ from fedstack.engine import LocalEngine, Outcome, Workload
 from fedstack.engine.base import FitReply
 from fedstack.errors import ConfigError
 from fedstack.report import plot_report, rejections_per_round, summary_table
-from fedstack.server import REJECT_REASONS, Server
+from fedstack.loop import REJECT_REASONS, Asynchronous, Evaluation, Parts, Rules, Synchronous, Tally
 from fedstack.validation import update_problem
 from fedstack.strategy import FedAsync, FedAvg, Task
 from fedstack.strategy.robust import Robust
@@ -49,9 +48,10 @@ def _workload(n):
     return Workload(ScriptedTrainer, ds, Pipeline(), seed=0)
 
 
-def _server(strategy, records, n=8, rounds=2, **kwargs):
-    return Server(strategy, LocalEngine(), _workload(n), rounds=rounds, clients_per_round=n,
-                  federated_eval_every=None, on_round=[lambda r, p: records.append(r)], **kwargs)
+def _server(strategy, records, n=8, rounds=2, max_norm_ratio=0.0, attack=None):
+    return Synchronous(strategy, LocalEngine(), _workload(n), rounds=rounds, clients_per_round=n,
+                       rules=Rules(max_norm_ratio=max_norm_ratio), evaluation=Evaluation(federated=False),
+                       parts=Parts(attack=attack, callbacks=[lambda r, p: records.append(r)]))
 
 
 def test_each_rejection_is_counted_by_reason_logged_and_the_server_keeps_serving(caplog):
@@ -77,11 +77,10 @@ def test_without_the_norm_bound_the_large_update_is_aggregated():
 
 def test_an_undecodable_payload_is_its_own_reason():
     server = _server(FedAvg(), [])
-    tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
-    kinds = {"rejected": 0}
+    tally = Tally()
     outcome = Outcome(Task(1, 0, FitConfig()), FitReply(b"abc", 1))
-    assert server._accept(outcome, 2, tally, kinds) is None
-    assert tally["rejected_by_reason"]["undecodable"] == 1 and kinds["rejected"] == 1
+    assert server.filters.accept(outcome, 2, tally) is None
+    assert tally.rejected_by_reason["undecodable"] == 1 and tally.failures_by_kind["rejected"] == 1
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the attacker boosts past float32 on purpose
@@ -100,22 +99,23 @@ def test_secure_aggregation_hides_norms_from_the_server():
     workload = _workload(4)
     workload.pipeline = build_pipeline(["clip", "secagg"], CodecOptions())
     with pytest.raises(ConfigError, match="server.max_norm_ratio"):
-        Server(FedAvg(), LocalEngine(), workload, rounds=1, clients_per_round=4, max_norm_ratio=3)
+        Synchronous(FedAvg(), LocalEngine(), workload, rounds=1, clients_per_round=4, rules=Rules(max_norm_ratio=3))
 
 
 def test_the_asynchronous_loop_uses_the_same_checks():
     records = []
-    server = AsyncServer(FedAsync(FitConfig(), alpha=0.5), LocalEngine(), _workload(8), rounds=12,
-                         clients_per_round=4, concurrency=4, eval_every=0, federated_eval_every=None,
-                         max_norm_ratio=10, on_round=[lambda r, p: records.append(r)])
+    server = Asynchronous(FedAsync(FitConfig(), alpha=0.5), LocalEngine(), _workload(8), rounds=12,
+                          clients_per_round=4, rules=Rules(concurrency=4, max_norm_ratio=10),
+                          evaluation=Evaluation(every=0, federated=False),
+                          parts=Parts(callbacks=[lambda r, p: records.append(r)]))
     params = server.run(np.zeros(2, np.float32))
     totals = {reason: sum(r["rejected_by_reason"][reason] for r in records) for reason in REJECT_REASONS}
     assert totals["non_finite"] and totals["shape"] and totals["weight"]
     assert sum(totals.values()) == sum(r["failures_by_kind"]["rejected"] for r in records) == server.rejected
     assert np.isfinite(params).all()
     with pytest.raises(ConfigError, match="attack.name"):
-        AsyncServer(FedAsync(FitConfig()), LocalEngine(), _workload(8), rounds=1, clients_per_round=4,
-                    attack=Attack("alie", frozenset({1}), 10))
+        Asynchronous(FedAsync(FitConfig()), LocalEngine(), _workload(8), rounds=1, clients_per_round=4,
+                     parts=Parts(attack=Attack("alie", frozenset({1}), 10)))
 
 
 def test_the_report_shows_rejections_per_round(tmp_path):

@@ -30,7 +30,9 @@ def main() -> None:
     peerlib.one_thread()
     import fedstack
     from fedstack.client import FitConfig
+    from fedstack.engine import make_engine
     from fedstack.experiment import simulate
+    from fedstack.loop import Evaluation, Parts
     from fedstack.sampling import UniformSampler
     from fedstack.strategy import FedAvg
 
@@ -48,9 +50,9 @@ def main() -> None:
     start = time.perf_counter()
     history = simulate(factory, dataset, params0, strategy=FedAvg(FitConfig(epochs=c.epochs, batch_size=c.batch_size,
                                                                            lr=c.lr)),
-                       rounds=s.rounds, clients_per_round=s.clients_per_round, engine="pool", workers=args.workers,
-                       seed=config.seed, federated_eval=False, on_round=[lambda record, params: ends.append(
-                           time.perf_counter())])
+                       rounds=s.rounds, clients_per_round=s.clients_per_round, engine=make_engine("pool", args.workers),
+                       seed=config.seed, evaluation=Evaluation(federated=False),
+                       parts=Parts(callbacks=[lambda record, params: ends.append(time.perf_counter())]))
     accuracies = [r["test_accuracy"] for r in history.rounds]
     peerlib.emit({"peer": "fedstack", "framework": f"fedstack {fedstack.__version__}", "model": args.model,
                   "workers": args.workers, "in_run_s": ends[-1] - start, "returned_s": time.perf_counter() - start,

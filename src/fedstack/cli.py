@@ -90,7 +90,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedstack {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
+    # In this order: `fedstack --help` lists the commands as they are added.
+    for add_command in (_add_run_command, _add_report_command, _add_server_command, _add_client_command,
+                        _add_certs_command, _add_keys_command, _add_data_command):
+        add_command(sub)
+    return parser
 
+
+def _add_run_command(sub) -> None:
+    """`fedstack run`: a simulation."""
     run = sub.add_parser("run", help="run a simulation (default: FedAvg on Fashion-MNIST)")
     run.add_argument("config", nargs="?", help="TOML config file (defaults apply to missing keys)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -103,10 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
+
+def _add_report_command(sub) -> None:
+    """`fedstack report`: a finished run's summary and plots."""
     report = sub.add_parser("report", help="print a run's summary and redraw its plots")
     report.add_argument("run_dir")
     report.set_defaults(func=cmd_report)
 
+
+def _add_server_command(sub) -> None:
+    """`fedstack server`: a deployed run's server."""
     server = sub.add_parser("server", help="serve a run to client processes over gRPC")
     server.add_argument("--config", help="TOML config of the run")
     server.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -127,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                         "for clients, decoding, aggregation, evaluation)")
     server.set_defaults(func=cmd_server)
 
+
+def _add_client_command(sub) -> None:
+    """`fedstack client`: a device that joins a deployed run."""
     client = sub.add_parser("client", help="join a server and train on this device's data")
     client.add_argument("--server", required=True, help="HOST:PORT of the server")
     client.add_argument("--token-file", required=True, help="file holding this client's token")
@@ -152,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: 2)")
     client.set_defaults(func=cmd_client)
 
+
+def _add_certs_command(sub) -> None:
+    """`fedstack certs`: TLS credentials for a deployment."""
     certs = sub.add_parser("certs", help="make a CA, a server certificate and client credentials")
     certs.add_argument("--out", required=True, help="directory to create")
     certs.add_argument("--clients", type=int, required=True, help="number of client credentials")
@@ -159,18 +179,23 @@ def _parser() -> argparse.ArgumentParser:
                        "default: localhost and 127.0.0.1)")
     certs.set_defaults(func=cmd_certs)
 
+
+def _add_keys_command(sub) -> None:
+    """`fedstack keys`: a CKKS key pair."""
     keys = sub.add_parser("keys", help="make a CKKS key pair for homomorphic aggregation (codec stage ckks)")
     keys.add_argument("out", help="directory for ckks_public.bin (clients, server) and ckks_secret.bin (key holder)")
     keys.add_argument("--overwrite", action="store_true", help="replace existing keys")
     keys.set_defaults(func=cmd_keys)
 
+
+def _add_data_command(sub) -> None:
+    """`fedstack data`: where a dataset is."""
     data = sub.add_parser("data", help="say where a dataset is, or how to get it")
     data.add_argument("name", choices=["fashion_mnist", "digits", "synthetic", "shakespeare"])
     data.add_argument("--path", default="", help="also look in this directory")
     data.add_argument("--download", action="store_true",
                       help="download Fashion-MNIST to ~/.cache/fedstack (checked by SHA-256)")
     data.set_defaults(func=cmd_data)
-    return parser
 
 
 def cmd_keys(args) -> int:
@@ -215,41 +240,24 @@ def cmd_run(args) -> int:
 def cmd_server(args) -> int:
     from rich.console import Console
 
-    from .plan import load_config
-    from .experiment import run_config
-    from .plan import dataset_of
+    from .plan import dataset_of, load_config
     from .records import default_run_dir
     from .report import print_summary
-    from .transport.security import ClientRegistry, read_pem
-    from .transport.server import (STREAMS_PER_CONNECTION, ConnectedSampler, FederationService, GrpcEngine,
-                                   client_view, serve)
+    from .transport.security import ClientRegistry
+    from .transport.server import FederationService, GrpcEngine, client_view
 
     config = load_config(args.config, args.overrides)
     registry = ClientRegistry.load(args.clients)
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise FedstackError("--tls-cert and --tls-key go together")
-    if not args.tls_cert and not args.insecure:
-        raise FedstackError("give --tls-cert and --tls-key, or --insecure for plaintext (tests only)")
-    if args.insecure:
-        print("WARNING: plaintext gRPC: tokens and updates cross the network unencrypted", file=sys.stderr)
+    _check_server_tls_flags(args)
     run_dir = Path(args.out) if args.out else default_run_dir()
     dataset = dataset_of(config)
     if not args.heartbeat > 0:
         raise FedstackError(f"--heartbeat must be > 0 seconds, got {args.heartbeat}")
-    bounds = {name: registry.max_examples.get(name, config.server.max_examples) for name in registry.names}
-    if not all(bounds.values()):
-        print("note: a client's claimed example count cannot be checked: clients without max_examples in "
-              f"{args.clients} (or server.max_examples) have their updates weighted equally", file=sys.stderr)
+    bounds = _example_bounds(registry, config, args.clients)
     engine = GrpcEngine(registry.names, deadline_s=args.deadline, poll_s=args.heartbeat, max_examples=bounds)
     service = FederationService(engine, registry, client_view(config, args.share_seed), tuple(dataset.x.shape[1:]),
                                 dataset.num_classes)
-    tls = {}
-    if args.tls_cert:
-        tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
-               "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
-    # Each client holds at most a poll, an arriving update and a heartbeat at once: three threads, plus some.
-    server, port = serve(service, args.listen, workers=3 * len(registry.names) + 16,
-                         max_calls=STREAMS_PER_CONNECTION * len(registry.names) + 16, **tls)
+    server, port = _start_grpc_server(service, args, len(registry.names))
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
     console = Console()
@@ -260,25 +268,15 @@ def cmd_server(args) -> int:
             log.info("fedstack server: listening on %s:%s for %s rounds into %s", host, port, config.server.rounds,
                      run_dir)
             need = max(config.server.min_clients, 1)
-            print(f"waiting for {need} of {len(registry.names)} clients", flush=True)
-            while len(engine.connected()) < need:
-                time.sleep(0.2)
-            progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
-                                started=args.started)
-            with progress:
-                run_config(config, run_dir, on_round=[progress], engine=engine,
-                           sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
-                           dataset=dataset, profile=args.profile)
+            _wait_for_clients(engine, need, len(registry.names))
+            _run_deployed(config, run_dir, engine, dataset, need, console, args)
             completed = True
     except KeyboardInterrupt:
         print(f"interrupted: finished rounds are saved in {run_dir}; clients wait for the server to come back "
               "(the same command resumes)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        if completed:  # only a finished run sends clients home; otherwise they wait for the server's return
-            engine.stop_clients()
-            time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
-        server.stop(grace=2 if completed else 0).wait()
+        _stop_server(server, engine, completed)
         finish_summary(run_dir, args)
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
@@ -287,17 +285,78 @@ def cmd_server(args) -> int:
     return 0
 
 
+def _check_server_tls_flags(args) -> None:
+    """Refuse a server without TLS credentials unless --insecure says plaintext on purpose (and warn then)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise FedstackError("--tls-cert and --tls-key go together")
+    if not args.tls_cert and not args.insecure:
+        raise FedstackError("give --tls-cert and --tls-key, or --insecure for plaintext (tests only)")
+    if args.insecure:
+        print("WARNING: plaintext gRPC: tokens and updates cross the network unencrypted", file=sys.stderr)
+
+
+def _example_bounds(registry, config, clients_file: str) -> dict[str, int]:
+    """Each client's max_examples (its registry entry, else server.max_examples; 0: unbounded), noting any gap."""
+    bounds = {name: registry.max_examples.get(name, config.server.max_examples) for name in registry.names}
+    if not all(bounds.values()):
+        print("note: a client's claimed example count cannot be checked: clients without max_examples in "
+              f"{clients_file} (or server.max_examples) have their updates weighted equally", file=sys.stderr)
+    return bounds
+
+
+def _start_grpc_server(service, args, clients: int):
+    """Serve `service` on --listen, with TLS unless --insecure: (the gRPC server, the port it listens on)."""
+    from .transport.security import read_pem
+    from .transport.server import STREAMS_PER_CONNECTION, serve
+
+    tls = {}
+    if args.tls_cert:
+        tls = {"tls_cert": read_pem(args.tls_cert), "tls_key": read_pem(args.tls_key),
+               "client_ca": read_pem(args.tls_client_ca) if args.tls_client_ca else None}
+    # Each client holds at most a poll, an arriving update and a heartbeat at once: three threads, plus some.
+    return serve(service, args.listen, workers=3 * clients + 16, max_calls=STREAMS_PER_CONNECTION * clients + 16,
+                 **tls)
+
+
+def _wait_for_clients(engine, need: int, registered: int) -> None:
+    """Block until `need` of the `registered` clients have joined."""
+    print(f"waiting for {need} of {registered} clients", flush=True)
+    while len(engine.connected()) < need:
+        time.sleep(0.2)
+
+
+def _run_deployed(config, run_dir: Path, engine, dataset, need: int, console, args) -> None:
+    """Run the rounds over the connected clients, showing progress."""
+    from .experiment import run_config
+    from .transport.server import ConnectedSampler
+
+    progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
+                        started=args.started)
+    with progress:
+        run_config(config, run_dir, on_round=[progress], engine=engine,
+                   sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
+                   dataset=dataset, profile=args.profile)
+
+
+def _stop_server(server, engine, completed: bool) -> None:
+    """Stop serving; only a finished run sends clients home, otherwise they wait for the server's return."""
+    if completed:
+        engine.stop_clients()
+        time.sleep(min(engine.poll_s, 2.0))  # let polling clients hear that the run is over
+    server.stop(grace=2 if completed else 0).wait()
+
+
 def cmd_client(args) -> int:
-    from .transport.client import Client
+    from .transport.client import Client, TlsSettings
     from .transport.security import read_pem, read_token
 
     if not args.insecure and not args.ca:
         raise FedstackError("give --ca (the CA that signed the server's certificate), or --insecure")
-    client = Client(args.server, read_token(args.token_file), data=args.data, partition=args.partition,
-                    ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
-                    key=read_pem(args.key) if args.key else None, insecure=args.insecure, state_path=args.state,
-                    ckks_secret=args.ckks_secret, require=args.require, ckks_public=args.ckks_public,
-                    min_members=args.min_members)
+    tls = TlsSettings(ca=read_pem(args.ca) if args.ca else None, cert=read_pem(args.cert) if args.cert else None,
+                      key=read_pem(args.key) if args.key else None, insecure=args.insecure)
+    client = Client(args.server, read_token(args.token_file), tls=tls, data=args.data, partition=args.partition,
+                    state_path=args.state, ckks_secret=args.ckks_secret, require=args.require,
+                    ckks_public=args.ckks_public, min_members=args.min_members)
     client.run()
     print(f"run over: {client.submitted} updates accepted, {client.refused} refused, {client.failed} failed")
     if client.failed and client.failed == client.tasks:

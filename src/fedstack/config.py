@@ -301,9 +301,20 @@ def private(config: Config) -> bool:
 
 def _validate_privacy(config: Config, serverless: bool) -> None:
     """DP settings that cannot give the guarantee they promise are refused, naming the key."""
-    p, pipeline, server = config.privacy, config.codec.pipeline, config.server
     if "clip" in config.codec.download or "gaussian" in config.codec.download:
         raise ConfigError("codec.download", "clip and gaussian protect client updates: use them in codec.pipeline")
+    _validate_summing_stage(config)
+    _validate_dp_sgd(config, serverless)
+    if not private(config):
+        _validate_no_dp(config)
+        return
+    _validate_dp_noise(config, serverless)
+    _validate_dp_accounting(config)
+
+
+def _validate_summing_stage(config: Config) -> None:
+    """Secure aggregation (secagg, ckks): one stage, last, after "clip", for a strategy that needs only the sum."""
+    pipeline, server = config.codec.pipeline, config.server
     summing = [stage for stage in pipeline if stage in ("secagg", "ckks")]
     if len(summing) > 1:
         raise ConfigError("codec.pipeline", f"one summing protocol per pipeline, got {summing}")
@@ -326,6 +337,10 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
                                   f"`fedstack keys {keys}`")
     if {"secagg", "ckks"} & set(config.codec.download):
         raise ConfigError("codec.download", "secure aggregation protects uploads only")
+
+
+def _validate_dp_sgd(config: Config, serverless: bool) -> None:
+    """DP-SGD (client.dp_sgd): refused for models, topologies and strategies it cannot account for."""
     if config.client.dp_sgd and config.model.name in ("char_lstm", "word_lstm"):
         raise ConfigError("client.dp_sgd", f"Opacus computes per-example gradients of torch's LSTM only through "
                           f"its own DPLSTM; {config.model.name} is not supported with DP-SGD")
@@ -333,17 +348,25 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
         raise ConfigError("client.dp_sgd", "decentralized (gossip) training keeps no record-level privacy ledger: "
                           "each node's ε would go unreported; DP-SGD runs with a server (synchronous or fedbuff/"
                           "fedasync)")
-    if config.client.dp_sgd and server.strategy == "scaffold":
+    if config.client.dp_sgd and config.server.strategy == "scaffold":
         raise ConfigError("client.dp_sgd", "DP-SGD with SCAFFOLD's control variates is not supported")
-    if not private(config):
-        if "gaussian" in pipeline:
-            raise ConfigError("codec.pipeline", "\"gaussian\" needs privacy.noise_multiplier > 0 and \"clip\" "
-                              "before it")
-        for key, value in (("epsilon_budget", p.epsilon_budget), ("target_quantile", p.target_quantile)):
-            if value:
-                raise ConfigError(f"privacy.{key}", "needs differential privacy: set privacy.noise_multiplier > 0 "
-                                  "and put \"clip\" first in codec.pipeline")
-        return
+
+
+def _validate_no_dp(config: Config) -> None:
+    """A run without differential privacy: no setting may pretend it has some."""
+    p = config.privacy
+    if "gaussian" in config.codec.pipeline:
+        raise ConfigError("codec.pipeline", "\"gaussian\" needs privacy.noise_multiplier > 0 and \"clip\" "
+                          "before it")
+    for key, value in (("epsilon_budget", p.epsilon_budget), ("target_quantile", p.target_quantile)):
+        if value:
+            raise ConfigError(f"privacy.{key}", "needs differential privacy: set privacy.noise_multiplier > 0 "
+                              "and put \"clip\" first in codec.pipeline")
+
+
+def _validate_dp_noise(config: Config, serverless: bool) -> None:
+    """Where DP clips and noises (privacy.mode): consistent with the pipeline and with trusting the server."""
+    p, pipeline = config.privacy, config.codec.pipeline
     if serverless:
         raise ConfigError("privacy.noise_multiplier", "differential privacy is for runs with a server, not "
                           "decentralized ones")
@@ -365,6 +388,11 @@ def _validate_privacy(config: Config, serverless: bool) -> None:
         raise ConfigError("privacy.mode", "distributed noise is private only under secure aggregation: put "
                           "\"secagg\" or \"ckks\" last in codec.pipeline (otherwise the server sees each lightly "
                           "noised update)")
+
+
+def _validate_dp_accounting(config: Config) -> None:
+    """Adaptive clipping, the ε budget and the strategy: only what the privacy accounting covers."""
+    p, pipeline, server = config.privacy, config.codec.pipeline, config.server
     if p.target_quantile and p.mode != "central":
         raise ConfigError("privacy.target_quantile", "adaptive clipping is available with privacy.mode = "
                           "\"central\" only (the server must count clipped updates)")
@@ -390,8 +418,15 @@ def robust_rule(server: ServerConfig) -> str:
 
 def _validate_robustness(config: Config, serverless: bool) -> None:
     """Robust rules, attacks and update validation: refused where their bounds or assumptions fail."""
-    server, attack, pipeline = config.server, config.attack, config.codec.pipeline
-    rule = robust_rule(server)
+    rule = robust_rule(config.server)
+    _validate_robust_rule(config, rule, serverless)
+    _validate_rule_bounds(config.server, rule)
+    _validate_attack(config, rule, serverless)
+
+
+def _validate_robust_rule(config: Config, rule: str, serverless: bool) -> None:
+    """A robust rule needs a server that sees each client's update, without DP's clipped mean."""
+    server = config.server
     if server.aggregator:
         if server.strategy in RULES:
             raise ConfigError("server.aggregator", f"server.strategy = \"{server.strategy}\" is a robust rule "
@@ -402,11 +437,15 @@ def _validate_robustness(config: Config, serverless: bool) -> None:
     key = "server.aggregator" if server.aggregator else "server.strategy"
     if rule and serverless:
         raise ConfigError(key, "robust aggregation is for runs with a server, not decentralized ones")
-    if rule and {"secagg", "ckks"} & set(pipeline):
+    if rule and {"secagg", "ckks"} & set(config.codec.pipeline):
         raise ConfigError(key, f"{rule} needs each client's update; secure aggregation gives only their sum")
     if rule and private(config):
         raise ConfigError(key, f"{rule} with differential privacy is not supported (DP-FedAvg's noise and "
                           "accounting assume the clipped mean)")
+
+
+def _validate_rule_bounds(server: ServerConfig, rule: str) -> None:
+    """The norm filter's ratio and each rule's parameters: within the bounds their guarantees hold in."""
     if 0 < server.max_norm_ratio < 1:
         raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1: below 1 it rejects about half "
                           f"of every round's updates, got {server.max_norm_ratio}")
@@ -422,6 +461,11 @@ def _validate_robustness(config: Config, serverless: bool) -> None:
         if server.krum_m > server.clients_per_round:
             raise ConfigError("server.krum_m", f"multi_krum averages m <= n = {server.clients_per_round} updates, "
                               f"got {server.krum_m}")
+
+
+def _validate_attack(config: Config, rule: str, serverless: bool) -> None:
+    """A simulated attack: its malicious clients exist, and the attack can act on what the server sees."""
+    server, attack, pipeline = config.server, config.attack, config.codec.pipeline
     if not attack.name:
         if attack.fraction or attack.ids:
             raise ConfigError("attack.name", "malicious clients need an attack: set attack.name (sign_flip, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,15 +24,14 @@ from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
 from .seeding import rng
-from .async_loop import AsyncServer
-from .server import Server
+from .loop import Evaluation, Parts, Rules, schedule_for
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
 from .privacy import RecordLevelLedger
 from .profiling import Profile
-from .strategy.private import Private
+from .strategy.private import AdaptiveClipping, Private
 from .strategy.robust import RootUpdate
-from .systems import SystemModel, build_system
+from .systems import build_system
 
 
 log = logging.getLogger("fedstack.run")
@@ -39,96 +39,90 @@ log = logging.getLogger("fedstack.run")
 
 def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np.ndarray, *,
              strategy: Strategy | None = None, rounds: int = 10, clients_per_round: int = 10,
-             engine: str | Engine = "local", workers: int = 0, address: str = "", seed: int = 0,
-             pipeline: Pipeline | None = None, min_clients: int = 1, round_retries: int = 2,
-             eval_every: int = 1,
-             federated_eval: bool = True, federated_eval_every: int = 0,
-             out: str | Path | None = None, config: dict | None = None,
-             on_round: list[Callable] = (), sampler=None, finetune: FitConfig | None = None,
-             download: Pipeline | None = None, system: SystemModel | None = None, deadline_s: float = 0.0,
-             overselect: float = 0.0, partial_work: bool = False, concurrency: int = 0,
-             buffer_size: int = 0, epsilon_budget: float = 0.0, record_ledger=None,
-             profile: bool = False, max_norm_ratio: float = 0.0, attack=None) -> History:
+             engine: str | Engine = "local", seed: int = 0, out: str | Path | None = None,
+             parts: Parts | None = None, rules: Rules | None = None, evaluation: Evaluation | None = None) -> History:
     """Run a federated simulation; with `out`, also write metrics, summary, report and store there.
 
     When `out` already holds the store of a run with the same config, the run resumes after
     its last finished round; with the same seed it ends with the same bits as an unbroken run.
 
-    `trainer_factory` must be picklable (a module-level function or a functools.partial)
-    when `engine="pool"` or `"ray"`: each worker process calls it once. Client state (SCAFFOLD's control
-    variates) lives in the store with `out`, in memory without. With `finetune`, federated
-    evaluation also judges each client's model after that local training (personalisation).
+    `engine` is "local", "pool", "ray" or an Engine object (`fedstack.engine.make_engine("pool", workers=2)`);
+    `trainer_factory` must be picklable (a module-level function or a functools.partial) for "pool" and
+    "ray": each worker process calls it once. Client state (SCAFFOLD's control variates) lives in the
+    store with `out`, in memory without.
 
-    `system` is the simulated device fleet (default: equal devices that never fail); with
-    `deadline_s`, `overselect` and `partial_work` it shapes rounds on the simulated clock
-    (see fedstack.server). An asynchronous strategy (FedBuff, FedAsync) runs in the
-    asynchronous loop instead, `concurrency` clients at a time, `buffer_size` updates per
-    server step (see fedstack.async_loop).
-
-    `max_norm_ratio` (> 0) rejects updates longer than that many times their round's median norm;
-    `attack` (a fedstack.attack.Attack) makes some clients malicious, unknown to the strategy.
+    The typed options say the rest (fedstack.loop.options): `parts` — codecs, sampler, simulated fleet,
+    attack, DP-SGD ledger, callbacks, profiling; `rules` — how rounds are shaped on the simulated clock
+    (deadlines, over-selection, retries; an asynchronous strategy's concurrency and buffer) and guarded
+    (norm bound, privacy budget); `evaluation` — central and federated evaluation, fine-tuning.
     """
     strategy = strategy or FedAvg()
+    parts, rules, evaluation = parts or Parts(), rules or Rules(), evaluation or Evaluation()
     check_arguments(trainer_factory, dataset, initial_params, strategy, rounds, clients_per_round)
-    workload = Workload(trainer_factory, dataset, pipeline or Pipeline(), seed)
+    workload = Workload(trainer_factory, dataset, parts.pipeline or Pipeline(), seed)
     history = History()
-    callbacks: list[Callable] = [history, *on_round]
-    store = None
-    start_round, sim_time, params = 1, 0.0, initial_params
+    store, (start_round, sim_time, params) = None, (1, 0.0, initial_params)
+    callbacks: list[Callable] = [history, *parts.callbacks]
     if out is not None:
-        run_dir = history.run_dir = prepare_run_dir(out)
-        store = RunStore(run_dir / "store.sqlite")
-        checkpoint = store.checkpoint()
-        identity = fingerprint(initial_params, dataset, strategy, seed, config or {})
-        if checkpoint is not None:  # resume after the last finished round
-            difference = fingerprint_difference(store.meta("fingerprint") or {"config": store.meta("config")},
-                                                identity)
-            if difference is not None:
-                store.close()
-                raise FedstackError(f"--out {run_dir} holds another run: {difference}; choose another directory")
-            (last, params), history.rounds = checkpoint, store.rounds()
-            start_round, sim_time = last + 1, history.rounds[-1]["sim_time_s"]
-            restore_run_state(strategy, sampler, store.strategy_state(), record_ledger)
-            store.rewind_client_states(last)
-            log.warning("resuming %s from round %d", run_dir, start_round)
-        store.set_meta("config", config or {})
-        store.set_meta("fingerprint", identity)
-        callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
-                                                               run_state(strategy, sampler, record_ledger)),
-                     MetricsWriter(run_dir, history.rounds), *callbacks]
-    loop, extra = (AsyncServer, {"concurrency": concurrency, "buffer_size": buffer_size}) \
-        if strategy.asynchronous else (Server, {"min_clients": min_clients,
-                                                                   "round_retries": round_retries})
-    engine = engine if not isinstance(engine, str) else make_engine(engine, workers, address)
-    server = loop(strategy, engine,
-                  workload, rounds=rounds, clients_per_round=clients_per_round, **extra,
-                  eval_every=eval_every, federated_eval_every=federated_eval_every if federated_eval else None,
-                  sampler=sampler, client_states=store, finetune=finetune, download=download,
-                  system=system, deadline_s=deadline_s, overselect=overselect, partial_work=partial_work,
-                  epsilon_budget=epsilon_budget, record_ledger=record_ledger, on_round=callbacks,
-                  profile=Profile() if profile else None, max_norm_ratio=max_norm_ratio, attack=attack)
+        store, (start_round, sim_time, params) = _open_store(out, history, strategy, parts, initial_params, dataset,
+                                                            seed)
+        callbacks = [lambda record, params: store.finish_round(record["round"], record, params, run_state(
+                         strategy, parts.sampler, parts.record_ledger)),
+                     MetricsWriter(history.run_dir, history.rounds), *callbacks]
+    engine = engine if not isinstance(engine, str) else make_engine(engine)
+    loop = schedule_for(strategy)(strategy, engine, workload, rounds=rounds, clients_per_round=clients_per_round,
+                                  rules=rules, evaluation=evaluation, parts=replace(parts, callbacks=callbacks),
+                                  client_states=store, profile=Profile() if parts.profile else None)
     try:
-        history.params = server.run(params, start_round, sim_time)
-        if server.stopped:
-            history.status, history.stopped = "stopped", server.stopped
-        elif history.rounds and not any(r.get("clients", 0) >= max(extra.get("min_clients", 1), 1)
-                                        for r in history.rounds):
+        history.params = loop.run(params, start_round, sim_time)
+        if loop.stopped:
+            history.status, history.stopped = "stopped", loop.stopped
+        elif history.rounds and not any(r.get("clients", 0) >= max(rules.min_clients, 1) for r in history.rounds):
             history.status = "degraded"  # no round aggregated an update: the model is the one it started from
             log.warning("no round aggregated an update (every client failed or was refused): status degraded")
     except BaseException as exc:
         history.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         raise
     finally:
-        if profile:
-            history.profile = server.profile.summary()
+        if loop.profile is not None:
+            history.profile = loop.profile.summary()
         if store is not None:
-            store.set_meta("status", history.status)
-            store.close()
-            # an engine that reaches real devices (gRPC) ran a deployment: no simulated clock to report
-            write_summary(history.run_dir, summarize(history, seed, config or {}, deployed=engine.exchanges))
-            if history.rounds:
-                write_report(history.run_dir)
+            _close_store(store, history, seed, parts.config, deployed=engine.exchanges)
     return history
+
+
+def _open_store(out, history: History, strategy: Strategy, parts: Parts, initial_params: np.ndarray, dataset,
+                seed: int) -> tuple[RunStore, tuple[int, float, np.ndarray]]:
+    """The run directory's store, and where the run starts: (round, simulated time, params) — after the last
+    finished round of the same run (resume), or from the beginning. Another run's directory is refused."""
+    run_dir = history.run_dir = prepare_run_dir(out)
+    store = RunStore(run_dir / "store.sqlite")
+    checkpoint = store.checkpoint()
+    identity = fingerprint(initial_params, dataset, strategy, seed, parts.config or {})
+    start = (1, 0.0, initial_params)
+    if checkpoint is not None:  # resume after the last finished round
+        difference = fingerprint_difference(store.meta("fingerprint") or {"config": store.meta("config")}, identity)
+        if difference is not None:
+            store.close()
+            raise FedstackError(f"--out {run_dir} holds another run: {difference}; choose another directory")
+        (last, params), history.rounds = checkpoint, store.rounds()
+        start = (last + 1, history.rounds[-1]["sim_time_s"], params)
+        restore_run_state(strategy, parts.sampler, store.strategy_state(), parts.record_ledger)
+        store.rewind_client_states(last)
+        log.warning("resuming %s from round %d", run_dir, last + 1)
+    store.set_meta("config", parts.config or {})
+    store.set_meta("fingerprint", identity)
+    return store, start
+
+
+def _close_store(store: RunStore, history: History, seed: int, config: dict | None, deployed: bool) -> None:
+    """Record the run's status, close the store, write summary.json and report.png (an engine that reaches
+    real devices ran a deployment: no simulated clock to report)."""
+    store.set_meta("status", history.status)
+    store.close()
+    write_summary(history.run_dir, summarize(history, seed, config or {}, deployed=deployed))
+    if history.rounds:
+        write_report(history.run_dir)
 
 
 def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: int, clients_per_round: int) -> None:
@@ -281,24 +275,27 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     if private(config):
         strategy = private_strategy(config, strategy, dataset.num_clients, seeded_noise=not remote)
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
+    engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
-                    clients_per_round=config.server.clients_per_round, engine=engine or config.engine.name,
-                    workers=config.engine.workers, address=config.engine.address, seed=config.seed,
-                    pipeline=pipeline,
-                    min_clients=config.server.min_clients, round_retries=config.server.round_retries,
-                    eval_every=config.eval.every,
-                    federated_eval=config.eval.federated and not remote,
-                    federated_eval_every=config.eval.federated_every,
-                    out=run_dir, config=config.model_dump(), on_round=list(on_round), sampler=sampler,
-                    finetune=finetune, download=download, system=system, deadline_s=config.server.deadline_s,
-                    overselect=config.server.overselect, partial_work=config.client.partial_work,
-                    concurrency=config.server.concurrency, buffer_size=config.server.buffer_size,
-                    epsilon_budget=config.privacy.epsilon_budget,
-                    record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
-                    if config.client.dp_sgd else None, profile=profile,
-                    max_norm_ratio=config.server.max_norm_ratio,
-                    attack=build_attack(config.attack, dataset.num_clients, dataset.num_classes, config.seed,
-                                        config.server.clients_per_round))
+                    clients_per_round=config.server.clients_per_round, engine=engine, seed=config.seed, out=run_dir,
+                    parts=Parts(pipeline=pipeline, download=download, sampler=sampler, system=system,
+                                attack=build_attack(config.attack, dataset.num_clients, dataset.num_classes,
+                                                    config.seed, config.server.clients_per_round),
+                                record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
+                                if config.client.dp_sgd else None,
+                                callbacks=list(on_round), profile=profile, config=config.model_dump()),
+                    rules=rules_of(config),
+                    evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated and not remote,
+                                          federated_every=config.eval.federated_every, finetune=finetune))
+
+
+def rules_of(config: Config) -> Rules:
+    """The round rules a config's [server] section (and client.partial_work, privacy.epsilon_budget) sets."""
+    s = config.server
+    return Rules(min_clients=s.min_clients, round_retries=s.round_retries, deadline_s=s.deadline_s,
+                 overselect=s.overselect, partial_work=config.client.partial_work, concurrency=s.concurrency,
+                 buffer_size=s.buffer_size, max_norm_ratio=s.max_norm_ratio,
+                 epsilon_budget=config.privacy.epsilon_budget)
 
 
 def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:
@@ -329,7 +326,7 @@ def private_strategy(config: Config, strategy: Strategy, num_clients: int, seede
                    clients_per_round=overselected(config.server.clients_per_round, config.server.overselect),
                    population=num_clients, seed=config.seed, delta=p.delta, accountant=p.accountant,
                    sampling="poisson" if config.server.sampler == "poisson" else "fixed",
-                   target_quantile=p.target_quantile, clip_lr=p.clip_lr, clip_count_stddev=p.clip_count_stddev,
+                   adaptive=AdaptiveClipping(p.target_quantile, p.clip_lr, p.clip_count_stddev),
                    seeded_noise=seeded_noise)
 
 

@@ -160,16 +160,7 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     from matplotlib.ticker import MaxNLocator
 
     deployed = bool((summary or {}).get("deployed"))
-    rounds = [m["round"] for m in metrics]
     evaluated = [m for m in metrics if m.get("test_accuracy") is not None]
-    federated = [m for m in metrics if m.get("federated")]
-    personalized = [m for m in metrics if m.get("personalized")]
-    up = [m.get("bytes_up", 0) for m in metrics]
-    down = [m.get("bytes_down", 0) for m in metrics]
-    cumulative_up, total = {}, 0
-    for m, sent in zip(metrics, up):
-        total += sent
-        cumulative_up[m["round"]] = total
     private = [m for m in metrics if m.get("epsilon") is not None or m.get("client_epsilon_max") is not None]
     rejections = rejections_per_round(metrics)
 
@@ -178,24 +169,55 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
         panels.append("privacy")
     if rejections:
         panels.append("rejected")
-    # Two rows and no empty slot: the top row takes the extra panel of an odd count, and each row's
-    # panels share its width equally (a grid as wide as both rows' counts' least common multiple).
+    fig = plt.figure(figsize=(16 * ((len(panels) + 1) // 2) / 3, 8))
+    ax = _add_panels(fig, panels)
+
+    _draw_accuracy(ax["accuracy"], metrics, evaluated)
+    _draw_loss(ax["loss"], metrics)
+    _draw_traffic(ax["traffic"], metrics)
+    _draw_clients(ax["clients"], metrics)
+    _draw_accuracy_vs_upload(ax["upload"], metrics, evaluated)
+    _draw_accuracy_vs_time(ax["time"], evaluated, deployed)
+    if private:
+        _draw_privacy(ax["privacy"], private)
+    if rejections:
+        _draw_rejections(ax["rejected"], metrics, rejections)
+
+    for name, panel in ax.items():
+        panel.grid(alpha=0.3)
+        if name in ("accuracy", "loss", "traffic", "clients", "privacy", "rejected"):
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax["clients"].yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title + (" — deployed" if deployed else ""))
+    fig.tight_layout()
+    return fig
+
+
+def _add_panels(fig, panels: list[str]) -> dict:
+    """One Axes per panel name, in two rows and with no empty slot.
+
+    The top row takes the extra panel of an odd count, and each row's panels share its width equally
+    (a grid as wide as both rows' counts' least common multiple).
+    """
     top = (len(panels) + 1) // 2
     bottom = len(panels) - top
     width = math.lcm(top, bottom)
-    fig = plt.figure(figsize=(16 * top / 3, 8))
     grid = fig.add_gridspec(2, width)
     ax = {}
     for i, name in enumerate(panels):
         row, col, count = (0, i, top) if i < top else (1, i - top, bottom)
         span = width // count
         ax[name] = fig.add_subplot(grid[row, col * span:(col + 1) * span])
+    return ax
 
-    acc_ax = ax["accuracy"]
+
+def _draw_accuracy(acc_ax, metrics: list[dict], evaluated: list[dict]) -> None:
+    """Test accuracy per round, with the clients' federated and fine-tuned spread when the run has them."""
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
-    for key, records, color, label in (("federated", federated, "tab:orange", "federated mean (p10–p90)"),
-                                       ("personalized", personalized, "tab:green", "after fine-tuning")):
+    for key, color, label in (("federated", "tab:orange", "federated mean (p10–p90)"),
+                              ("personalized", "tab:green", "after fine-tuning")):
+        records = [m for m in metrics if m.get(key)]
         if not records:
             continue
         fed_rounds = [m["round"] for m in records]
@@ -210,7 +232,9 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     acc_ax.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
     acc_ax.legend(loc="lower right")
 
-    loss_ax = ax["loss"]
+
+def _draw_loss(loss_ax, metrics: list[dict]) -> None:
+    """Test loss and the clients' mean training loss per round, each when the run has it."""
     for key, color, style, label in (("test_loss", "tab:red", "-", "test (global model)"),
                                      ("train_loss", "tab:blue", "--", "train (clients' mean, local training)")):
         points = [(m["round"], m[key]) for m in metrics if m.get(key) is not None]
@@ -220,8 +244,13 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     if loss_ax.lines:
         loss_ax.legend()
 
+
+def _draw_traffic(bytes_ax, metrics: list[dict]) -> None:
+    """Bytes up and down per round."""
+    rounds = [m["round"] for m in metrics]
+    up = [m.get("bytes_up", 0) for m in metrics]
+    down = [m.get("bytes_down", 0) for m in metrics]
     # Up and down are often equal (a float32 model each way): a wide solid line under a dashed one, both seen.
-    bytes_ax = ax["traffic"]
     unit, size = byte_unit(max(up + down, default=0))
     bytes_ax.plot(rounds, [b / size for b in up], marker="o", markersize=9, linewidth=4, alpha=0.6,
                   color="tab:blue", label="up (clients → server)")
@@ -231,7 +260,10 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     bytes_ax.set_ylim(bottom=0)
     bytes_ax.legend()
 
-    clients_ax = ax["clients"]
+
+def _draw_clients(clients_ax, metrics: list[dict]) -> None:
+    """Clients aggregated per round, with the failed ones stacked on top by kind of failure."""
+    rounds = [m["round"] for m in metrics]
     accepted = [m.get("clients", 0) for m in metrics]
     clients_ax.bar(rounds, accepted, color="tab:green", label="aggregated")
     bottom = list(accepted)
@@ -248,15 +280,23 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
         clients_ax.set_ylim(top=1.35 * max(bottom, default=1))
         clients_ax.legend(loc="upper right", ncols=2, fontsize="small")
 
-    curve_ax = ax["upload"]
+
+def _draw_accuracy_vs_upload(curve_ax, metrics: list[dict], evaluated: list[dict]) -> None:
+    """Test accuracy against the bytes the clients have uploaded so far."""
+    cumulative_up, total = {}, 0
+    for m in metrics:
+        total += m.get("bytes_up", 0)
+        cumulative_up[m["round"]] = total
     unit, size = byte_unit(max(cumulative_up.values(), default=0))
     curve_ax.plot([cumulative_up[m["round"]] / size for m in evaluated],
                   [m["test_accuracy"] for m in evaluated], marker="o")
     curve_ax.set(title="Accuracy vs upload", xlabel=f"cumulative {unit} uploaded", ylabel="accuracy")
 
+
+def _draw_accuracy_vs_time(time_ax, evaluated: list[dict], deployed: bool) -> None:
+    """Test accuracy against time: a deployed run's wall time, a simulation's simulated clock."""
     # A simulation: what a real fleet would take, the simulated clock of the device model (systems.py).
     # A deployed run has no simulated fleet: its own wall time.
-    time_ax = ax["time"]
     key, what = ("wall_time_s", "wall time") if deployed else ("sim_time_s", "simulated time")
     timed = [m for m in evaluated if m.get(key) is not None]
     unit, size = time_unit(max((m[key] for m in timed), default=0.0))
@@ -264,33 +304,30 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
                  color="tab:purple")
     time_ax.set(title=f"Accuracy vs {what}", xlabel=f"{what} ({unit})", ylabel="accuracy")
 
-    if private:  # differential privacy: what the run has spent, round by round
-        privacy_ax = ax["privacy"]
-        for key, label in (("epsilon", "ε of the run (client level)"),
-                           ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
-            points = [(m["round"], m[key]) for m in private if m.get(key) is not None]
-            if points:
-                privacy_ax.plot(*zip(*points), marker="o", label=label)
-        privacy_ax.set(title="Privacy spent", xlabel="round", ylabel="ε")
-        privacy_ax.legend()
-    if rejections:
-        rejected_ax = ax["rejected"]
-        bottom = [0] * len(rounds)
-        for reason, counts in rejections.items():
-            rejected_ax.bar(rounds, counts, bottom=bottom, label=reason)
-            bottom = [b + c for b, c in zip(bottom, counts)]
-        rejected_ax.set(title="Rejected updates per round", xlabel="round", ylabel="updates")
-        rejected_ax.legend()
-        rejected_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
-    for name, panel in ax.items():
-        panel.grid(alpha=0.3)
-        if name in ("accuracy", "loss", "traffic", "clients", "privacy", "rejected"):
-            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-    clients_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(title + (" — deployed" if deployed else ""))
-    fig.tight_layout()
-    return fig
+def _draw_privacy(privacy_ax, private: list[dict]) -> None:
+    """Differential privacy: what the run has spent, round by round."""
+    for key, label in (("epsilon", "ε of the run (client level)"),
+                       ("client_epsilon_max", "largest client's own ε (DP-SGD)")):
+        points = [(m["round"], m[key]) for m in private if m.get(key) is not None]
+        if points:
+            privacy_ax.plot(*zip(*points), marker="o", label=label)
+    privacy_ax.set(title="Privacy spent", xlabel="round", ylabel="ε")
+    privacy_ax.legend()
+
+
+def _draw_rejections(rejected_ax, metrics: list[dict], rejections: dict[str, list[int]]) -> None:
+    """Rejected updates per round, stacked by reason."""
+    from matplotlib.ticker import MaxNLocator
+
+    rounds = [m["round"] for m in metrics]
+    bottom = [0] * len(rounds)
+    for reason, counts in rejections.items():
+        rejected_ax.bar(rounds, counts, bottom=bottom, label=reason)
+        bottom = [b + c for b, c in zip(bottom, counts)]
+    rejected_ax.set(title="Rejected updates per round", xlabel="round", ylabel="updates")
+    rejected_ax.legend()
+    rejected_ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def rejections_per_round(metrics: list[dict]) -> dict[str, list[int]]:

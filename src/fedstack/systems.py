@@ -375,60 +375,16 @@ def heterogeneous(num_clients: int, seed: int, *, speed_median: float = 100.0, s
 def read_trace(path: str | Path, num_clients: int, period: float = 0.0) -> list[DeviceProfile]:
     """One DeviceProfile per client from a trace CSV (format in this module's docstring), or a DataError."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the device trace ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: the device trace is not a text (CSV) file") from None
-
-    def fail(line: int, message: str) -> DataError:
-        return DataError(f"{path}, line {line}: {message}")
-
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
-             if line.strip() and not line.lstrip().startswith("#")]
-    if not lines:
-        raise DataError(f"{path}: empty device trace; expected a header line {','.join(REQUIRED_COLUMNS)}"
-                        f"[,availability] and one line per client")
-    at, header_line = lines[0]
-    header = [h.strip() for h in next(csv.reader([header_line]))]
-    unknown = [h for h in header if h not in TRACE_COLUMNS]
-    if unknown:
-        raise fail(at, f"unknown column {unknown[0]!r}; the columns are {', '.join(TRACE_COLUMNS)}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise fail(at, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} in the header")
-    if len(set(header)) != len(header):
-        raise fail(at, "a column appears twice in the header")
+    lines = _trace_lines(path)
+    header = _trace_header(path, *lines[0])
     devices: dict[int, DeviceProfile] = {}
     first_line: dict[int, int] = {}
     for n, line in lines[1:]:
-        cells = [c.strip() for c in next(csv.reader([line]))]
-        if len(cells) != len(header):
-            raise fail(n, f"{len(cells)} fields, but the header has {len(header)}")
-        row = dict(zip(header, cells))
-        try:
-            cid = int(row["client_id"])
-        except ValueError:
-            raise fail(n, f"client_id {row['client_id']!r} is not an integer") from None
-        if not 0 <= cid < num_clients:
-            raise fail(n, f"client id {cid} is not a client of the data (ids 0..{num_clients - 1})")
+        row = _trace_row(path, n, line, header)
+        cid = _trace_client_id(path, n, row, num_clients)
         if cid in devices:
-            raise fail(n, f"client {cid} appears twice (also on line {first_line[cid]})")
-        values = {}
-        for column in ("samples_per_s", "down_mbps", "up_mbps"):
-            try:
-                values[column] = float(row[column])
-            except ValueError:
-                raise fail(n, f"{column} {row[column]!r} is not a number") from None
-            if not (math.isfinite(values[column]) and values[column] > 0):
-                raise fail(n, f"{column} must be a positive number, got {row[column]}")
-        try:
-            availability = parse_availability(row.get("availability", ""), period)
-        except ValueError as exc:
-            raise fail(n, f"availability: {exc}") from None
-        devices[cid] = DeviceProfile(values["samples_per_s"], values["down_mbps"] * MBIT,
-                                     values["up_mbps"] * MBIT, availability)
+            raise _trace_error(path, n, f"client {cid} appears twice (also on line {first_line[cid]})")
+        devices[cid] = _trace_device(path, n, row, period)
         first_line[cid] = n
     absent = [i for i in range(num_clients) if i not in devices]
     if absent:
@@ -436,6 +392,78 @@ def read_trace(path: str | Path, num_clients: int, period: float = 0.0) -> list[
         raise DataError(f"{path}: no line for client{'s' if len(absent) > 1 else ''} {shown} "
                         f"({len(absent)} of the data's {num_clients} clients); the trace needs one line per client")
     return [devices[i] for i in range(num_clients)]
+
+
+def _trace_error(path: Path, line: int, message: str) -> DataError:
+    """A DataError naming the trace file and the line at fault."""
+    return DataError(f"{path}, line {line}: {message}")
+
+
+def _trace_lines(path: Path) -> list[tuple[int, str]]:
+    """The trace's (line number, text) pairs, blank lines and comments left out; at least the header."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the device trace ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the device trace is not a text (CSV) file") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise DataError(f"{path}: empty device trace; expected a header line {','.join(REQUIRED_COLUMNS)}"
+                        f"[,availability] and one line per client")
+    return lines
+
+
+def _trace_header(path: Path, at: int, header_line: str) -> list[str]:
+    """The column names of the header on line `at`: known ones only, the required ones all, none twice."""
+    header = [h.strip() for h in next(csv.reader([header_line]))]
+    unknown = [h for h in header if h not in TRACE_COLUMNS]
+    if unknown:
+        raise _trace_error(path, at, f"unknown column {unknown[0]!r}; the columns are {', '.join(TRACE_COLUMNS)}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise _trace_error(path, at, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                                     f"in the header")
+    if len(set(header)) != len(header):
+        raise _trace_error(path, at, "a column appears twice in the header")
+    return header
+
+
+def _trace_row(path: Path, n: int, line: str, header: list[str]) -> dict[str, str]:
+    """Line `n`'s cells by column name; as many cells as the header has columns."""
+    cells = [c.strip() for c in next(csv.reader([line]))]
+    if len(cells) != len(header):
+        raise _trace_error(path, n, f"{len(cells)} fields, but the header has {len(header)}")
+    return dict(zip(header, cells))
+
+
+def _trace_client_id(path: Path, n: int, row: dict[str, str], num_clients: int) -> int:
+    """The row's client id: an integer naming one of the data's `num_clients` clients."""
+    try:
+        cid = int(row["client_id"])
+    except ValueError:
+        raise _trace_error(path, n, f"client_id {row['client_id']!r} is not an integer") from None
+    if not 0 <= cid < num_clients:
+        raise _trace_error(path, n, f"client id {cid} is not a client of the data (ids 0..{num_clients - 1})")
+    return cid
+
+
+def _trace_device(path: Path, n: int, row: dict[str, str], period: float) -> DeviceProfile:
+    """The device a row describes: positive speed and bandwidths, and its availability."""
+    values = {}
+    for column in ("samples_per_s", "down_mbps", "up_mbps"):
+        try:
+            values[column] = float(row[column])
+        except ValueError:
+            raise _trace_error(path, n, f"{column} {row[column]!r} is not a number") from None
+        if not (math.isfinite(values[column]) and values[column] > 0):
+            raise _trace_error(path, n, f"{column} must be a positive number, got {row[column]}")
+    try:
+        availability = parse_availability(row.get("availability", ""), period)
+    except ValueError as exc:
+        raise _trace_error(path, n, f"availability: {exc}") from None
+    return DeviceProfile(values["samples_per_s"], values["down_mbps"] * MBIT, values["up_mbps"] * MBIT, availability)
 
 
 def parse_availability(text: str, period: float = 0.0) -> Availability:

@@ -65,13 +65,14 @@ def test_a_payload_that_does_not_decode_is_refused_and_counted(tmp_path, caplog)
 
     from fedstack.data import build_dataset
     from fedstack.experiment import simulate
+    from fedstack.loop import Evaluation, Parts
     from fedstack.plan import initial_params, make_trainer
     import functools
 
     data = build_dataset("digits", num_clients=3, partition="iid", alpha=0.5, seed=0)
     factory = functools.partial(make_trainer, "logreg", (1, 8, 8), 10, "sgd")
-    history = simulate(factory, data, initial_params(factory, 0), rounds=2, clients_per_round=3,
-                       engine=Tampering(), pipeline=build_pipeline(["qsgd"]), federated_eval=False)
+    history = simulate(factory, data, initial_params(factory, 0), rounds=2, clients_per_round=3, engine=Tampering(),
+                       parts=Parts(pipeline=build_pipeline(["qsgd"])), evaluation=Evaluation(federated=False))
     assert [r["failures"] for r in history.rounds] == [1, 1] and [r["clients"] for r in history.rounds] == [2, 2]
     assert "rejected update from client 0" in caplog.text
 
@@ -89,7 +90,7 @@ def test_bad_codec_config_fails_before_training():
 
 
 def test_server_context_seeds_the_download_codec():
-    from fedstack.server import SERVER_ID
+    from fedstack.loop import SERVER_ID
 
     ctx = CodecContext(1, SERVER_ID, 0)
     qsgd = build_pipeline(["qsgd"])

@@ -9,8 +9,10 @@ import pytest
 from fedstack.client import FitConfig
 from fedstack.codec import CodecContext, Pipeline, build_pipeline
 from fedstack.plan import load_config
-from fedstack.decentralized import Decentralized, complete, ring
-from fedstack.decentralized.loop import compress
+from fedstack.decentralized import Gossip, GossipOptions, complete, ring
+from fedstack.decentralized.schedule import compress
+from fedstack.loop import Evaluation, Parts
+from fedstack.strategy import FedAvg
 from fedstack.engine import LocalEngine, Workload
 from fedstack.errors import ConfigError
 from fedstack.experiment import run_config
@@ -85,8 +87,8 @@ def test_one_round_on_a_complete_graph_is_the_plain_average_of_the_local_models(
     n, seed = 6, 3
     dataset, factory, x0 = setup(n, seed)
     fit = FitConfig(epochs=1, batch_size=16, lr=0.1)
-    loop = Decentralized(LocalEngine(), Workload(factory, dataset, Pipeline(), seed), complete(n), rounds=1,
-                         fit=fit, federated_eval_every=None)
+    loop = Gossip(FedAvg(fit), LocalEngine(), Workload(factory, dataset, Pipeline(), seed), rounds=1,
+                  gossip=GossipOptions(complete(n)), evaluation=Evaluation(federated=False))
     X = loop.run(x0)
     trainer = factory()
     local = [x0 + trainer.fit(x0, dataset.client(i), replace(fit, seed=int_seed(seed, "client", 1, i))).update
@@ -116,9 +118,9 @@ def test_a_node_that_raises_is_silent_for_the_round(caplog):
     dataset, factory, x0 = setup(n, seed)
     records = []
     bad = functools.partial(FailingTrainer, factory, int_seed(seed, "client", 1, 2))
-    loop = Decentralized(LocalEngine(), Workload(bad, dataset, Pipeline(), seed), ring(n), rounds=1,
-                         fit=FitConfig(batch_size=16), federated_eval_every=None,
-                         on_round=[lambda record, xbar: records.append(record)])
+    loop = Gossip(FedAvg(FitConfig(batch_size=16)), LocalEngine(), Workload(bad, dataset, Pipeline(), seed), rounds=1,
+                  gossip=GossipOptions(ring(n)), evaluation=Evaluation(federated=False),
+                  parts=Parts(callbacks=[lambda record, xbar: records.append(record)]))
     with caplog.at_level(logging.WARNING, logger="fedstack.decentralized"):
         X = loop.run(x0)
     assert records[0]["failures"] == 1 and records[0]["clients"] == n - 1

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from fedstack.plan import load_config
-from fedstack.experiment import simulate
+from fedstack.engine import make_engine
+from fedstack.experiment import rules_of, simulate
+from fedstack.loop import Evaluation, Parts
 from fedstack.plan import client_side, dataset_of
 from fedstack.strategy import build_strategy
 from fedstack.systems import build_system
@@ -48,10 +50,9 @@ def test_a_killed_pool_worker_loses_only_its_task_and_the_run_ends_with_the_same
     def run(trainer_factory):
         s = config.server
         return simulate(trainer_factory, dataset, params, strategy=build_strategy(s, fit, dataset.num_clients),
-                        rounds=s.rounds, clients_per_round=s.clients_per_round, engine="pool", workers=2,
-                        seed=config.seed, federated_eval=False, deadline_s=s.deadline_s, overselect=s.overselect,
-                        system=build_system(config.systems, dataset.num_clients, config.seed),
-                        concurrency=s.concurrency, buffer_size=s.buffer_size)
+                        rounds=s.rounds, clients_per_round=s.clients_per_round, engine=make_engine("pool", 2),
+                        seed=config.seed, rules=rules_of(config), evaluation=Evaluation(federated=False),
+                        parts=Parts(system=build_system(config.systems, dataset.num_clients, config.seed)))
 
     calm = run(factory)
     marker = tmp_path / "killed"

@@ -11,6 +11,7 @@ from fedstack.plan import load_config
 from fedstack.engine import PoolEngine
 from fedstack.engine.pool import start_method
 from fedstack.experiment import simulate
+from fedstack.loop import Evaluation
 from fedstack.plan import client_side, dataset_of
 from fedstack.strategy import FedAvg
 
@@ -35,7 +36,8 @@ def test_forked_and_spawned_workers_give_the_same_bits():
     finals = {}
     for method in ("fork", "spawn"):
         history = simulate(factory, dataset, params0, strategy=FedAvg(fit), rounds=2, clients_per_round=4,
-                           engine=PoolEngine(workers=2, start_method=method), seed=3, federated_eval=False)
+                           engine=PoolEngine(workers=2, start_method=method), seed=3,
+                           evaluation=Evaluation(federated=False))
         finals[method] = (history.params, [r["test_loss"] for r in history.rounds])
     assert np.array_equal(finals["fork"][0], finals["spawn"][0])
     assert finals["fork"][1] == finals["spawn"][1]

@@ -79,7 +79,7 @@ def test_clients_that_do_less_local_work_still_aggregate_exactly():
     from fedstack.engine import LocalEngine, Workload
     from fedstack.plan import initial_params, make_trainer
     from fedstack.seeding import int_seed
-    from fedstack.server import Server
+    from fedstack.loop import Evaluation, Synchronous
     from fedstack.strategy import FedAvg
 
     class VariableWork(FedAvg):
@@ -91,10 +91,10 @@ def test_clients_that_do_less_local_work_still_aggregate_exactly():
     factory = functools.partial(make_trainer, "logreg", (1, 8, 8), 10, "sgd")
     params = initial_params(factory, 0)
     strategy = VariableWork(FitConfig(batch_size=8, lr=0.1, mu=0.5))
-    server = Server(strategy, LocalEngine(), Workload(factory, data, Pipeline(), 0), rounds=1,
-                    clients_per_round=6, eval_every=0, federated_eval_every=None)
+    server = Synchronous(strategy, LocalEngine(), Workload(factory, data, Pipeline(), 0), rounds=1,
+                         clients_per_round=6, evaluation=Evaluation(every=0, federated=False))
     server.engine.start(server.workload)
-    new, record = server.round(1, params)
+    new, tally, _ = server.round(1, params)
     trainer, total, weight = factory(), np.zeros(params.size), 0
     for task in strategy.configure(1, params, server.sampler.sample(1, 6)):
         config = replace(task.config, seed=int_seed(0, "client", 1, task.client_id))
@@ -102,5 +102,5 @@ def test_clients_that_do_less_local_work_still_aggregate_exactly():
         assert result.metrics["steps"] == 1 + task.client_id % 3
         total += result.num_examples * result.update.astype(np.float64)
         weight += result.num_examples
-    assert record["clients"] == 6
+    assert tally.clients == 6
     np.testing.assert_allclose(new, params + (total / weight).astype(np.float32), rtol=0, atol=1e-7)

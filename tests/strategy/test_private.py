@@ -3,11 +3,12 @@ import pytest
 
 from fedstack.privacy import Accountant
 from fedstack.strategy import ClientUpdate, FedAvg
-from fedstack.strategy.private import Private
+from fedstack.strategy.private import AdaptiveClipping, Private
 
 
-def _private(**kwargs):
-    options = dict(clip_norm=1.0, noise_multiplier=0.0, clients_per_round=4, population=100, seed=0)
+def _private(target_quantile=0.0, clip_count_stddev=0.0, **kwargs):
+    options = dict(clip_norm=1.0, noise_multiplier=0.0, clients_per_round=4, population=100, seed=0,
+                   adaptive=AdaptiveClipping(target_quantile, count_stddev=clip_count_stddev))
     options.update(kwargs)
     return Private(FedAvg(), **options)
 

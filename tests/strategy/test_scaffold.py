@@ -145,11 +145,11 @@ def test_client_state_is_never_recomputed_from_scratch():
 
     from fedstack.engine import Workload
     from fedstack.codec import Pipeline
-    from fedstack.server import Server
+    from fedstack.loop import Evaluation, Synchronous
 
     def run(states):
-        server = Server(Scaffold(4, fit), LocalEngine(), Workload(factory, data, Pipeline(), 0), rounds=3,
-                        clients_per_round=4, federated_eval_every=None, client_states=states)
+        server = Synchronous(Scaffold(4, fit), LocalEngine(), Workload(factory, data, Pipeline(), 0), rounds=3,
+                             clients_per_round=4, evaluation=Evaluation(federated=False), client_states=states)
         return server.run(params)
 
     counting = Counting()

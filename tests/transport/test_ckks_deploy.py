@@ -21,7 +21,7 @@ from fedstack.errors import ConfigError, FedstackError
 from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport import fedstack_pb2 as pb
-from fedstack.transport.client import Client
+from fedstack.transport.client import Client, TlsSettings
 from fedstack.transport.security import make_credentials
 from fedstack.transport.server import GrpcEngine
 from fedstack.engine import Engine
@@ -205,8 +205,8 @@ def test_a_key_holding_device_takes_the_public_key_encrypts_and_decrypts(keys, t
     toml = to_toml(load_config(None, [*OVERRIDES, *SMALL, f"codec.ckks_keys={str(server_keys)!r}"]))
     shutil.rmtree(server_keys)  # codec.ckks_keys is a path on the server's machine, not on the device's
     np.savez(tmp_path / "data.npz", x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
-    client = Client("127.0.0.1:1", "token", insecure=True, trainer=Trainer(), data=str(tmp_path / "data.npz"),
-                    ckks_secret=str(keys / he.SECRET_FILE))
+    client = Client("127.0.0.1:1", "token", tls=TlsSettings(insecure=True), trainer=Trainer(),
+                    data=str(tmp_path / "data.npz"), ckks_secret=str(keys / he.SECRET_FILE))
     client.stub = Stub(None, pb.JoinReply(client="client-1", config_toml=toml, input_shape=[3], num_classes=2,
                                           heartbeat_s=60.0))
     client.join()
@@ -228,7 +228,8 @@ def test_a_key_holding_device_takes_the_public_key_encrypts_and_decrypts(keys, t
 
 def test_a_bad_secret_key_file_stops_the_client_at_once(keys):
     with pytest.raises(FedstackError, match="--ckks-secret"):
-        Client("127.0.0.1:1", "token", insecure=True, trainer=Trainer(), ckks_secret=str(keys / he.PUBLIC_FILE))
+        Client("127.0.0.1:1", "token", tls=TlsSettings(insecure=True), trainer=Trainer(),
+               ckks_secret=str(keys / he.PUBLIC_FILE))
 
 
 # --- a real deployment on loopback ---

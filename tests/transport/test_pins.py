@@ -17,7 +17,7 @@ from fedstack.config import to_toml
 from fedstack.plan import load_config
 from fedstack.errors import FedstackError
 from fedstack.transport import fedstack_pb2 as pb
-from fedstack.transport.client import Client, PinError, check_pins, dp_by_clients, pins
+from fedstack.transport.client import Client, PinError, TlsSettings, check_pins, dp_by_clients, pins
 from fedstack.transport.security import make_credentials
 
 BASE = ["data.name=digits", "model.name=logreg", "client.lr=0.1", "eval.every=0", "eval.federated=false",
@@ -96,8 +96,8 @@ class Stub:
 
 def _client(tmp_path, *require):
     np.savez(tmp_path / "data.npz", x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
-    return Client("127.0.0.1:1", "token", insecure=True, trainer=Trainer(), data=str(tmp_path / "data.npz"),
-                  require=require)
+    return Client("127.0.0.1:1", "token", tls=TlsSettings(insecure=True), trainer=Trainer(),
+                  data=str(tmp_path / "data.npz"), require=require)
 
 
 def test_a_rejoin_rechecks_the_pins_against_the_restarted_servers_config(tmp_path):

@@ -24,7 +24,7 @@ from fedstack.secagg.remote import MASKED_INPUT, START, SecAggDevice
 from fedstack.secagg.simulation import SecureRound
 from fedstack.store import RunStore
 from fedstack.transport import fedstack_pb2 as pb
-from fedstack.transport.client import Client
+from fedstack.transport.client import Client, TlsSettings
 from fedstack.transport.security import make_credentials
 from fedstack.transport.server import FederationService, GrpcEngine
 from fedstack.engine import Engine
@@ -158,7 +158,7 @@ class Stub:
 
 
 def test_a_device_of_a_secure_run_never_sends_its_update_in_the_clear():
-    client = Client("127.0.0.1:1", "token", insecure=True, trainer=Trainer())
+    client = Client("127.0.0.1:1", "token", tls=TlsSettings(insecure=True), trainer=Trainer())
     client.config = load_config(None, OVERRIDES)
     client.pipeline, client.heartbeat_s = build_pipeline(["clip"]), 60.0
     client.summing = SecAgg()

@@ -129,45 +129,14 @@ class FederatedDataset:
         _check_options(num_clients, partition, alpha, holdout)
         x, x_test = np.asarray(x), np.asarray(x_test)
         y, y_test = _labels(y, "y"), _labels(y_test, "y_test")
-        if len(x) != len(y) or len(x_test) != len(y_test):
-            raise DataError(
-                f"features and labels differ in length: x {len(x)} vs y {len(y)}, "
-                f"x_test {len(x_test)} vs y_test {len(y_test)}"
-            )
-        if x.shape[1:] != x_test.shape[1:]:
-            raise DataError(f"x samples have shape {x.shape[1:]} but x_test samples {x_test.shape[1:]}")
-        n = len(y)
-        shared = partition == "powerlaw" and num_clients > n
-        if num_clients > n and not shared:
-            raise ConfigError("data.num_clients", f"{num_clients} clients but only {n} training samples "
-                                                  f"(partition = \"powerlaw\" lets clients share samples)")
-        if shared and num_clients > MAX_SHARED_CLIENTS:
-            raise ConfigError("data.num_clients", f"at most {MAX_SHARED_CLIENTS} clients may share the {n} samples "
-                                                  f"(their index alone would outgrow one machine), got {num_clients}")
-        if partition == "shards" and 2 * num_clients > n:
-            raise ConfigError(
-                "data.num_clients",
-                f"the shards partition needs 2 samples per client: {num_clients} clients but only {n} samples",
-            )
-        seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
-        if num_classes is None:
-            num_classes = seen
-        elif num_classes < seen:
-            raise DataError(f"num_classes={num_classes} but labels go up to {seen - 1}")
+        _check_shapes(x, y, x_test, y_test)
+        shared = _shares_samples(num_clients, partition, len(y))
+        num_classes = _num_classes(y, y_test, num_classes)
         if partition == "natural":
             raise ConfigError("data.partition", "'natural' needs data that is already per client: "
                                                 "use FederatedDataset.from_clients")
         rng = stream_rng(seed, "partition")  # SeedSequence([seed, 1])
-        if partition == "iid":
-            parts = partitioners.iid(n, num_clients, rng)
-        elif partition == "dirichlet":
-            parts = partitioners.dirichlet(y, num_clients, alpha, rng)
-        elif partition == "shards":
-            parts = partitioners.shards(y, num_clients, rng)
-        elif shared:
-            parts = partitioners.powerlaw_shared(n, num_clients, rng)
-        else:
-            parts = partitioners.powerlaw(n, num_clients, rng)
+        parts = _split_among_clients(y, num_clients, partition, alpha, shared, rng)
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))  # [seed, 2]
         return cls(name, x, y, x_test, y_test, train, held, int(num_classes))
 
@@ -196,6 +165,60 @@ class FederatedDataset:
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))
         seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
         return cls(name, x, y, x_test, y_test, train, held, int(num_classes or seen))
+
+
+def _check_shapes(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    """Raise DataError unless features and labels pair up and train and test samples have one shape."""
+    if len(x) != len(y) or len(x_test) != len(y_test):
+        raise DataError(
+            f"features and labels differ in length: x {len(x)} vs y {len(y)}, "
+            f"x_test {len(x_test)} vs y_test {len(y_test)}"
+        )
+    if x.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"x samples have shape {x.shape[1:]} but x_test samples {x_test.shape[1:]}")
+
+
+def _shares_samples(num_clients: int, partition: str, n: int) -> bool:
+    """Whether the clients share the `n` samples (powerlaw with more clients than samples), or ConfigError
+    when `partition` cannot give `num_clients` clients their samples."""
+    shared = partition == "powerlaw" and num_clients > n
+    if num_clients > n and not shared:
+        raise ConfigError("data.num_clients", f"{num_clients} clients but only {n} training samples "
+                                              f"(partition = \"powerlaw\" lets clients share samples)")
+    if shared and num_clients > MAX_SHARED_CLIENTS:
+        raise ConfigError("data.num_clients", f"at most {MAX_SHARED_CLIENTS} clients may share the {n} samples "
+                                              f"(their index alone would outgrow one machine), got {num_clients}")
+    if partition == "shards" and 2 * num_clients > n:
+        raise ConfigError(
+            "data.num_clients",
+            f"the shards partition needs 2 samples per client: {num_clients} clients but only {n} samples",
+        )
+    return shared
+
+
+def _num_classes(y: np.ndarray, y_test: np.ndarray, num_classes: int | None) -> int:
+    """`num_classes`, or the count the labels imply when None; DataError when labels go beyond it."""
+    seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
+    if num_classes is None:
+        return seen
+    if num_classes < seen:
+        raise DataError(f"num_classes={num_classes} but labels go up to {seen - 1}")
+    return num_classes
+
+
+def _split_among_clients(y: np.ndarray, num_clients: int, partition: str, alpha: float, shared: bool,
+                         rng: np.random.Generator) -> Partition:
+    """Each client's sample indices under `partition` (an array partition: not "natural")."""
+    n = len(y)
+    if partition == "iid":
+        return partitioners.iid(n, num_clients, rng)
+    if partition == "dirichlet":
+        return partitioners.dirichlet(y, num_clients, alpha, rng)
+    if partition == "shards":
+        return partitioners.shards(y, num_clients, rng)
+    if shared:
+        return partitioners.powerlaw_shared(n, num_clients, rng)
+    return partitioners.powerlaw(n, num_clients, rng)
 
 
 def _labels(y, which: str) -> np.ndarray:

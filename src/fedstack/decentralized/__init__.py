@@ -7,10 +7,11 @@ Trainer, the codecs (CHOCO-SGD's compressor) and the Engine (all nodes of a roun
 """
 
 from .gossip import average, choco_gossip, consensus_distance, live_weights, mix
-from .loop import Decentralized, run_decentralized
+from .run import run_decentralized
+from .schedule import Gossip, GossipOptions
 from .topology import (TOPOLOGIES, build_topology, complete, erdos_renyi, is_connected, metropolis_hastings, ring,
                        random_regular, spectral_gap, torus, torus_shape)
 
-__all__ = ["average", "choco_gossip", "consensus_distance", "live_weights", "mix", "Decentralized",
+__all__ = ["average", "choco_gossip", "consensus_distance", "live_weights", "mix", "Gossip", "GossipOptions",
            "run_decentralized", "TOPOLOGIES", "build_topology", "complete", "erdos_renyi", "is_connected",
            "metropolis_hastings", "ring", "random_regular", "spectral_gap", "torus", "torus_shape"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -14,6 +14,17 @@ from .base import ClientUpdate, Strategy, Task, restore_strategy_state, strategy
 # A decoded update whose norm is below C·(1 − this) was not clipped: clip lands just inside C, and
 # float32 transport moves a norm by ~1e-7 relative.
 _CLIPPED_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Adaptive clipping (Andrew et al. 2021): C follows the `target_quantile` of the update norms (0: a
+    fixed C), moved geometrically by `lr`, from a count of unclipped updates noised with std `count_stddev`
+    (0: clients_per_round / 20, the paper's suggestion)."""
+
+    target_quantile: float = 0.0
+    lr: float = 0.2
+    count_stddev: float = 0.0
 
 
 class Private(Strategy):
@@ -42,8 +53,10 @@ class Private(Strategy):
 
     def __init__(self, inner: Strategy, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
                  clients_per_round: int, population: int, seed: int = 0, delta: float = 1e-5,
-                 accountant: str = "rdp", sampling: str = "fixed", target_quantile: float = 0.0,
-                 clip_lr: float = 0.2, clip_count_stddev: float = 0.0, seeded_noise: bool = True):
+                 accountant: str = "rdp", sampling: str = "fixed", adaptive: AdaptiveClipping | None = None,
+                 seeded_noise: bool = True):
+        adaptive = adaptive or AdaptiveClipping()
+        target_quantile, clip_lr, clip_count_stddev = adaptive.target_quantile, adaptive.lr, adaptive.count_stddev
         self.inner = inner
         # Simulation draws the noise from the run seed (reproducible); a deployed server from the operating
         # system, since whoever knew the seed could subtract the noise and read a client's clipped update.

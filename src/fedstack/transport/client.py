@@ -222,14 +222,27 @@ def heartbeats(stub, metadata, every_s: float, rpc_error: type):
         thread.join()
 
 
+@dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """How a client's channel to the server is secured: TLS, or plaintext with `insecure` (tests only).
+
+    `ca` is the PEM of the CA that signed the server's certificate (None: the system's roots); `cert` and `key`,
+    this client's certificate and private key, for servers that ask for mutual TLS.
+    """
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+    insecure: bool = False
+
+
 class Client:
     """Joins a server, then polls for tasks, trains, and submits, reconnecting with backoff when cut off."""
 
-    def __init__(self, server: str, token: str, *, data: str | None = None, partition: int | None = None,
-                 ca: bytes | None = None, cert: bytes | None = None, key: bytes | None = None,
-                 insecure: bool = False, max_backoff_s: float = 30.0, trainer=None, state_path: str | None = None,
-                 ckks_secret: str | None = None, require=(), ckks_public: str | None = None,
-                 min_members: int = 2):
+    def __init__(self, server: str, token: str, *, tls: TlsSettings = TlsSettings(), data: str | None = None,
+                 partition: int | None = None, max_backoff_s: float = 30.0, trainer=None,
+                 state_path: str | None = None, ckks_secret: str | None = None, require=(),
+                 ckks_public: str | None = None, min_members: int = 2):
         import grpc
 
         if trainer is None:
@@ -237,11 +250,13 @@ class Client:
 
             torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
         self.grpc = grpc
-        self.tls = None if insecure else (server, ca, cert, key)  # to say why, when the server's TLS refuses us
-        if insecure:
+        # The handshake's inputs, to say why when the server's TLS refuses us (None: plaintext).
+        self.tls_handshake = None if tls.insecure else (server, tls.ca, tls.cert, tls.key)
+        if tls.insecure:
             self.channel = grpc.insecure_channel(server, options=GRPC_OPTIONS)
         else:
-            creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+            creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                                 certificate_chain=tls.cert)
             self.channel = grpc.secure_channel(server, creds, options=GRPC_OPTIONS)
         self.stub = pb_grpc.FederationStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),)
@@ -347,9 +362,9 @@ class Client:
                 if code in (self.grpc.StatusCode.UNAUTHENTICATED, self.grpc.StatusCode.FAILED_PRECONDITION,
                             self.grpc.StatusCode.PERMISSION_DENIED):
                     raise FedstackError(f"server refused this client: {err.details()}") from None
-                if not joined and code == self.grpc.StatusCode.UNAVAILABLE and self.tls is not None:
+                if not joined and code == self.grpc.StatusCode.UNAVAILABLE and self.tls_handshake is not None:
                     # a TLS refusal looks like an outage to gRPC: a handshake of our own tells them apart
-                    reason = tls_refusal(*self.tls)
+                    reason = tls_refusal(*self.tls_handshake)
                     if reason is not None:
                         raise FedstackError(reason) from None
                 joined = False

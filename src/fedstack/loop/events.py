@@ -33,7 +33,7 @@ training seed by (version, client, start number), dropouts by (version, start nu
 A resumed run continues from its last update with nothing in flight (its clients start afresh),
 so it is deterministic but not bit-identical to a run that never stopped.
 
-Updates are validated as in the synchronous loop (`fedstack.server`), each as it arrives. There is no
+Updates pass the loop's filters (`loop.filters`) as in the synchronous schedule, each as it arrives. There is no
 round to take a median norm over: with `max_norm_ratio` an update is judged against the median norm of
 itself and the last max(buffer_size, clients_per_round) updates that arrived before it. A simulated
 attack replaces a malicious client's update as it arrives (only the attacks that need no other update).
@@ -44,18 +44,17 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .codec import CodecContext
-from .engine import Outcome
-from .errors import ConfigError, FedstackError
-from .seeding import int_seed
-from .server import FAILURE_KINDS, REJECT_REASONS, SERVER_ID, Server, mean_train_loss
-from .strategy import ClientUpdate, Task, broadcast
+from ..engine import Outcome
+from ..errors import ConfigError, FedstackError
+from ..seeding import int_seed
+from ..strategy import ClientUpdate, Task
+from .core import RoundLoop
+from .record import RoundRecord, Tally, mean_train_loss
 
 log = logging.getLogger("fedstack.async")
 
@@ -76,37 +75,38 @@ class Flight:
     at: float = math.inf  # when its event happens, once known
 
 
-class AsyncServer(Server):
-    """Runs `rounds` asynchronous server updates of `strategy` (FedBuff, FedAsync) over `engine`.
+class Asynchronous(RoundLoop):
+    """Asynchronous server updates of a strategy (FedBuff, FedAsync) over an engine (see the module docstring).
 
-    Takes Server's arguments (not `overselect` or `min_clients`, which belong to rounds), plus
-    `concurrency` (clients training at once; 0 = 2 × clients_per_round) and `buffer_size` (updates
-    per server step; 0 = clients_per_round, or 1 for a strategy without `buffered`).
+    Takes the loop's options; of `Rules`, not `overselect` or `min_clients`, which belong to rounds, and
+    `concurrency` (clients training at once; 0 = 2 × clients_per_round) and `buffer_size` (updates per
+    server step; 0 = clients_per_round, or 1 for a strategy without `buffered`).
     """
 
     asynchronous = True
 
-    def __init__(self, strategy, engine, workload, *, concurrency: int = 0, buffer_size: int = 0, **kwargs):
-        if kwargs.get("overselect", 0):
+    def __init__(self, strategy, engine, workload, **options):
+        rules = options.get("rules")
+        if rules is not None and rules.overselect:
             raise ConfigError("server.overselect", "over-selection belongs to synchronous rounds; an asynchronous "
                               "strategy keeps server.concurrency clients busy instead")
-        super().__init__(strategy, engine, workload, **kwargs)
-        if self.secure is not None:
+        super().__init__(strategy, engine, workload, **options)
+        if self.aggregator.synchronous_only and self.aggregator.sums:
             raise ConfigError("codec.pipeline", "secure aggregation needs a round of clients to sum; the "
                               "asynchronous loop aggregates updates as they arrive")
-        self.concurrency = concurrency or 2 * self.clients_per_round
+        self.concurrency = self.rules.concurrency or 2 * self.clients_per_round
         if self.concurrency > self.dataset.num_clients:
             raise ConfigError("server.concurrency", f"asks {self.concurrency} clients at once of "
                               f"{self.dataset.num_clients}")
-        self.buffer_size = buffer_size or (self.clients_per_round if strategy.buffered else 1)
+        self.buffer_size = self.rules.buffer_size or (self.clients_per_round if strategy.buffered else 1)
         if self.attack is not None and self.attack.colludes:
             raise ConfigError("attack.name", f"{self.attack.name} crafts its update from the honest updates of a "
                               "round; the asynchronous loop has no rounds of updates")
         self.recent_norms: deque = deque(maxlen=max(self.buffer_size, self.clients_per_round))
 
-    def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
+    def schedule(self, params: np.ndarray, start_round: int, sim_time: float) -> np.ndarray:
         """Train from `params` until `rounds` server updates are done; returns the final params."""
-        self.params = np.ascontiguousarray(params, dtype=np.float32)
+        self.params = params
         self.version = start_round - 1
         self.now = sim_time
         self.models: dict[int, tuple[np.ndarray, np.ndarray, int]] = {}  # version → (params, sent, bytes down)
@@ -115,49 +115,30 @@ class AsyncServer(Server):
         self.events: list[tuple[float, int, int]] = []  # (time, seq, client id) of flights whose event is known
         self.buffer: list[ClientUpdate] = []
         self.starts = self.fills = 0
-        self._new_period()
-        self._profiled = self.profile.snapshot() if self.profile is not None else None
-        started = time.perf_counter()
+        self.tally = Tally()  # what happened since the last server update
+        self._profiled = self.snapshot()
         stalls = 0
-        try:
-            self.engine.start(self.workload)
+        self._fill()
+        while self.version < self.rounds and not self.over_budget(self.version + 1):
+            flight = self._next_event()
+            if flight is None:  # nothing is training: wait for a client to come online
+                later = self.system.next_online(self.now, self.dataset.num_clients)
+                stalls = stalls + 1 if later <= self.now else 0
+                if not math.isfinite(later) or stalls > 10:
+                    raise FedstackError(f"at t={self.now:.0f} s no client can be started (none online, "
+                                        "nor will be; or none can finish a step before the deadline)")
+                self.now = later
+            else:
+                self._settle(flight)
+                if len(self.buffer) >= self.buffer_size:
+                    self._update()
             self._fill()
-            while self.version < self.rounds:
-                flight = self._next_event()
-                if flight is None:  # nothing is training: wait for a client to come online
-                    later = self.system.next_online(self.now, self.dataset.num_clients)
-                    stalls = stalls + 1 if later <= self.now else 0
-                    if not math.isfinite(later) or stalls > 10:
-                        raise FedstackError(f"at t={self.now:.0f} s no client can be started (none online, "
-                                            "nor will be; or none can finish a step before the deadline)")
-                    self.now = later
-                else:
-                    self._settle(flight)
-                    if len(self.buffer) >= self.buffer_size:
-                        self._update(started)
-                self._fill()
-        finally:
-            self.engine.close()
         return self.params
-
-    def _new_period(self) -> None:
-        """Start counting what happens until the next server update."""
-        self.tally = {"clients": 0, "bytes_up": 0, "bytes_up_raw": 0, "bytes_down": 0, "bytes_down_raw": 0,
-                      "partial": 0, "sampled": 0, "rejected_by_reason": dict.fromkeys(REJECT_REASONS, 0)}
-        self.kinds = dict.fromkeys(FAILURE_KINDS, 0)
-        self.states: dict[int, dict] = {}
-        self.dp_clients: list[int] = []  # DP-SGD clients whose updates this period accepted
 
     def _model(self, version: int) -> tuple[np.ndarray, np.ndarray, int]:
         """(params, what clients receive, its bytes on the wire) of `version`, made once per version."""
         if version not in self.models:
-            sent = np.ascontiguousarray(broadcast(self.strategy, self.params), dtype=np.float32)
-            download = sent.nbytes
-            if self.download.stages:
-                ctx = CodecContext(version + 1, SERVER_ID, self.workload.seed)
-                payload = self.download.encode(sent, ctx)
-                sent, download = np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
-            self.models[version] = (self.params, sent, download)
+            self.models[version] = (self.params, *self.downloaded(version + 1, self.params))
         return self.models[version]
 
     def _fill(self) -> None:
@@ -173,7 +154,7 @@ class AsyncServer(Server):
                 return
             for cid in ids:
                 if not self.system.online(cid, self.now):
-                    self.kinds["unavailable"] += 1
+                    self.tally.fail("unavailable")
                     skipped.add(cid)
                 elif not self._start(cid):
                     skipped.add(cid)
@@ -193,12 +174,12 @@ class AsyncServer(Server):
         task = replace(task, config=replace(task.config, seed=int_seed(seed, "client", rnd, cid, self.starts)))
         if self.attack is not None:
             task = self.attack.task(task)
-        self.tally["sampled"] += 1
-        self.tally["bytes_down"] += download
-        self.tally["bytes_down_raw"] += sent.nbytes
-        fitted = self._fit_deadline(task, download, sent.size) if self.partial_work else task
+        self.tally.sampled += 1
+        self.tally.bytes_down += download
+        self.tally.bytes_down_raw += sent.nbytes
+        fitted = self.fit_deadline(task, download, sent.size) if self.rules.partial_work else task
         if fitted is None:  # not even one step fits before the deadline
-            self.kinds["deadline"] += 1
+            self.tally.fail("deadline")
             return False
         partial, task = fitted is not task, fitted
         if self.keeps_state:
@@ -206,7 +187,7 @@ class AsyncServer(Server):
         device = self.system.device(cid)
         work = task.config.samples(len(self.dataset.train_idx[cid]))
         compute_done = self.now + device.task_seconds(work, download, 0)
-        earliest = min(compute_done, self.now + self.deadline_s) if self.deadline_s else compute_done
+        earliest = min(compute_done, self.now + self.rules.deadline_s) if self.rules.deadline_s else compute_done
         flight = Flight(task, self.version, self.now, self.starts, work, earliest, partial)
         self.flights[cid] = flight
         point = self.system.drop_point(rnd, self.starts, cid)
@@ -218,8 +199,8 @@ class AsyncServer(Server):
         return True
 
     def _schedule(self, flight: Flight, kind: str, at: float) -> None:
-        if self.deadline_s and at > flight.start + self.deadline_s:
-            kind, at = "deadline", flight.start + self.deadline_s
+        if self.rules.deadline_s and at > flight.start + self.rules.deadline_s:
+            kind, at = "deadline", flight.start + self.rules.deadline_s
         flight.kind, flight.at = kind, at
         heapq.heappush(self.events, (at, flight.seq, flight.task.client_id))
 
@@ -250,32 +231,36 @@ class AsyncServer(Server):
 
     def _settle(self, flight: Flight) -> None:
         """Count a flight's event; an accepted result goes into the buffer."""
-        cid = flight.task.client_id
+        cid, rnd = flight.task.client_id, self.version + 1
         if flight.kind == "result":
-            size = self.models[flight.version][1].size
-            update = self._accept(flight.outcome, size, self.tally, self.kinds)
-            if update is not None:
-                update = self._account(self.version + 1, update, flight.task.config, self.dp_clients, self.tally,
-                                       self.kinds)
-            if update is not None:
-                passed = self._screen(self.version + 1, [update], size, self.tally, self.kinds, self.recent_norms)
-                update = passed[0] if passed else None
+            update = self._filtered(flight)
             if update is not None:
                 update.staleness = self.version - flight.version
                 update.base = self.models[flight.version][0]
                 self.buffer.append(update)
-                self.tally["partial"] += flight.partial
-                if self.keeps_state and flight.outcome.value.state is not None:
-                    self.states[cid] = flight.outcome.value.state
-                self.sampler.observe(self.version + 1, cid, num_examples=update.num_examples,
+                if flight.partial:
+                    self.tally.partial_ids.add(cid)
+                self.tally.keep(update, flight.outcome.value.state if self.keeps_state else None)
+                self.sampler.observe(rnd, cid, num_examples=update.num_examples,
                                      loss=update.metrics.get("train_loss"), duration_s=self.now - flight.start)
         else:
-            self.kinds[flight.kind] += 1
+            self.tally.fail(flight.kind)
             if flight.kind == "error":
-                log.warning("update %d: client %d failed: %s", self.version + 1, cid, flight.outcome.error)
+                log.warning("update %d: client %d failed: %s", rnd, cid, flight.outcome.error)
             if flight.kind == "deadline":
-                self.sampler.observe(self.version + 1, cid, duration_s=self.now - flight.start)
+                self.sampler.observe(rnd, cid, duration_s=self.now - flight.start)
         self._forget_old_models()
+
+    def _filtered(self, flight: Flight) -> ClientUpdate | None:
+        """A result through the loop's filters (the norm screen judged against the recent updates' norms)."""
+        rnd, size = self.version + 1, self.models[flight.version][1].size
+        update = self.filters.accept(flight.outcome, size, self.tally)
+        if update is not None:
+            update = self.filters.account(rnd, update, flight.task.config, self.tally)
+        if update is not None:
+            passed = self.filters.screen(rnd, [update], size, self.tally, self.recent_norms)
+            update = passed[0] if passed else None
+        return update
 
     def _forget_old_models(self) -> None:
         """Drop versions no client trains from any more (the buffer keeps the bases it needs)."""
@@ -283,26 +268,23 @@ class AsyncServer(Server):
         for version in [v for v in self.models if v not in needed]:
             del self.models[version]
 
-    def _update(self, started: float) -> None:
+    def _update(self) -> None:
         """Aggregate the buffer into the next version; record, evaluate, report it."""
         rnd = self.version + 1
+        clip_norm = self.strategy.clip_norm
         staleness = [u.staleness for u in self.buffer]
         new = self.strategy.aggregate(rnd, self.params, iter(self.buffer))
         self.params = np.ascontiguousarray(new, dtype=np.float32)
         self.version = rnd
-        if self.states:
-            self.client_states.put(rnd, self.states)
-        record = {"round": rnd, **self.tally, "failures": sum(self.kinds.values()), "failures_by_kind": self.kinds,
-                  "overselected": 0, "attempts": 1, "sim_time_s": self.now,
-                  "train_loss": mean_train_loss((u.metrics.get("train_loss"), u.num_examples) for u in self.buffer),
-                  "staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
-        if self.record_ledger is not None:  # DP-SGD: the largest own ε of this update's clients
-            record["client_epsilon_max"] = self._client_epsilon_max(self.dp_clients)
+        tally, self.tally = self.tally, Tally()
+        if tally.states:
+            self.client_states.put(rnd, tally.states)
+        record = RoundRecord(rnd, tally, sim_time_s=self.now, train_loss=mean_train_loss(tally.losses),
+                             extra={**self.strategy.round_figures(), "staleness_mean": float(np.mean(staleness)),
+                                    "staleness_max": int(max(staleness))})
+        record.privacy = self.privacy_figures(clip_norm, tally)
         self.buffer = []
-        self._new_period()
         self._forget_old_models()
-        record.update(self.evaluate(rnd, self.params))
-        self.finish_record(record, started, self._profiled)
-        self._profiled = self.profile.snapshot() if self.profile is not None else None
-        for callback in self.on_round:
-            callback(record, self.params)
+        record.evaluation = self.evaluator.figures(rnd, self.params)
+        self.close_round(record, self.params, self._profiled)
+        self._profiled = self.snapshot()

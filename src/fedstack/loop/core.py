@@ -1,0 +1,214 @@
+"""The one round loop. A schedule decides when clients train and when the server steps — synchronous
+rounds (`loop.sync`), asynchronous events (`loop.events`), gossip between nodes (`loop.gossip`) — and
+the loop gives every schedule the same parts:
+
+- the engine, started and closed around the run (profiled with `--profile`);
+- the filters every update passes (`UpdateFilters`: decode, validate, account, attack, screen);
+- the aggregator that hands updates to the strategy (`StreamingSum`, `Gather`, `SecureSum`);
+- evaluation on the schedule `Evaluation` sets (`Evaluator`);
+- the privacy budget (the run stops before a round that would spend more ε than `epsilon_budget`);
+- the callbacks each finished round is handed to, with its record: the store, metrics.jsonl, the
+  progress bar, a user's own (`Callback`).
+
+A part a schedule cannot honour is refused by its declared trait when the loop is built (e.g. a
+summing aggregator needs a round of clients: `Aggregator.synchronous_only`), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from ..codec import CodecContext, Pipeline
+from ..engine import Engine, Workload
+from ..errors import ConfigError, FedstackError
+from ..profiling import Profile, ProfiledEngine
+from ..sampling import UniformSampler
+from ..store import MemoryClientStates
+from ..strategy import Strategy
+from ..systems import UniformSystem
+from .aggregate import Aggregator, Gather, SecureSum, StreamingSum
+from .evaluate import Evaluator
+from .filters import UpdateFilters
+from .options import Evaluation, Parts, Rules
+from .record import RoundRecord, Tally
+
+log = logging.getLogger("fedstack.server")
+
+# The client id in the codec context of the server's own messages (the global model on the way down).
+SERVER_ID = 2**32 - 1
+
+
+class Callback:
+    """A side effect of each finished round (store, metrics file, progress, tracking): override `on_round`.
+    `record` is the round's line of metrics.jsonl, `params` the global model after it. Plain functions
+    of (record, params) are callbacks too."""
+
+    def on_round(self, record: dict, params: np.ndarray) -> None:
+        """Called once per round, in round order, after its evaluation."""
+
+    def __call__(self, record: dict, params: np.ndarray) -> None:
+        self.on_round(record, params)
+
+
+def choose_aggregator(summing, filters: UpdateFilters) -> Aggregator:
+    """A summing protocol ending the codec pipeline (`Pipeline.summing`: secagg, ckks) makes a SecureSum;
+    screens that need the round's updates at once a Gather; otherwise updates stream."""
+    if summing is not None:
+        return SecureSum(summing)
+    return Gather() if filters.holds else StreamingSum()
+
+
+class RoundLoop:
+    """Runs `rounds` rounds (server steps) of `strategy` over `engine`; a schedule subclass says how.
+
+    `rules`, `evaluation` and `parts` are the run's typed options (fedstack.loop.options). Client state
+    (SCAFFOLD's control variates, error feedback's residuals) needs an engine that carries it; where the
+    server keeps it ("task" engines) it lives in `client_states` (a RunStore, or memory).
+    """
+
+    asynchronous = False  # which kind of strategy this schedule runs (Strategy.asynchronous)
+
+    def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
+                 clients_per_round: int, rules: Rules = Rules(), evaluation: Evaluation = Evaluation(),
+                 parts: Parts | None = None, client_states=None, profile: Profile | None = None):
+        parts = parts or Parts()
+        if strategy.asynchronous != self.asynchronous:
+            raise ConfigError("server.strategy", f"{type(strategy).__name__} needs the "
+                              f"{'asynchronous' if not self.asynchronous else 'synchronous'} loop")
+        self.strategy, self.rounds, self.clients_per_round, self.rules = strategy, rounds, clients_per_round, rules
+        self.profile = profile  # where time goes (--profile): the engine books worker time, this loop its own
+        self.engine = ProfiledEngine(engine, profile) if profile is not None else engine
+        summing = workload.pipeline.summing
+        # A summing protocol is the aggregator's; workers apply only the codec stages before it.
+        self.workload = workload = replace(workload, pipeline=workload.pipeline.before_summing())
+        self.filters = UpdateFilters(workload, max_norm_ratio=rules.max_norm_ratio, attack=parts.attack,
+                                     record_ledger=parts.record_ledger, profile=profile)
+        self.aggregator = choose_aggregator(summing, self.filters)
+        self.dataset = workload.dataset
+        self.sampler = parts.sampler or UniformSampler(self.dataset.num_clients, workload.seed)
+        self.system = parts.system or UniformSystem(seed=workload.seed)
+        self.download = parts.download or Pipeline()
+        self.attack = parts.attack
+        self.record_ledger = parts.record_ledger
+        self.callbacks = list(parts.callbacks)
+        self.evaluator = Evaluator(self.engine, self.dataset, workload.seed, evaluation, rounds, profile)
+        self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
+        self._check_parts(workload)
+        self.keeps_state = self._keeps_state(workload, engine)  # the server keeps client state, sent with tasks
+        self.client_states = client_states if client_states is not None else MemoryClientStates()
+
+    def _check_parts(self, workload: Workload) -> None:
+        """Refuse parts this loop cannot honour, by their declared traits."""
+        fleet = self.system.num_clients
+        if fleet is not None and fleet < self.dataset.num_clients:
+            raise FedstackError(f"the device fleet has {fleet} devices for {self.dataset.num_clients} clients")
+        if self.aggregator.sums and (self.rules.max_norm_ratio or (self.attack is not None and self.attack.tampers)):
+            raise ConfigError("server.max_norm_ratio" if self.rules.max_norm_ratio else "attack.name",
+                              "secure aggregation never shows the server a client's update")
+
+    def _keeps_state(self, workload: Workload, engine: Engine) -> bool:
+        """Whether this loop keeps client state and sends it with tasks; refuses an engine that cannot carry it."""
+        who = ("server.strategy", type(self.strategy).__name__) if self.strategy.needs_client_state else \
+            ("codec.pipeline", "error feedback") if workload.pipeline.stateful else None
+        if who is None:
+            return False
+        if engine.client_state not in ("task", "device"):
+            raise FedstackError(f"{who[0]}: {who[1]} keeps state on each client across rounds, which "
+                                f"engine {type(engine).__name__} cannot carry")
+        return engine.client_state == "task"
+
+    @property
+    def rejected(self) -> int:
+        """Updates rejected over the run."""
+        return self.filters.rejected
+
+    def run(self, params: np.ndarray, start_round: int = 1, sim_time: float = 0.0) -> np.ndarray:
+        """Train from `params` (a resumed run starts later, its clock at `sim_time`); returns the final params."""
+        params = np.ascontiguousarray(params, dtype=np.float32)
+        self.started = time.perf_counter()
+        try:
+            self.engine.start(self.workload)
+            return self.schedule(params, start_round, sim_time)
+        finally:
+            self.engine.close()
+
+    def schedule(self, params: np.ndarray, start_round: int, sim_time: float) -> np.ndarray:
+        """Run the rounds from `start_round`, closing each with `close_round`; returns the final params."""
+        raise NotImplementedError(f"{type(self).__name__} has no schedule")
+
+    def snapshot(self) -> Profile | None:
+        return self.profile.snapshot() if self.profile is not None else None
+
+    def stamp(self, record: RoundRecord, before: Profile | None) -> None:
+        """Stamp the wall time on a round's record and, when profiling, where the round's time went."""
+        record.wall_time_s = time.perf_counter() - self.started
+        if self.profile is not None:
+            self.profile.wall_s = record.wall_time_s
+            record.profile = self.profile.since(before).summary()
+
+    def close_round(self, record: RoundRecord, params: np.ndarray, before: Profile | None) -> None:
+        """A round is over: stamp its record and hand it to the callbacks (metrics, store, progress)."""
+        self.stamp(record, before)
+        self.publish(record.row(), params)
+
+    def publish(self, row: dict, params: np.ndarray) -> None:
+        for callback in self.callbacks:
+            callback(row, params)
+
+    def over_budget(self, rnd: int) -> bool:
+        """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""
+        budget = self.rules.epsilon_budget
+        after = self.strategy.epsilon_after(1) if budget else None
+        if after is None or after <= budget:
+            return False
+        self.stopped = (f"stopped before round {rnd}: it would raise ε to {after:.4g}, over "
+                        f"privacy.epsilon_budget = {budget:g}")
+        log.warning("%s", self.stopped)
+        return True
+
+    def privacy_figures(self, clip_norm: float | None, tally: Tally) -> dict:
+        """ε spent so far and the round's clip norm (differential privacy); the largest record-level ε of
+        the round's DP-SGD clients."""
+        figures = {}
+        epsilon = self.strategy.epsilon()
+        if epsilon is not None:
+            figures.update(epsilon=epsilon, clip_norm=clip_norm)
+        figures.update(self.filters.client_epsilon_max(tally))
+        return figures
+
+    def downloaded(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, int]:
+        """(what the sampled clients receive, its bytes on the wire): the strategy's broadcast, as raw float32
+        or as the download codecs make it."""
+        sent = np.ascontiguousarray(self.strategy.broadcast(params), dtype=np.float32)
+        if not self.download.stages:
+            return sent, sent.nbytes
+        ctx = CodecContext(rnd, SERVER_ID, self.workload.seed)
+        payload = self.download.encode(sent, ctx)
+        return np.ascontiguousarray(self.download.decode(payload, ctx)), len(payload)
+
+    def fit_deadline(self, task, download: int, size: int):
+        """The task itself if its full work arrives by the deadline, else the same task cut to the
+        local steps that do (partial work, FedProx-style), or None if not even one step does.
+
+        Time → steps: the compute time left is deadline − download time − upload time, and a step
+        takes step_samples / samples_per_s seconds (step_samples = min(batch_size, the client's
+        examples), as FitConfig.samples counts them). The upload is planned at the raw float32 size
+        of the update (4 bytes a value): the real payload is not known before training, and no
+        compressing codec makes it larger; a codec that does can make such a client late after all.
+        The steps run with the same seed, so they are the first batches of the full work.
+        """
+        deadline = self.rules.deadline_s
+        examples = len(self.dataset.train_idx[task.client_id])
+        config = task.config
+        device = self.system.device(task.client_id)
+        planned_up = 4 * size
+        if device.task_seconds(config.samples(examples), download, planned_up) <= deadline:
+            return task
+        steps = device.steps_within(deadline, download, planned_up, config.step_samples(examples))
+        if steps < 1:
+            return None
+        return replace(task, config=replace(config, local_steps=steps))

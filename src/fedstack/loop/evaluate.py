@@ -1,0 +1,61 @@
+"""When and what a loop evaluates: the central test set and each client's held-out split."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import evaluation
+from ..client import FitConfig
+from ..profiling import Profile
+from .options import Evaluation
+
+
+class Evaluator:
+    """Central test-set figures every `every` rounds and after the last, federated ones every
+    `federated_every` rounds and after the last (see `Evaluation`), on the loop's engine."""
+
+    def __init__(self, engine, dataset, seed: int, plan: Evaluation, rounds: int, profile: Profile | None = None):
+        self.engine, self.dataset, self.seed, self.plan = engine, dataset, seed, plan
+        self.rounds, self.profile = rounds, profile
+
+    def central_due(self, rnd: int) -> bool:
+        return rnd == self.rounds or bool(self.plan.every and rnd % self.plan.every == 0)
+
+    def federated_due(self, rnd: int) -> bool:
+        every = self.plan.federated_interval
+        return every is not None and (rnd == self.rounds or bool(every and rnd % every == 0))
+
+    def figures(self, rnd: int, params: np.ndarray, central: bool = True, stacked: np.ndarray | None = None) -> dict:
+        """The round's evaluation figures (test_* None when not due; `central=False`: left for later).
+        `stacked`: every client holds its own model, row i client i's (gossip); federated evaluation judges
+        each on its own held-out split."""
+        started = time.perf_counter()
+        figures: dict = {"test_accuracy": None, "test_loss": None, "test_top3_accuracy": None}
+        if central and self.central_due(rnd):
+            figures.update(test_figures(evaluation.test_set(self.engine, params, self.dataset, self.plan.test_shard)))
+        if self.federated_due(rnd):
+            own, span_of = params, None
+            if stacked is not None:
+                P = stacked.shape[1]
+                own, span_of = stacked.reshape(-1), (lambda i: (i * P, (i + 1) * P))
+            figures["federated"] = self.federated(own, span_of=span_of)
+            if self.plan.finetune is not None:
+                figures["personalized"] = self.federated(own, self.plan.finetune, span_of)
+        if self.profile is not None:
+            self.profile.evaluate_wall_s += time.perf_counter() - started
+        return figures
+
+    def federated(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> dict | None:
+        """Accuracy of `params` on each client's held-out split (after fine-tuning with `finetune`)."""
+        return evaluation.per_client(self.engine, params, self.dataset, self.seed, finetune, span_of)
+
+    def shards(self) -> list:
+        """The central evaluation's tasks (to run in another batch of the engine: `test_figures(total(...))`)."""
+        return evaluation.shards(self.dataset, self.plan.test_shard)
+
+
+def test_figures(result) -> dict:
+    """A central evaluation's figures for the round's record."""
+    return {"test_accuracy": result.accuracy, "test_loss": result.loss, "test_top3_accuracy": result.top3_accuracy}
