@@ -6,12 +6,13 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
 from .dp_sgd import DPSGDSteps
 from .errors import FedstackError
+from .local_terms import LocalTerm, terms_of
 from .params import ParamSpec, spec_of
 
 
@@ -31,6 +32,7 @@ class FitConfig:
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
     flip_labels: int = 0  # a simulated label-flipping client (fedstack.attack): trains on y → C − 1 − y, C = this
+    terms: tuple[LocalTerm, ...] = ()  # a user's own local terms (fedstack.local_terms), after the built-in ones
 
     def __post_init__(self):
         """The same checks as the config's client.* keys, so the Python API cannot train with lr = −1."""
@@ -45,6 +47,14 @@ class FitConfig:
                     or value < low or (strict and value == low):
                 raise FedstackError(f"FitConfig.{name} must be {'an integer' if integer else 'a number'} "
                                     f"{'>' if strict else '>='} {low}, got {value!r}")
+
+        if not isinstance(self.terms, tuple) or not all(isinstance(t, LocalTerm) for t in self.terms):
+            raise FedstackError(f"FitConfig.terms must be a tuple of fedstack.LocalTerm objects, got {self.terms!r}")
+
+    def needs(self) -> frozenset[str]:
+        """The trainer capabilities this config's local work needs (`Trainer.capabilities`)."""
+        wanted = {"proximal": self.mu > 0, "control_variates": self.scaffold, "dp_sgd": self.dp_sgd}
+        return frozenset(name for name, on in wanted.items() if on) | {t.capability for t in self.terms}
 
     def samples(self, num_examples: int) -> int:
         """How many examples a client with `num_examples` processes under this config."""
@@ -131,12 +141,16 @@ class EvalResult:
         return self.correct_top3 / self.examples if self.examples else float("nan")
 
 
-class Trainer(Protocol):
+class Trainer:
     """Trains and evaluates one model on one client's data; reused for every client of a worker.
 
-    A toy that "learns" by moving halfway to the mean of its data::
+    `fit` returns local − global as a FitResult; `evaluate` sums loss and correct predictions.
+    `capabilities` declares what it applies beyond plain training ("proximal": FedProx's term,
+    "control_variates": SCAFFOLD's, "dp_sgd": DP-SGD, "terms": a config's own `FitConfig.terms`): a strategy whose clients need one it does
+    not declare is refused before training. Any object with `fit` and `evaluate` trains too; it then
+    declares nothing. A toy that "learns" by moving halfway to the mean of its data::
 
-        class MeanTrainer:
+        class MeanTrainer(Trainer):
             def fit(self, params, data, config, state=None):
                 target = data.x[data.train_idx].mean(axis=0).ravel()
                 return FitResult(update=(target - params) / 2, num_examples=data.num_examples)
@@ -146,9 +160,23 @@ class Trainer(Protocol):
                 return EvalResult(loss_sum=float(err.sum()), correct=0, examples=len(x))
     """
 
-    def fit(self, params: np.ndarray, data: Any, config: FitConfig, state: Any = None) -> FitResult: ...
+    capabilities: frozenset[str] = frozenset()
 
-    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult: ...
+    def fit(self, params: np.ndarray, data: Any, config: FitConfig, state: Any = None) -> FitResult:
+        raise NotImplementedError(f"{type(self).__name__} does not train")
+
+    def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate")
+
+    def get_params(self) -> np.ndarray | None:
+        """The model's current parameters as a flat float32 vector (None: it does not say; then the initial
+        vector's length is not checked before training)."""
+        return None
+
+
+def capabilities(trainer) -> frozenset[str]:
+    """What a trainer declares it can apply (nothing, for an object that is not a fedstack.Trainer)."""
+    return trainer.capabilities if isinstance(trainer, Trainer) else frozenset()
 
 
 def batch_order(indices: np.ndarray, config: FitConfig) -> list[np.ndarray]:
@@ -169,7 +197,7 @@ def batch_order(indices: np.ndarray, config: FitConfig) -> list[np.ndarray]:
     return batches[:want] if want is not None else batches
 
 
-class TorchTrainer(DPSGDSteps):
+class TorchTrainer(DPSGDSteps, Trainer):
     """A Trainer for any torch.nn.Module: cross-entropy by default, SGD by default.
 
     The module's parameters become views into one flat buffer, so loading the global
@@ -179,8 +207,8 @@ class TorchTrainer(DPSGDSteps):
     Sequence models return logits [batch, time, classes] for targets [batch, time]: every
     position is a prediction, and positions whose target is -1 are ignored in loss and accuracy.
 
-    Client algorithms, switched on by the FitConfig: FedProx's proximal term (`mu`) and
-    SCAFFOLD's control variates (`scaffold`, option II of Karimireddy et al. 2020).
+    Client algorithms, switched on by the FitConfig: its local terms (`local_terms`: FedProx's
+    proximal term, SCAFFOLD's control variates, a user's own) add their gradients at every step.
 
     Record-level DP (`dp_sgd`): DP-SGD (Abadi et al. 2016, "Deep Learning with Differential
     Privacy", CCS'16) through Opacus (Yousefpour et al. 2021, "Opacus: User-Friendly Differential
@@ -194,6 +222,8 @@ class TorchTrainer(DPSGDSteps):
     The batches still follow `config.seed`: against a party who knows it, the amplification by
     subsampling that ε counts on does not hold.
     """
+
+    capabilities = frozenset({"proximal", "control_variates", "dp_sgd", "terms"})
 
     def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
                  eval_batch_size: int = 100, jit_eval: bool = False, dp_seeded_noise: bool = True,
@@ -249,9 +279,9 @@ class TorchTrainer(DPSGDSteps):
     def fit(self, params: np.ndarray, data, config: FitConfig, state: Any = None) -> FitResult:
         """Train on the client's training split; return local − global.
 
-        Under `config.scaffold`, `params` is [x; c] (global model, server control variate),
-        `state` the client's control variate cᵢ (None on its first round), and the update
-        is [y − x; cᵢ⁺ − cᵢ] with cᵢ⁺ = cᵢ − c + (x − y)/(K·lr) (option II); cᵢ⁺ is the new state.
+        The config's local terms (`local_terms.terms_of`: FedProx's proximal term, SCAFFOLD's control
+        variates, the config's own) add their gradients after each backward pass; `params` is what the
+        client received (SCAFFOLD: [x; c]), `state` the client's state, and the terms shape what is sent back.
 
         Under `config.dp_sgd` every step is a DP-SGD step (Abadi et al. 2016, Algorithm 1): each
         example's gradient is clipped to L2 norm C = `dp_max_grad_norm`, the clipped gradients are
@@ -259,26 +289,40 @@ class TorchTrainer(DPSGDSteps):
         by the fixed `batch_size`. The metrics then hold `dp_steps` and `dp_sample_rate` (batch_size /
         training examples, capped at 1), what a `privacy.RecordLevelLedger` needs for this client's ε.
         """
-        torch = self.torch
-        size = self.spec.size
-        dp = config.dp_sgd
-        if dp:
+        if config.dp_sgd:
             self._fit_dp_check(config)
-        if config.scaffold:
-            if params.shape != (2 * size,):
-                raise ValueError(f"scaffold expects [params; control] of {2 * size} values, got {params.shape}")
-            params, control = params[:size], params[size:]
-            own = np.zeros(size, np.float32) if state is None else np.asarray(state, np.float32)
-            correction = torch.from_numpy(control - own)  # c − cᵢ, added to every gradient
+        terms, size = terms_of(config), self.spec.size
+        for term in terms:
+            term.start(params, size, state)
+        if any(term.extra(size) for term in terms):
+            params = params[:size]
         self.set_params(params)
         self.model.train()
         weights = list(self.model.parameters())
         views = self.spec.offsets()
-        if config.mu > 0:  # the global model, as views shaped like the parameters
-            anchor = torch.from_numpy(np.array(params, dtype=np.float32))
-            anchors = [anchor[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
-        if config.scaffold:
-            corrections = [correction[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
+
+        def shaped(vector: np.ndarray) -> list:
+            flat = self.torch.from_numpy(vector)
+            return [flat[a:b].view(p.shape) for p, (a, b) in zip(weights, views)]
+
+        for term in terms:
+            term.bind(shaped)
+        steps, loss_sum, seen = self._steps(data, config, weights, terms)
+        update = self._flat.numpy() - params
+        metrics = {"train_loss": loss_sum / seen if seen else float("nan"), "steps": steps}
+        if config.dp_sgd:
+            metrics["dp_steps"] = steps
+            examples = len(data.train_idx)
+            metrics["dp_sample_rate"] = min(1.0, config.batch_size / examples) if examples else 0.0
+        new_state = None
+        for term in terms:
+            update, term_state = term.finish(update, steps, config.lr)
+            new_state = term_state if term_state is not None else new_state
+        return FitResult(update=update, num_examples=int(data.num_examples), metrics=metrics, state=new_state)
+
+    def _steps(self, data, config: FitConfig, weights: list, terms: list) -> tuple[int, float, int]:
+        """The local SGD (or DP-SGD) steps of one fit: (steps, summed training loss, examples it sums over)."""
+        torch, dp = self.torch, config.dp_sgd
         loss_sum, seen, steps = 0.0, 0, 0
         with self._per_example_gradients() if dp else contextlib.nullcontext():
             opt = self._make_optimizer(config.lr)
@@ -300,13 +344,9 @@ class TorchTrainer(DPSGDSteps):
                 if dp:  # p.grad ← (Σᵢ clip(gᵢ, C) + N(0, z²C²)) / batch_size
                     opt.pre_step()
                 with torch.no_grad():
-                    # The proximal term depends on no example, so adding it after the noise costs no privacy.
-                    if config.mu > 0:  # gradient of mu/2·‖w − w_global‖²
-                        for p, p0 in zip(weights, anchors):
-                            p.grad.add_(p.data - p0, alpha=config.mu)
-                    if config.scaffold:
-                        for p, c in zip(weights, corrections):
-                            p.grad.add_(c)
+                    # A local term depends on no example, so adding it after the noise costs no privacy.
+                    for term in terms:
+                        term.add_gradients(weights)
                 (opt.original_optimizer if dp else opt).step()
                 steps += 1
                 # The training loss is a statistic of the records that DP-SGD does not noise: sent
@@ -315,17 +355,7 @@ class TorchTrainer(DPSGDSteps):
                 if not dp:
                     loss_sum += loss.item() * len(y)
                     seen += len(y)
-        update = self._flat.numpy() - params
-        metrics = {"train_loss": loss_sum / seen if seen else float("nan"), "steps": steps}
-        if dp:
-            metrics["dp_steps"] = steps
-            examples = len(data.train_idx)
-            metrics["dp_sample_rate"] = min(1.0, config.batch_size / examples) if examples else 0.0
-        if not config.scaffold:
-            return FitResult(update=update, num_examples=int(data.num_examples), metrics=metrics)
-        new_own = own - control - update / np.float32(steps * config.lr) if steps else own
-        return FitResult(update=np.concatenate([update, new_own - own]), num_examples=int(data.num_examples),
-                         metrics=metrics, state=new_own.astype(np.float32))
+        return steps, loss_sum, seen
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
         """Summed loss and correct predictions of `params` on (x, y), in fixed-size batches."""

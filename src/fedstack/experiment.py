@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from .client import FitConfig, Trainer
+from .client import FitConfig, Trainer, capabilities
 from .codec import Pipeline, build_pipeline
 from .attack import build_attack
 from .config import Config, private, robust_rule, to_toml
@@ -139,10 +139,16 @@ def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: 
     params = np.asarray(initial_params)
     if params.ndim != 1 or not np.issubdtype(params.dtype, np.floating):
         raise FedstackError(f"initial_params must be a flat float vector, got shape {params.shape} of {params.dtype}")
-    try:  # one model, built here: a mismatch fails now, not in every task of every round
-        expected = trainer_factory().get_params().size
-    except AttributeError:  # a trainer of its own that does not expose its parameters: its first fit will say
+    trainer = trainer_factory()  # one, built here: a mismatch fails now, not in every task of every round
+    missing = strategy.client_needs() - capabilities(trainer)
+    if missing:
+        raise FedstackError(f"{type(strategy).__name__} needs a trainer that applies {', '.join(sorted(missing))} "
+                            f"(fedstack.local_terms); {type(trainer).__name__} does not declare it in "
+                            "Trainer.capabilities, so its clients would train without it")
+    model = trainer.get_params() if isinstance(trainer, Trainer) else None
+    if model is None:  # a trainer that does not expose its parameters: its first fit will say
         return
+    expected = model.size
     if params.size != expected:
         raise FedstackError(f"initial_params holds {params.size} values, but the trainer's model has {expected} "
                             "(e.g. trainer_factory().get_params())")

@@ -38,6 +38,9 @@ class FedBuff(Strategy):
     asynchronous = True  # run by the asynchronous loop, not in rounds
     buffered = True  # its buffer holds server.buffer_size updates (FedAsync's holds one)
 
+    def client_needs(self) -> frozenset[str]:
+        return self.fit.needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         return same_work(round, sampled_ids, self.fit)
 
@@ -64,6 +67,9 @@ class FedAsync(Strategy):
     alpha: float = 0.6
     staleness_exponent: float = 0.5
     asynchronous = True
+
+    def client_needs(self) -> frozenset[str]:
+        return self.fit.needs()
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         return same_work(round, sampled_ids, self.fit)

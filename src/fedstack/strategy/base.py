@@ -57,6 +57,11 @@ class Strategy:
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} aggregates nothing")
 
+    def client_needs(self) -> frozenset[str]:
+        """What its clients' trainers must be able to do (`Trainer.capabilities`): the local terms its tasks
+        ask for (`FitConfig.needs`). Checked before training, so a trainer that would ignore them is refused."""
+        return frozenset()
+
     def broadcast(self, params: np.ndarray) -> np.ndarray:
         """What the sampled clients receive (`broadcasts`: the params and more; clients' updates then have
         the length of what they received)."""

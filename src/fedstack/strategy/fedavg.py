@@ -21,6 +21,9 @@ class FedAvg(Strategy):
     fit: FitConfig = FitConfig()
     server_lr: float = 1.0
 
+    def client_needs(self) -> frozenset[str]:
+        return self.fit.needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         """The same local work for every sampled client."""
         return same_work(round, sampled_ids, self.fit)

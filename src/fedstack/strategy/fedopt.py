@@ -61,6 +61,9 @@ class FedOpt(Strategy):
         if self.kind not in ("fedavgm", *ADAPTIVE):
             raise ValueError(f"unknown server optimizer {self.kind!r}")
 
+    def client_needs(self) -> frozenset[str]:
+        return self.fit.needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         return same_work(round, sampled_ids, self.fit)
 

@@ -80,6 +80,9 @@ class Private(Strategy):
             self.accountant = Accountant(accountant, sampling, delta=delta, population=population)
             self.participations = None
 
+    def client_needs(self) -> frozenset[str]:
+        return self.inner.client_needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         """The inner strategy's tasks, told this round's clip norm."""
         tasks = self.inner.configure(round, params, sampled_ids)

@@ -216,6 +216,9 @@ class Robust(Strategy):
         self._matrix: np.ndarray | None = None
         self._figures: dict = {}
 
+    def client_needs(self) -> frozenset[str]:
+        return self.inner.client_needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         return self.inner.configure(round, params, sampled_ids)
 

@@ -49,6 +49,9 @@ class Scaffold(Strategy):
         control = self.control if self.control is not None else np.zeros_like(params)
         return np.concatenate([params, control])
 
+    def client_needs(self) -> frozenset[str]:
+        return replace(self.fit, scaffold=True).needs()
+
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         return same_work(round, sampled_ids, replace(self.fit, scaffold=True))
 

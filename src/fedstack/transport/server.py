@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..engine import Engine, EvalTask, FitReply, Outcome, Workload, execute
-from ..errors import brief
+from ..errors import FedstackError, brief
 from ..sampling import Sampler
 from ..seeding import rng
 from . import PROTOCOL
@@ -107,6 +107,9 @@ class GrpcEngine(Engine):
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         """Outcomes in task order: fit tasks from the clients, evaluation shards computed here."""
         fits = [(i, t) for i, t in enumerate(tasks) if not isinstance(t, EvalTask)]
+        if any(t.config.terms for _, t in fits):  # code objects: a device runs only the terms it ships with
+            raise FedstackError("FitConfig.terms: a user's own local terms run in simulation; deployed clients "
+                                "apply the built-in terms their config names (client.mu, SCAFFOLD)")
         if fits:
             yield from self._run_remote(params, tasks, fits)
         else:
@@ -353,7 +356,7 @@ class FederationService(pb_grpc.FederationServicer):
                                                     protocol_request=task.task.request, **common))
             return
         payload = self.engine._params_payload
-        config = json.dumps(dataclasses.asdict(task.task.config))
+        config = json.dumps({k: v for k, v in dataclasses.asdict(task.task.config).items() if k != "terms"})
         stage, request = task.task.protocol or ("", b"")
         yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, fit_config_json=config,
                                                 params_bytes=len(payload), protocol_stage=stage,
