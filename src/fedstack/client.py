@@ -148,7 +148,8 @@ class Trainer:
     `capabilities` declares what it applies beyond plain training ("proximal": FedProx's term,
     "control_variates": SCAFFOLD's, "dp_sgd": DP-SGD, "terms": a config's own `FitConfig.terms`): a
     strategy whose clients need one it does not declare is refused before training. Any object with
-    `fit` and `evaluate` trains too; it then declares nothing. A toy that "learns" by moving halfway to the mean of its data::
+    `fit` and `evaluate` trains too; it then declares nothing. A toy that "learns" by moving halfway
+    to the mean of its data::
 
         class MeanTrainer(Trainer):
             def fit(self, params, data, config, state=None):
