@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dp_sgd import DPSGDSteps
+from .dp.dp_sgd import DPSGDSteps
 from .errors import FedstackError
 from .local_terms import LocalTerm, terms_of
 from .params import ParamSpec, spec_of

@@ -136,7 +136,7 @@ class DecentralizedConfig(Section):
 
 
 class PrivacyConfig(Section):
-    """Client-level differential privacy (DP-FedAvg) and its accounting (fedstack.privacy)."""
+    """Client-level differential privacy (DP-FedAvg) and its accounting (fedstack.dp)."""
 
     mode: Literal["central", "local", "distributed"] = "central"  # who adds the Gaussian noise
     trusted_server: bool = True  # false: the server may not see un-noised updates or sums (no central mode)

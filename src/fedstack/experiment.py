@@ -27,9 +27,9 @@ from .seeding import rng
 from .loop import Evaluation, Parts, Rules, schedule_for
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
-from .privacy import RecordLevelLedger
+from .dp.accounting import RecordLevelLedger
 from .profiling import Profile
-from .strategy.private import AdaptiveClipping, Private
+from .dp.central import AdaptiveClipping, CentralDP
 from .strategy.robust import RootUpdate
 from .systems import build_system
 
@@ -66,8 +66,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     if out is not None:
         store, (start_round, sim_time, params) = _open_store(out, history, strategy, parts, initial_params, dataset,
                                                             seed)
-        callbacks = [lambda record, params: store.finish_round(record["round"], record, params, run_state(
-                         strategy, parts.sampler, parts.record_ledger)),
+        callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
+                                                               run_state(strategy, parts)),
                      MetricsWriter(history.run_dir, history.rounds), *callbacks]
     engine = engine if not isinstance(engine, str) else make_engine(engine)
     loop = schedule_for(strategy)(strategy, engine, workload, rounds=rounds, clients_per_round=clients_per_round,
@@ -98,7 +98,7 @@ def _open_store(out, history: History, strategy: Strategy, parts: Parts, initial
     run_dir = history.run_dir = prepare_run_dir(out)
     store = RunStore(run_dir / "store.sqlite")
     checkpoint = store.checkpoint()
-    identity = fingerprint(initial_params, dataset, strategy, seed, parts.config or {})
+    identity = fingerprint(initial_params, dataset, strategy, seed, parts.config or {}, parts.transforms)
     start = (1, 0.0, initial_params)
     if checkpoint is not None:  # resume after the last finished round
         difference = fingerprint_difference(store.meta("fingerprint") or {"config": store.meta("config")}, identity)
@@ -107,7 +107,7 @@ def _open_store(out, history: History, strategy: Strategy, parts: Parts, initial
             raise FedstackError(f"--out {run_dir} holds another run: {difference}; choose another directory")
         (last, params), history.rounds = checkpoint, store.rounds()
         start = (last + 1, history.rounds[-1]["sim_time_s"], params)
-        restore_run_state(strategy, parts.sampler, store.strategy_state(), parts.record_ledger)
+        restore_run_state(strategy, parts, store.strategy_state())
         store.rewind_client_states(last)
         log.warning("resuming %s from round %d", run_dir, last + 1)
     store.set_meta("config", parts.config or {})
@@ -154,14 +154,14 @@ def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: 
                             "(e.g. trainer_factory().get_params())")
 
 
-def fingerprint(params: np.ndarray, dataset, strategy, seed: int, config: dict) -> dict:
+def fingerprint(params: np.ndarray, dataset, strategy, seed: int, config: dict, transforms=()) -> dict:
     """What decides a run's result, item by item: a run directory holding a run whose fingerprint differs
     is refused (`fingerprint_difference` names the item), never silently resumed or returned."""
     return {
         "model": f"{params.size} parameters, initial values sha256 {_digest(np.ascontiguousarray(params))}",
         "data": f"{len(dataset.y)} examples of shape {tuple(dataset.x.shape[1:])}, {len(dataset.y_test)} test "
                 f"examples, {dataset.num_clients} clients, partition sha256 {_partition_digest(dataset.train_idx)}",
-        "strategy": describe(strategy),
+        "strategy": " + ".join(describe(part) for part in (strategy, *transforms)),
         "seed": int(seed),
         "config": config,
     }
@@ -221,23 +221,27 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def run_state(strategy, sampler, ledger=None) -> dict[str, np.ndarray]:
-    """What a checkpoint keeps besides the params: the strategy's state, the sampler's ("sampler.*") and
-    the DP-SGD clients' privacy ledger ("ledger.*")."""
+def run_state(strategy, parts: Parts) -> dict[str, np.ndarray]:
+    """What a checkpoint keeps besides the params: the strategy's state, each transform's ("transform<i>.*"),
+    the sampler's ("sampler.*") and the DP-SGD clients' privacy ledger ("ledger.*")."""
     state = strategy_state(strategy)
-    for prefix, part in (("sampler", sampler), ("ledger", ledger)):  # both declare state (no-op by default)
-        if part is not None:
-            state.update({f"{prefix}.{key}": value for key, value in part.state().items()})
+    for prefix, part in _stateful_parts(parts):  # each declares state (no-op by default)
+        state.update({f"{prefix}.{key}": value for key, value in part.state().items()})
     return state
 
 
-def restore_run_state(strategy, sampler, state: dict[str, np.ndarray], ledger=None) -> None:
-    """Give the strategy, the sampler and the ledger back what `run_state` saved."""
-    parts = {"sampler": sampler, "ledger": ledger}
-    restore_strategy_state(strategy, {k: v for k, v in state.items() if k.split(".")[0] not in parts})
-    for prefix, part in parts.items():
-        if part is not None:
-            part.load_state({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+def restore_run_state(strategy, parts: Parts, state: dict[str, np.ndarray]) -> None:
+    """Give the strategy and the parts back what `run_state` saved."""
+    named = dict(_stateful_parts(parts))
+    restore_strategy_state(strategy, {k: v for k, v in state.items() if k.split(".")[0] not in named})
+    for prefix, part in named.items():
+        part.load_state({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+
+
+def _stateful_parts(parts: Parts) -> list[tuple[str, object]]:
+    named = [(f"transform{i}", t) for i, t in enumerate(parts.transforms)]
+    named += [("sampler", parts.sampler), ("ledger", parts.record_ledger)]
+    return [(prefix, part) for prefix, part in named if part is not None]
 
 
 def run_config(config: Config, out: str | Path | None = None, on_round: list[Callable] = (),
@@ -278,13 +282,13 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     strategy = build_strategy(config.server, fit, dataset.num_clients, root=root)
-    if private(config):
-        strategy = private_strategy(config, strategy, dataset.num_clients, seeded_noise=not remote)
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
     engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine, seed=config.seed, out=run_dir,
                     parts=Parts(pipeline=pipeline, download=download, sampler=sampler, system=system,
+                                transforms=[central_dp(config, dataset.num_clients, seeded_noise=not remote)]
+                                if private(config) else [],
                                 attack=build_attack(config.attack, dataset.num_clients, dataset.num_classes,
                                                     config.seed, config.server.clients_per_round),
                                 record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
@@ -324,11 +328,11 @@ def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:
     return RootUpdate(factory, data, fit, steps, config.seed)
 
 
-def private_strategy(config: Config, strategy: Strategy, num_clients: int, seeded_noise: bool = True) -> Private:
-    """`strategy` made differentially private as `[privacy]` says (DP-FedAvg around it); a deployed
-    server (`seeded_noise=False`) draws its noise from the operating system."""
+def central_dp(config: Config, num_clients: int, seeded_noise: bool = True) -> CentralDP:
+    """DP-FedAvg's server half as `[privacy]` says; a deployed server (`seeded_noise=False`) draws its noise
+    from the operating system."""
     p = config.privacy
-    return Private(strategy, clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, mode=p.mode,
+    return CentralDP(clip_norm=p.clip_norm, noise_multiplier=p.noise_multiplier, mode=p.mode,
                    clients_per_round=overselected(config.server.clients_per_round, config.server.overselect),
                    population=num_clients, seed=config.seed, delta=p.delta, accountant=p.accountant,
                    sampling="poisson" if config.server.sampler == "poisson" else "fixed",

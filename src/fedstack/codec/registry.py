@@ -33,7 +33,7 @@ class CodecOptions:
 
 def _registry() -> dict[str, Callable[[Any], Codec]]:
     from .lossless import Zstd
-    from .privacy import Clip, Gaussian
+    from ..dp.stages import Clip, Gaussian
     from .ckks import CKKS
     from .secagg import SecAgg
     from .quantize import BF16, FP16, QSGD

@@ -145,7 +145,7 @@ class Gossip(RoundLoop):
         ids = np.flatnonzero(alive).tolist()
         tasks = [replace(t, config=replace(t.config, seed=int_seed(self.workload.seed, "client", rnd, t.client_id)),
                          span=(t.client_id * P, (t.client_id + 1) * P))
-                 for t in self.strategy.configure(rnd, X[0], ids)]
+                 for t in self.configure(rnd, X[0], ids)]
         # Each task reads only its own row, and a row changes only once its task is done.
         for outcome in self.engine.run(X.reshape(-1), tasks):
             i = outcome.task.client_id

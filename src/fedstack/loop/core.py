@@ -71,6 +71,7 @@ class RoundLoop:
     """
 
     asynchronous = False  # which kind of strategy this schedule runs (Strategy.asynchronous)
+    rounds_of_updates = False  # it aggregates rounds of updates (what summing aggregators and transforms need)
 
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  clients_per_round: int, rules: Rules = Rules(), evaluation: Evaluation = Evaluation(),
@@ -95,6 +96,7 @@ class RoundLoop:
         self.attack = parts.attack
         self.record_ledger = parts.record_ledger
         self.callbacks = list(parts.callbacks)
+        self.transforms = list(parts.transforms)
         self.evaluator = Evaluator(self.engine, self.dataset, workload.seed, evaluation, rounds, profile)
         self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
         self._check_parts(workload)
@@ -106,6 +108,10 @@ class RoundLoop:
         fleet = self.system.num_clients
         if fleet is not None and fleet < self.dataset.num_clients:
             raise FedstackError(f"the device fleet has {fleet} devices for {self.dataset.num_clients} clients")
+        needs_rounds = [t for t in self.transforms if t.synchronous_only]
+        if needs_rounds and not self.rounds_of_updates:
+            raise ConfigError("privacy.mode", f"{type(needs_rounds[0]).__name__} acts on a round of updates, which "
+                              f"{type(self).__name__.lower()} training does not have")
         if self.aggregator.sums and (self.rules.max_norm_ratio or (self.attack is not None and self.attack.tampers)):
             raise ConfigError("server.max_norm_ratio" if self.rules.max_norm_ratio else "attack.name",
                               "secure aggregation never shows the server a client's update")
@@ -162,7 +168,8 @@ class RoundLoop:
     def over_budget(self, rnd: int) -> bool:
         """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""
         budget = self.rules.epsilon_budget
-        after = self.strategy.epsilon_after(1) if budget else None
+        after = max((a for a in (t.epsilon_after(1) for t in self.transforms) if a is not None), default=None) \
+            if budget else None
         if after is None or after <= budget:
             return False
         self.stopped = (f"stopped before round {rnd}: it would raise ε to {after:.4g}, over "
@@ -174,11 +181,42 @@ class RoundLoop:
         """ε spent so far and the round's clip norm (differential privacy); the largest record-level ε of
         the round's DP-SGD clients."""
         figures = {}
-        epsilon = self.strategy.epsilon()
+        epsilon = self.epsilon()
         if epsilon is not None:
             figures.update(epsilon=epsilon, clip_norm=clip_norm)
         figures.update(self.filters.client_epsilon_max(tally))
         return figures
+
+    def epsilon(self) -> float | None:
+        """ε the run has spent (the largest of its transforms'), None if it spends none."""
+        spent = [e for e in (t.epsilon() for t in self.transforms) if e is not None]
+        return max(spent) if spent else None
+
+    def clip_norm(self) -> float | None:
+        """Differential privacy: the clip norm of the coming round, None without one."""
+        return next((t.clip_norm for t in self.transforms if t.clip_norm is not None), None)
+
+    def configure(self, rnd: int, params: np.ndarray, ids: list[int]) -> list:
+        """The strategy's tasks for the sampled clients, told what the transforms need of them."""
+        tasks = self.strategy.configure(rnd, params, ids)
+        for transform in self.transforms:
+            tasks = [transform.configure(t) for t in tasks]
+        return tasks
+
+    def aggregate(self, rnd: int, params: np.ndarray, updates) -> np.ndarray:
+        """The strategy's step on the round's updates, after the transforms' server steps."""
+        for transform in self.transforms:
+            updates = transform.server_step(rnd, params, updates)
+        return self.strategy.aggregate(rnd, params, updates)
+
+    def save_state(self) -> tuple:
+        """What an attempt of a round may change and must leave untouched if it does not count."""
+        return self.strategy.state(), [t.state() for t in self.transforms]
+
+    def restore_state(self, saved: tuple) -> None:
+        self.strategy.load_state(saved[0])
+        for transform, state in zip(self.transforms, saved[1]):
+            transform.load_state(state)
 
     def downloaded(self, rnd: int, params: np.ndarray) -> tuple[np.ndarray, int]:
         """(what the sampled clients receive, its bytes on the wire): the strategy's broadcast, as raw float32

@@ -170,7 +170,7 @@ class Asynchronous(RoundLoop):
         seed, rnd = self.workload.seed, self.version + 1
         self.starts += 1
         _, sent, download = self._model(self.version)
-        task = self.strategy.configure(rnd, self.params, [cid])[0]
+        task = self.configure(rnd, self.params, [cid])[0]
         task = replace(task, config=replace(task.config, seed=int_seed(seed, "client", rnd, cid, self.starts)))
         if self.attack is not None:
             task = self.attack.task(task)
@@ -271,9 +271,9 @@ class Asynchronous(RoundLoop):
     def _update(self) -> None:
         """Aggregate the buffer into the next version; record, evaluate, report it."""
         rnd = self.version + 1
-        clip_norm = self.strategy.clip_norm
+        clip_norm = self.clip_norm()
         staleness = [u.staleness for u in self.buffer]
-        new = self.strategy.aggregate(rnd, self.params, iter(self.buffer))
+        new = self.aggregate(rnd, self.params, iter(self.buffer))
         self.params = np.ascontiguousarray(new, dtype=np.float32)
         self.version = rnd
         tally, self.tally = self.tally, Tally()

@@ -70,6 +70,7 @@ class Parts:
     """What a run is made of besides its strategy, trainer and data, each optional.
 
     `pipeline` encodes clients' updates, `download` the global model on its way down (simulation);
+    `transforms` act on the round as a whole (`fedstack.transform.Transform`: central DP's server half);
     `sampler` draws clients (default: uniform), `system` is the simulated fleet (default: equal devices
     that never fail); `attack` makes some clients malicious (fedstack.attack), `record_ledger` books
     DP-SGD clients' own ε (privacy.RecordLevelLedger); `callbacks` are called after each round with
@@ -79,6 +80,7 @@ class Parts:
 
     pipeline: Any = None
     download: Any = None
+    transforms: list = field(default_factory=list)
     sampler: Any = None
     system: Any = None
     attack: Any = None

@@ -78,6 +78,8 @@ class Clock:
 class Synchronous(RoundLoop):
     """Synchronous rounds of a strategy over an engine (see the module docstring)."""
 
+    rounds_of_updates = True
+
     def __init__(self, strategy, engine, workload, **options):
         super().__init__(strategy, engine, workload, **options)
         self.sample_size = overselected(self.clients_per_round, self.rules.overselect)
@@ -90,7 +92,7 @@ class Synchronous(RoundLoop):
             if self.over_budget(rnd):
                 break
             before = self.snapshot()
-            clip_norm = self.strategy.clip_norm
+            clip_norm = self.clip_norm()
             params, record = self.round_with_retries(rnd, params, sim_time)
             if self._ride is not None:  # the round ran no task to carry it: evaluate on its own
                 ride, self._ride = self._ride, None
@@ -115,6 +117,7 @@ class Synchronous(RoundLoop):
         return (self.engine.parallel and rnd < self.rounds and bool(ev.plan.every) and rnd % ev.plan.every == 0
                 and not ev.federated_due(rnd) and not self.aggregator.sums and not self.download.stages
                 and not self.strategy.stateful and not self.strategy.broadcasts
+                and not any(t.stateful for t in self.transforms)
                 and not self.sampler.stateful and self.record_ledger is None and not self.rules.epsilon_budget)
 
     def _land(self, ride: Ride, outcomes) -> None:
@@ -137,14 +140,14 @@ class Synchronous(RoundLoop):
         except `clients` and `partial`: those of the attempt that counted (or the last)."""
         total = Tally()
         for attempt in range(self.rules.round_retries + 1):
-            before = self.strategy.state()
+            before = self.save_state()
             new_params, tally, figures = self.round(rnd, params, attempt, start + total.sim_s)
             total.add(tally)
             if tally.clients >= self.rules.min_clients:
                 if tally.states:
                     self.client_states.put(rnd, tally.states)
                 break
-            self.strategy.load_state(before)  # an attempt that did not count leaves no trace
+            self.restore_state(before)  # an attempt that did not count leaves no trace
             log.warning("round %d: %d successful clients < server.min_clients=%d; %s", rnd, tally.clients,
                         self.rules.min_clients, "retrying" if attempt < self.rules.round_retries else
                         "global model kept")
@@ -168,10 +171,10 @@ class Synchronous(RoundLoop):
         clock = Clock(self.clients_per_round if self.rules.overselect > 0 else None)
         updates = self._updates(rnd, sent, download, tasks, collection, clock)
         if self.profile is None:
-            new_params = self.strategy.aggregate(rnd, params, updates)
+            new_params = self.aggregate(rnd, params, updates)
         else:  # aggregation is what the call takes beyond waiting for the engine and decoding
             before, started = self.profile.snapshot(), time.perf_counter()
-            new_params = self.strategy.aggregate(rnd, params, updates)
+            new_params = self.aggregate(rnd, params, updates)
             spent = self.profile.since(before)
             self.profile.aggregate_s += time.perf_counter() - started - spent.wait_s - spent.decode_s
         figures = {**collection.figures(), **self.strategy.round_figures()}
@@ -189,7 +192,7 @@ class Synchronous(RoundLoop):
         clients that are online and do not drop out, seeded, cut to the deadline (partial work),
         poisoned (a simulated attack) and carrying their client's state (where the server keeps it)."""
         tasks, reached = [], []
-        for task in self.strategy.configure(rnd, params, ids):
+        for task in self.configure(rnd, params, ids):
             cid = task.client_id
             if not self.system.online(cid, now):
                 tally.fail("unavailable")

@@ -49,7 +49,6 @@ class Strategy:
     needs_client_state: bool = False  # its clients keep state across rounds (SCAFFOLD's control variates)
     broadcasts: bool = False  # clients receive more than the params (`broadcast`)
     stateful: bool = False  # it keeps state across rounds that a checkpoint saves (`state`, `load_state`)
-    clip_norm: float | None = None  # differential privacy: the clip norm of the coming round
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         raise NotImplementedError(f"{type(self).__name__} configures no clients")
@@ -77,14 +76,6 @@ class Strategy:
     def round_figures(self) -> dict:
         """Figures of the round just aggregated, for its record (a robust rule's cost and choices)."""
         return {}
-
-    def epsilon(self) -> float | None:
-        """Differential privacy: the ε spent so far (None: not private)."""
-        return None
-
-    def epsilon_after(self, rounds: int = 1) -> float | None:
-        """Differential privacy: the ε after `rounds` more rounds (None: not private)."""
-        return None
 
 
 def broadcast(strategy: Strategy, params: np.ndarray) -> np.ndarray:

@@ -1,16 +1,55 @@
 import numpy as np
 import pytest
 
-from fedstack.privacy import Accountant
-from fedstack.strategy import ClientUpdate, FedAvg
-from fedstack.strategy.private import AdaptiveClipping, Private
+from fedstack.dp.accounting import Accountant
+from fedstack.dp.central import AdaptiveClipping, CentralDP
+from fedstack.strategy import ClientUpdate, FedAvg, Task
+
+
+class DPFedAvg:
+    """FedAvg after central DP's server step, as the round loop chains them (loop.core.RoundLoop.aggregate)."""
+
+    def __init__(self, dp: CentralDP):
+        self.dp, self.strategy = dp, FedAvg()
+
+    def configure(self, round, params, ids):
+        return [self.dp.configure(t) for t in self.strategy.configure(round, params, ids)]
+
+    def aggregate(self, round, params, updates):
+        return self.strategy.aggregate(round, params, self.dp.server_step(round, params, updates))
+
+    # what the transform keeps: its ε, its clip norm, its state
+    def epsilon(self):
+        return self.dp.epsilon()
+
+    def epsilon_after(self, rounds):
+        return self.dp.epsilon_after(rounds)
+
+    @property
+    def clip_norm(self):
+        return self.dp.clip_norm
+
+    def state(self):
+        return self.dp.state()
+
+    def load_state(self, state):
+        self.dp.load_state(state)
 
 
 def _private(target_quantile=0.0, clip_count_stddev=0.0, **kwargs):
     options = dict(clip_norm=1.0, noise_multiplier=0.0, clients_per_round=4, population=100, seed=0,
                    adaptive=AdaptiveClipping(target_quantile, count_stddev=clip_count_stddev))
     options.update(kwargs)
-    return Private(FedAvg(), **options)
+    return DPFedAvg(CentralDP(**options))
+
+
+def test_the_server_step_hands_the_strategy_one_noised_mean_of_weight_one_and_nothing_without_updates():
+    dp = CentralDP(clip_norm=1.0, noise_multiplier=0.0, clients_per_round=4, population=100)
+    (mean,) = dp.server_step(1, np.zeros(2, np.float32), [ClientUpdate(0, np.array([0.4, 0.8], np.float32), 9)])
+    assert mean.num_examples == 1 and mean.update == pytest.approx([0.1, 0.2])
+    spent = dp.epsilon()
+    assert dp.server_step(2, np.zeros(2, np.float32), []) == [] and dp.epsilon() == spent  # no release, no cost
+    assert dp.configure(Task(1, 3, FedAvg().fit)).config.clip_norm == 1.0
 
 
 def test_without_noise_it_is_the_fixed_denominator_mean_of_clipped_updates():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import dp_accounting
-from fedstack.privacy import (Accountant, clip_by_l2, clip_update, l2_norm, noise_std, noisy_fraction,
+from fedstack.dp.accounting import (Accountant, clip_by_l2, clip_update, l2_norm, noise_std, noisy_fraction,
                               update_noise_multiplier)
 
 DELTA = 1e-5

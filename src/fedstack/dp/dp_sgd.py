@@ -13,7 +13,7 @@ import math
 import secrets
 import warnings
 
-from .seeding import int_seed
+from ..seeding import int_seed
 
 # What Opacus's GradSampleModule and DPOptimizer leave on parameters and modules during a fit.
 _OPACUS_PARAM_ATTRS = ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample", "summed_grad")

@@ -10,7 +10,7 @@ from fedstack.client import FitConfig, TorchTrainer
 from fedstack.data import ClientData
 from fedstack.plan import make_trainer
 from fedstack.models import build_model
-from fedstack.privacy import Accountant, RecordLevelLedger
+from fedstack.dp.accounting import Accountant, RecordLevelLedger
 from fedstack.errors import FedstackError
 
 FEATURES, CLASSES = 4, 3

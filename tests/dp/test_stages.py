@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedstack.codec import CodecContext, CodecOptions, build_pipeline
-from fedstack.codec.privacy import Clip, Gaussian
+from fedstack.dp.stages import Clip, Gaussian
 
 
 @given(arrays(np.float32, st.integers(1, 64), elements=st.floats(-1e4, 1e4, width=32)), st.floats(0.01, 100))

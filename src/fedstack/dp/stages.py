@@ -3,18 +3,18 @@
 Both are the identity on the server (their `decode`), so a sum of their outputs stands for the sum
 of clipped (and noised) updates: they may come before secure aggregation, which only sums. With
 `privacy.mode = "central"` the pipeline only clips and the server adds the noise to the sum
-(strategy/private.py); with "local" every client adds noise of std z·C to its own update; with
+(dp/central.py); with "local" every client adds noise of std z·C to its own update; with
 "distributed" each of n clients adds std z·C/√n, so that the sum, all the server ever sees under
-secure aggregation, carries z·C (fedstack.privacy.noise_std).
+secure aggregation, carries z·C (fedstack.dp.accounting.noise_std).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..privacy import NOISE_MODES, clip_by_l2, noise_std
+from .accounting import NOISE_MODES, clip_by_l2, noise_std
 from ..seeding import rng, stable_hash
-from .base import Codec
+from ..codec.base import Codec
 
 
 class Clip(Codec):

@@ -1,4 +1,4 @@
-"""Client-level differential privacy around a server optimizer: DP-FedAvg and its adaptive clipping."""
+"""Client-level differential privacy's server half: DP-FedAvg's noise on the sum, adaptive clipping, accounting."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..privacy import Accountant, clip_update, noisy_fraction, update_noise_multiplier
 from ..seeding import rng, stable_hash
-from .base import ClientUpdate, Strategy, Task, restore_strategy_state, strategy_state
+from ..strategy.base import ClientUpdate, Task
+from ..transform import Transform
+from .accounting import Accountant, clip_update, noisy_fraction, update_noise_multiplier
 
 # A decoded update whose norm is below C·(1 − this) was not clipped: clip lands just inside C, and
 # float32 transport moves a norm by ~1e-7 relative.
@@ -27,21 +28,22 @@ class AdaptiveClipping:
     count_stddev: float = 0.0
 
 
-class Private(Strategy):
-    """DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"):
-    every client's update is clipped to L2 norm C (codec stage "clip", with the C of
-    `FitConfig.clip_norm`); the server sums the clipped updates with weight 1, adds Gaussian noise of
-    std z·C to the sum (`mode` "central"; "local" and "distributed": the clients have added it),
-    divides by the expected number of clients — a fixed denominator, so one client's presence moves
-    the result by at most C / expected — and hands that one averaged update to `inner`, the server
-    optimizer (FedAvg, FedAvgM, FedAdam, ...).
+class CentralDP(Transform):
+    """DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"), the
+    server half of one DP transform whose client half is the codec stages `clip` (and `gaussian` for
+    local and distributed noise, `fedstack.dp.stages`): every client's update is clipped to L2 norm C
+    (`configure` sends the round's C in `FitConfig.clip_norm`); the server sums the clipped updates with
+    weight 1, adds Gaussian noise of std z·C to the sum (`mode` "central"; "local" and "distributed":
+    the clients have added it), divides by the expected number of clients — a fixed denominator, so one
+    client's presence moves the result by at most C / expected — and hands that one averaged update to
+    the strategy, the server optimizer (FedAvg, FedAvgM, FedAdam, ...).
 
     With `target_quantile` > 0, C follows that quantile of the update norms (Andrew et al. 2021,
     "Differentially Private Learning with Adaptive Clipping"): the server counts the updates that
     were not clipped, adds noise of std `clip_count_stddev` to the count, and moves C geometrically
     by `clip_lr`; the update noise shrinks to z_Δ so that both releases together cost z.
 
-    The accountant (`fedstack.privacy.Accountant`) composes one subsampled Gaussian of z per round
+    The accountant (`fedstack.dp.accounting.Accountant`) composes one subsampled Gaussian of z per round
     that counts; `epsilon()` is what the run has spent at `delta`, `epsilon_after(1)` what one
     more round would make it. With `seeded_noise=False` (a deployed server) the server's noise, and
     adaptive clipping's count noise, come from the operating system. In "local" mode no sampling
@@ -49,15 +51,14 @@ class Private(Strategy):
     most frequent participant's releases.
     """
 
-    stateful = True  # the clip norm, the accountant's ledger, the inner strategy's state
+    stateful = True  # the clip norm, the accountant's ledger
 
-    def __init__(self, inner: Strategy, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
+    def __init__(self, *, clip_norm: float, noise_multiplier: float, mode: str = "central",
                  clients_per_round: int, population: int, seed: int = 0, delta: float = 1e-5,
                  accountant: str = "rdp", sampling: str = "fixed", adaptive: AdaptiveClipping | None = None,
                  seeded_noise: bool = True):
         adaptive = adaptive or AdaptiveClipping()
         target_quantile, clip_lr, clip_count_stddev = adaptive.target_quantile, adaptive.lr, adaptive.count_stddev
-        self.inner = inner
         # Simulation draws the noise from the run seed (reproducible); a deployed server from the operating
         # system, since whoever knew the seed could subtract the noise and read a client's clipped update.
         self.seeded_noise = seeded_noise
@@ -80,16 +81,13 @@ class Private(Strategy):
             self.accountant = Accountant(accountant, sampling, delta=delta, population=population)
             self.participations = None
 
-    def client_needs(self) -> frozenset[str]:
-        return self.inner.client_needs()
+    def configure(self, task: Task) -> Task:
+        """The task, told this round's clip norm."""
+        return replace(task, config=replace(task.config, clip_norm=self.clip_norm))
 
-    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
-        """The inner strategy's tasks, told this round's clip norm."""
-        tasks = self.inner.configure(round, params, sampled_ids)
-        return [replace(t, config=replace(t.config, clip_norm=self.clip_norm)) for t in tasks]
-
-    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
-        """(Σ clipped updates + noise) / expected clients, stepped by the inner strategy; then account."""
+    def server_step(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> list[ClientUpdate]:
+        """[(Σ clipped updates + noise) / expected clients] as one update of weight 1 (none if no update
+        came); then account, and move the clip norm (adaptive clipping)."""
         total = np.zeros(params.size, dtype=np.float64)
         ids, unclipped = [], 0
         for u in updates:
@@ -101,7 +99,7 @@ class Private(Strategy):
                 norm = float(np.sqrt(np.square(u.update, dtype=np.float64).sum()))
                 unclipped += norm < self.clip_norm * (1 - _CLIPPED_TOLERANCE)
         if not ids:
-            return params
+            return []
         noise = rng(self.seed, "noise", stable_hash("server"), round) if self.seeded_noise \
             else np.random.default_rng()  # fresh entropy from the operating system
         if self.mode == "central":
@@ -109,13 +107,12 @@ class Private(Strategy):
         # Local noise is on every update already: a plain mean. Central and distributed: fixed denominator.
         denominator = len(ids) if self.mode == "local" else self.clients_per_round
         mean = (total / denominator).astype(np.float32)
-        new = self.inner.aggregate(round, params, [ClientUpdate(-1, mean, 1)])
         self._account(ids)
         if self.target_quantile:
             below = noisy_fraction(np.r_[np.ones(unclipped), np.zeros(len(ids) - unclipped)],
                                    self.clip_count_stddev, noise, self.clients_per_round)
             self.clip_norm = clip_update(self.clip_norm, below, self.target_quantile, self.clip_lr)
-        return new
+        return [ClientUpdate(-1, mean, 1)]
 
     def _account(self, ids: list[int]) -> None:
         if self.participations is None:
@@ -137,10 +134,9 @@ class Private(Strategy):
         return self.accountant.epsilon_after(rounds, self.noise_multiplier, clients_per_round=self.clients_per_round)
 
     def state(self) -> dict[str, np.ndarray]:
-        """The clip norm, the accountant's ledger and the inner strategy's state (checkpointed together)."""
+        """The clip norm and the accountant's ledger (checkpointed with the strategy's state)."""
         state = {"clip_norm": np.array(self.clip_norm)}
         state.update({f"accountant.{k}": v for k, v in self.accountant.state().items()})
-        state.update({f"inner.{k}": v for k, v in strategy_state(self.inner).items()})
         if self.participations is not None:
             state["participations"] = self.participations.copy()
         return state
@@ -150,6 +146,5 @@ class Private(Strategy):
             return
         self.clip_norm = float(state["clip_norm"])
         self.accountant.load_state({k[len("accountant."):]: v for k, v in state.items() if k.startswith("accountant.")})
-        restore_strategy_state(self.inner, {k[len("inner."):]: v for k, v in state.items() if k.startswith("inner.")})
         if self.participations is not None:
             self.participations = np.array(state["participations"], dtype=np.int64)
