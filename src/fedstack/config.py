@@ -260,6 +260,19 @@ def overselected(k: int, overselect: float) -> int:
     return max(k, math.ceil((1.0 + overselect) * k - 1e-9))
 
 
+def _validate_serverless(config: Config) -> None:
+    """A decentralized run's nodes all train every round and gossip: a server's sampling, over-selection,
+    deadlines and update screen have nothing to act on, so setting one is refused, not ignored."""
+    server = config.server
+    for key, set_ in (("server.sampler", server.sampler != "uniform"), ("server.overselect", server.overselect > 0),
+                      ("server.deadline_s", server.deadline_s > 0),
+                      ("server.max_norm_ratio", server.max_norm_ratio > 0),
+                      ("client.partial_work", config.client.partial_work)):
+        if set_:
+            raise ConfigError(key, "decentralized runs have no server: every node trains every round and gossips "
+                              "with its neighbours (decentralized.node_failure makes nodes silent)")
+
+
 def validate(tree: dict) -> Config:
     """A Config from a plain tree, or a ConfigError naming the first bad key."""
     tree = with_dataset_defaults(tree)
@@ -516,6 +529,7 @@ def _validate_systems(config: Config, serverless: bool) -> None:
         if s.profile != "uniform" or s.dropout:
             raise ConfigError("systems.profile", "decentralized runs do not simulate a device fleet; "
                               "use decentralized.node_failure for silent nodes")
+        _validate_serverless(config)
         return
     wanted = overselected(server.clients_per_round, server.overselect)
     if wanted > config.data.num_clients:

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..codec import CodecContext, Pipeline
 from ..engine import Engine, Workload
+from ..errors import ConfigError
 from ..loop import Evaluation, Parts, RoundLoop, RoundRecord, Tally
 from ..seeding import int_seed, rng, stable_hash
 from ..strategy import Strategy
@@ -93,6 +94,12 @@ class Gossip(RoundLoop):
 
     def __init__(self, strategy: Strategy, engine: Engine, workload: Workload, *, rounds: int,
                  gossip: GossipOptions, evaluation: Evaluation = Evaluation(), parts: Parts | None = None):
+        parts = parts or Parts()
+        server_parts = [("sampler", parts.sampler), ("system", parts.system), ("attack", parts.attack),
+                        ("download", parts.download), ("record_ledger", parts.record_ledger)]
+        for name, part in server_parts:  # what acts through a server has nothing to act on here
+            if part is not None:
+                raise ConfigError(f"Parts.{name}", "gossip has no server: every node trains every round")
         self.adjacency = np.asarray(gossip.adjacency, dtype=bool)
         self.n = len(self.adjacency)
         if self.n != workload.dataset.num_clients:
