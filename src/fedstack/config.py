@@ -459,9 +459,6 @@ def _validate_robust_rule(config: Config, rule: str, serverless: bool) -> None:
 
 def _validate_rule_bounds(server: ServerConfig, rule: str) -> None:
     """The norm filter's ratio and each rule's parameters: within the bounds their guarantees hold in."""
-    if 0 < server.max_norm_ratio < 1:
-        raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1: below 1 it rejects about half "
-                          f"of every round's updates, got {server.max_norm_ratio}")
     if rule == "trimmed_mean" and server.trim_beta >= 0.5:
         raise ConfigError("server.trim_beta", f"trimmed_mean drops ⌊β·n⌋ updates from each end of every "
                           f"coordinate and needs β < 0.5, got β = {server.trim_beta}")
@@ -535,9 +532,6 @@ def _validate_systems(config: Config, serverless: bool) -> None:
     if wanted > config.data.num_clients:
         raise ConfigError("server.overselect", f"(1 + {server.overselect}) × server.clients_per_round = {wanted} "
                           f"clients, more than data.num_clients = {config.data.num_clients}")
-    if config.client.partial_work and not server.deadline_s:
-        raise ConfigError("client.partial_work", "partial work stops clients at the deadline: set "
-                          "server.deadline_s > 0")
     asynchronous = server.strategy in ("fedbuff", "fedasync")
     for key, value in (("concurrency", server.concurrency), ("buffer_size", server.buffer_size)):
         if value and not asynchronous:

@@ -19,7 +19,7 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import check_parts, client_side, codec_options, dataset_of
+from .plan import check_parts, client_side, codec_options, dataset_of, rules_of
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -51,7 +51,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     "ray": each worker process calls it once. Client state (SCAFFOLD's control variates) lives in the
     store with `out`, in memory without.
 
-    The typed options say the rest (fedstack.loop.options): `parts` — codecs, sampler, simulated fleet,
+    The typed options say the rest (fedstack.options): `parts` — codecs, sampler, simulated fleet,
     attack, DP-SGD ledger, callbacks, profiling; `rules` — how rounds are shaped on the simulated clock
     (deadlines, over-selection, retries; an asynchronous strategy's concurrency and buffer) and guarded
     (norm bound, privacy budget); `evaluation` — central and federated evaluation, fine-tuning.
@@ -297,15 +297,6 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     rules=rules_of(config),
                     evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated and not remote,
                                           federated_every=config.eval.federated_every, finetune=finetune))
-
-
-def rules_of(config: Config) -> Rules:
-    """The round rules a config's [server] section (and client.partial_work, privacy.epsilon_budget) sets."""
-    s = config.server
-    return Rules(min_clients=s.min_clients, round_retries=s.round_retries, deadline_s=s.deadline_s,
-                 overselect=s.overselect, partial_work=config.client.partial_work, concurrency=s.concurrency,
-                 buffer_size=s.buffer_size, max_norm_ratio=s.max_norm_ratio,
-                 epsilon_budget=config.privacy.epsilon_budget)
 
 
 def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:

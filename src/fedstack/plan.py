@@ -18,6 +18,7 @@ from .client import FitConfig, Trainer
 from .codec import CodecOptions, build_pipeline
 from .config import Config
 from .errors import ConfigError
+from .options import Rules
 from .seeding import int_seed
 
 
@@ -32,12 +33,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 def check_parts(config: Config) -> None:
     """What only the parts can check: each codec pipeline builds (known names, valid parameters, an order
     its stages' declared traits allow), and the download pipeline keeps no client state."""
+    rules_of(config)  # the round rules check themselves (fedstack.options.Rules)
     options = codec_options(config)
     build_pipeline(config.codec.pipeline, options)  # unknown names, bad parameters, impossible orders
     download = build_pipeline(config.codec.download, options, key="codec.download")
     if download.stateful:
         raise ConfigError("codec.download", "error-feedback codecs (topk, sign) compress uploads only: the "
                           "server keeps no residual for the global model")
+
+
+def rules_of(config: Config) -> Rules:
+    """The round rules a config's [server] section (and client.partial_work, privacy.epsilon_budget) sets."""
+    s = config.server
+    return Rules(min_clients=s.min_clients, round_retries=s.round_retries, deadline_s=s.deadline_s,
+                 overselect=s.overselect, partial_work=config.client.partial_work, concurrency=s.concurrency,
+                 buffer_size=s.buffer_size, max_norm_ratio=s.max_norm_ratio,
+                 epsilon_budget=config.privacy.epsilon_budget)
 
 
 def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):

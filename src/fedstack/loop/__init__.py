@@ -4,7 +4,7 @@ from .aggregate import Aggregator, Collection, Gather, SecureSum, StreamingSum
 from .core import SERVER_ID, Callback, RoundLoop
 from .events import Asynchronous
 from .filters import UpdateFilters
-from .options import Evaluation, Parts, Rules
+from ..options import Evaluation, Parts, Rules
 from .record import FAILURE_KINDS, REJECT_REASONS, RoundRecord, Tally, mean_train_loss
 from .sync import Synchronous
 

@@ -33,7 +33,7 @@ from ..systems import UniformSystem
 from .aggregate import Aggregator, Gather, SecureSum, StreamingSum
 from .evaluate import Evaluator
 from .filters import UpdateFilters
-from .options import Evaluation, Parts, Rules
+from ..options import Evaluation, Parts, Rules
 from .record import RoundRecord, Tally
 
 log = logging.getLogger("fedstack.server")
@@ -65,7 +65,7 @@ def choose_aggregator(summing, filters: UpdateFilters) -> Aggregator:
 class RoundLoop:
     """Runs `rounds` rounds (server steps) of `strategy` over `engine`; a schedule subclass says how.
 
-    `rules`, `evaluation` and `parts` are the run's typed options (fedstack.loop.options). Client state
+    `rules`, `evaluation` and `parts` are the run's typed options (fedstack.options). Client state
     (SCAFFOLD's control variates, error feedback's residuals) needs an engine that carries it; where the
     server keeps it ("task" engines) it lives in `client_states` (a RunStore, or memory).
     """

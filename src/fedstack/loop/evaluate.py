@@ -9,7 +9,7 @@ import numpy as np
 from .. import evaluation
 from ..client import FitConfig
 from ..profiling import Profile
-from .options import Evaluation
+from ..options import Evaluation
 
 
 class Evaluator:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..client import FitConfig
-from ..errors import ConfigError
+from .client import FitConfig
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,11 @@ class Rules:
         if self.overselect < 0:
             raise ConfigError("server.overselect", f"must be >= 0, got {self.overselect}")
         if self.partial_work and not self.deadline_s:
-            raise ConfigError("client.partial_work", "partial work needs a deadline (server.deadline_s > 0)")
+            raise ConfigError("client.partial_work", "partial work stops clients at the deadline: set "
+                              "server.deadline_s > 0")
         if 0 < self.max_norm_ratio < 1:
-            raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1, got {self.max_norm_ratio}")
+            raise ConfigError("server.max_norm_ratio", f"must be 0 (off) or >= 1: below 1 it rejects about half "
+                              f"of every round's updates, got {self.max_norm_ratio}")
 
 
 @dataclass(frozen=True)
