@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError, FedstackError
 
@@ -19,8 +20,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
+# A part of the user's own, named "package.module:function" (importable from the working directory).
+REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+BUILTIN_DATASETS = ("fashion_mnist", "digits", "synthetic", "shakespeare")
+BUILTIN_MODELS = ("logreg", "mlp", "cnn", "char_lstm", "word_lstm")
+
+
+def is_reference(name: str) -> bool:
+    """Whether a config name is a user's own "package.module:function" rather than a built-in part."""
+    return bool(REFERENCE.match(name))
+
+
+def _builtin_or_reference(value: str, builtins: tuple[str, ...], what: str) -> str:
+    if value in builtins or is_reference(value):
+        return value
+    close = difflib.get_close_matches(value, builtins, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown {what} {value!r}: {hint}choose one of {', '.join(builtins)}, or name your own as "
+                     f"'package.module:function'")
+
+
 class DataConfig(Section):
-    name: Literal["fashion_mnist", "digits", "synthetic", "shakespeare"] = "fashion_mnist"
+    # a built-in data set, or "package.module:load": a function returning (x, y, x_test, y_test) arrays,
+    # partitioned as data.partition says, or a FederatedDataset
+    name: str = "fashion_mnist"
     partition: Literal["iid", "dirichlet", "shards", "powerlaw", "natural"] = "dirichlet"
     alpha: float = Field(0.5, ge=0)  # Dirichlet concentration (> 0); synthetic: α of Li et al.
     beta: float = Field(0.0, ge=0)  # synthetic: β of Li et al.
@@ -31,8 +54,21 @@ class DataConfig(Section):
     vocab_size: int = Field(5000, ge=1)  # shakespeare words: the most frequent words kept, the rest OOV
 
 
+    @field_validator("name")
+    @classmethod
+    def _known_data(cls, value: str) -> str:
+        return _builtin_or_reference(value, BUILTIN_DATASETS, "dataset")
+
+
 class ModelConfig(Section):
-    name: Literal["logreg", "mlp", "cnn", "char_lstm", "word_lstm"] = "cnn"
+    # a built-in model, or "package.module:make_model": a function of no arguments returning a torch.nn.Module
+    # (trained with client.optimizer and cross-entropy) or a fedstack.Trainer
+    name: str = "cnn"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _builtin_or_reference(value, BUILTIN_MODELS, "model")
 
 
 class ClientConfig(Section):
@@ -49,6 +85,22 @@ class ClientConfig(Section):
     dp_sgd: bool = False
     dp_noise_multiplier: float = Field(1.0, ge=0)  # DP-SGD noise std / dp_max_grad_norm
     dp_max_grad_norm: float = Field(1.0, gt=0)  # DP-SGD per-example gradient clip
+    # Per-round client configuration (fedstack.schedules): the learning rate of round r, and the local epochs
+    lr_schedule: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    lr_decay: float = Field(0.5, gt=0, le=1)  # step: × this every lr_step_rounds; exponential: × this each round
+    lr_step_rounds: int = Field(10, ge=1)
+    lr_min: float = Field(0.0, ge=0)  # cosine: the floor it anneals towards
+    # [[round, epochs], ...]: from that round on, that many local epochs (rounds increasing; before the first: epochs)
+    epochs_by_round: list[list[int]] = []
+
+    @field_validator("epochs_by_round")
+    @classmethod
+    def _increasing_rounds(cls, value: list[list[int]]) -> list[list[int]]:
+        if any(len(pair) != 2 or pair[0] < 1 or pair[1] < 0 for pair in value):
+            raise ValueError("expected [[round, epochs], ...] with round >= 1 and epochs >= 0")
+        if any(b[0] <= a[0] for a, b in zip(value, value[1:])):
+            raise ValueError("rounds must increase")
+        return value
 
 
 class ServerConfig(Section):
@@ -299,7 +351,7 @@ def validate(tree: dict) -> Config:
     if sequence and (config.data.name != "shakespeare" or config.data.level != sequence):
         raise ConfigError("model.name", f"{config.model.name} reads Shakespeare at {sequence} level: "
                           f"set data.name=\"shakespeare\" and data.level=\"{sequence}\"")
-    if config.data.name == "shakespeare" and not sequence:
+    if config.data.name == "shakespeare" and not sequence and not is_reference(config.model.name):
         raise ConfigError("model.name", "shakespeare needs a sequence model: char_lstm (data.level=\"char\") "
                           "or word_lstm (data.level=\"word\")")
     if config.client.epochs == 0 and config.client.local_steps == 0:

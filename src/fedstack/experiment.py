@@ -19,7 +19,7 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import check_parts, client_side, codec_options, dataset_of, rules_of
+from .plan import check_parts, client_side, codec_options, dataset_of, rules_of, schedule_of
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -287,8 +287,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
                     clients_per_round=config.server.clients_per_round, engine=engine, seed=config.seed, out=run_dir,
                     parts=Parts(pipeline=pipeline, download=download, sampler=sampler, system=system,
-                                transforms=[central_dp(config, dataset.num_clients, seeded_noise=not remote)]
-                                if private(config) else [],
+                                transforms=transforms_of(config, dataset.num_clients, remote),
                                 attack=build_attack(config.attack, dataset.num_clients, dataset.num_classes,
                                                     config.seed, config.server.clients_per_round),
                                 record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
@@ -297,6 +296,16 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                     rules=rules_of(config),
                     evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated and not remote,
                                           federated_every=config.eval.federated_every, finetune=finetune))
+
+
+def transforms_of(config: Config, num_clients: int, remote: bool = False) -> list:
+    """The round transforms a config asks for: its per-round client configuration, then central DP's server
+    half (a deployed server's noise from the operating system)."""
+    schedule = schedule_of(config)
+    transforms = [schedule] if schedule is not None else []
+    if private(config):
+        transforms.append(central_dp(config, num_clients, seeded_noise=not remote))
+    return transforms
 
 
 def root_update(config: Config, dataset, factory, fit: FitConfig) -> RootUpdate:

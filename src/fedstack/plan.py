@@ -7,7 +7,10 @@ only the built parts can say (a pipeline's names, parameters and order), and `lo
 from __future__ import annotations
 
 import functools
+import importlib
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -51,12 +54,51 @@ def rules_of(config: Config) -> Rules:
                  epsilon_budget=config.privacy.epsilon_budget)
 
 
+def load_reference(name: str, key: str) -> Callable:
+    """The function a config names as "package.module:function", imported from the working directory or an
+    installed package; a ConfigError naming `key` if it cannot be."""
+    module_name, _, attribute = name.partition(":")
+    if os.getcwd() not in sys.path:  # `fedstack run` started where the user's package is
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, or one that fails on import: the user's to fix
+        raise ConfigError(key, f"cannot import {module_name!r} ({type(exc).__name__}: {exc}); run from the "
+                          "directory that holds it, or install it") from None
+    function = vars(module).get(attribute)
+    if not callable(function):
+        raise ConfigError(key, f"{module_name!r} has no function {attribute!r}")
+    return function
+
+
+def schedule_of(config: Config):
+    """The per-round client configuration `[client]` asks for (fedstack.schedules.ClientSchedule), or None."""
+    from .schedules import ClientSchedule
+
+    c = config.client
+    if c.lr_schedule == "constant" and not c.epochs_by_round:
+        return None
+    return ClientSchedule(c.lr_schedule, c.lr_decay, c.lr_step_rounds, c.lr_min, config.server.rounds,
+                          tuple(tuple(pair) for pair in c.epochs_by_round))
+
+
 def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):
-    """A TorchTrainer for a named model (picklable through functools.partial)."""
+    """A TorchTrainer for a named model, or the user's own model ("package.module:function" returning a
+    torch.nn.Module, or a fedstack.Trainer); picklable through functools.partial, so each worker builds one."""
     from .client import TorchTrainer
     from .models import build_model
 
-    return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True)
+    if not keys.is_reference(model):
+        return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True)
+    built = load_reference(model, "model.name")()
+    if isinstance(built, Trainer):
+        return built
+    import torch
+
+    if not isinstance(built, torch.nn.Module):
+        raise ConfigError("model.name", f"{model} returned {type(built).__name__}: expected a torch.nn.Module or a "
+                          "fedstack.Trainer")
+    return TorchTrainer(built, optimizer=optimizer)
 
 
 def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
@@ -68,10 +110,20 @@ def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndar
 
 
 def dataset_of(config: Config):
-    """The FederatedDataset a Config names."""
-    from .data import build_dataset
+    """The FederatedDataset a Config names: a built-in one, or what the user's loader returns — a
+    FederatedDataset as it is, or (x, y, x_test, y_test) arrays partitioned as `[data]` says."""
+    from .data import FederatedDataset, build_dataset
 
     d = config.data
+    if keys.is_reference(d.name):
+        loaded = load_reference(d.name, "data.name")()
+        if isinstance(loaded, FederatedDataset):
+            return loaded
+        if not (isinstance(loaded, tuple) and len(loaded) == 4):
+            raise ConfigError("data.name", f"{d.name} returned {type(loaded).__name__}: expected a FederatedDataset "
+                              "or a tuple (x, y, x_test, y_test)")
+        return FederatedDataset.from_arrays(*loaded, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
+                                            holdout=d.holdout, seed=config.seed, name=d.name)
     return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
                          beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout, level=d.level,
                          vocab_size=d.vocab_size)

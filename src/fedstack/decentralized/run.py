@@ -38,7 +38,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..plan import client_side, codec_options, dataset_of
+    from ..plan import client_side, codec_options, dataset_of, schedule_of
     from ..records import History, prepare_run_dir, summarize
 
     check_config(config)
@@ -60,7 +60,8 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     loop = Gossip(FedAvg(fit), engine, Workload(factory, dataset, Pipeline(), config.seed), rounds=config.server.rounds,
                   gossip=gossip, evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated,
                                                        federated_every=config.eval.federated_every, finetune=finetune),
-                  parts=Parts(callbacks=[MetricsWriter(run_dir), history, *on_round]))
+                  parts=Parts(callbacks=[MetricsWriter(run_dir), history, *on_round],
+                              transforms=[schedule] if (schedule := schedule_of(config)) is not None else []))
     try:
         X = loop.run(params)
         history.params = average(X)

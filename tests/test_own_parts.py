@@ -1,0 +1,138 @@
+"""Your own model, data and per-round client configuration, named in TOML (issue 20, first part):
+`model.name = "package.module:function"`, `data.name = "package.module:function"`, `client.lr_schedule`,
+`client.epochs_by_round` — through `fedstack run` and the same plan every engine uses."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from fedstack.client import FitConfig
+from fedstack.errors import ConfigError
+from fedstack.experiment import run_config
+from fedstack.plan import load_config
+from fedstack.schedules import ClientSchedule, FitSchedule, scheduled_epochs, scheduled_lr
+from fedstack.strategy import Task
+
+# A user's package: a small network with BatchNorm, and a loader of their own arrays. It imports no fedstack.
+NETS = """
+import torch
+
+def make_model():
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.ReLU(), torch.nn.Linear(16, 10))
+"""
+DATA = """
+import numpy as np
+from sklearn.datasets import load_digits
+
+def load():
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).astype(np.float32)
+    return x[:1500], y[:1500].astype(np.int64), x[1500:], y[1500:].astype(np.int64)
+"""
+
+
+def write_package(root, name):
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(textwrap.dedent(NETS))
+    (package / "data.py").write_text(textwrap.dedent(DATA))
+
+
+def own(name, *extra):
+    return ["--set", f'model.name="{name}.nets:make_model"', "--set", f'data.name="{name}.data:load"',
+            "--set", "data.num_clients=8", "--set", "server.clients_per_round=4", "--set", "server.rounds=3",
+            "--set", "eval.federated=false", "--set", "client.lr=0.1", *extra]
+
+
+def fedstack_run(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "fedstack.cli", "run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_an_own_model_and_loader_named_in_toml_run_with_the_same_bits_on_local_and_pool(tmp_path):
+    write_package(tmp_path, "userpkg")
+    finals = {}
+    for engine in ("local", "pool"):
+        out = tmp_path / engine
+        proc = fedstack_run(tmp_path, *own("userpkg", "--set", f"engine.name={engine}", "--set", "engine.workers=2",
+                                           "--set", 'client.lr_schedule="step"', "--set", "client.lr_step_rounds=1",
+                                           "--set", "client.epochs_by_round=[[2, 2]]"), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        finals[engine] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert summary["final"]["test_accuracy"] > 0.3  # learns (chance: 0.1) in three short rounds
+    strip = [[{k: v for k, v in r.items() if k not in ("wall_time_s", "profile")} for r in rounds]
+             for rounds in finals.values()]
+    assert strip[0] == strip[1]  # the same figures, round by round (the test loss to the last bit)
+
+
+def test_a_reference_that_does_not_import_is_one_line_naming_the_key(tmp_path):
+    proc = fedstack_run(tmp_path, "--set", 'model.name="nosuchpkg.nets:make_model"', "--set", "data.name=digits",
+                        "--set", "server.rounds=1", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "model.name" in proc.stderr and "nosuchpkg" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="did you mean 'cnn'"):
+        load_config(None, ["model.name=cnnn"])
+    with pytest.raises(ConfigError, match="data.name"):
+        load_config(None, ["data.name=my data"])
+    with pytest.raises(ConfigError, match="client.epochs_by_round"):
+        load_config(None, ["client.epochs_by_round=[[3, 1], [2, 1]]"])
+
+
+def test_a_loader_returning_something_else_is_refused_naming_the_key(tmp_path, monkeypatch):
+    package = tmp_path / "oddpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("def load():\n    return [1, 2]\n\ndef model():\n    return 'a string'\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="data.name.*expected a FederatedDataset or a tuple"):
+        run_config(load_config(None, ['data.name="oddpkg:load"']), tmp_path / "a")
+    with pytest.raises(ConfigError, match="model.name.*expected a torch.nn.Module"):
+        run_config(load_config(None, ["data.name=digits", 'model.name="oddpkg:model"']), tmp_path / "b")
+
+
+def test_learning_rate_schedules_by_hand():
+    assert [scheduled_lr(r, 0.8, "step", decay=0.5, step_rounds=2) for r in (1, 2, 3, 4, 5)] == \
+        [0.8, 0.8, 0.4, 0.4, 0.2]
+    assert [scheduled_lr(r, 0.8, "exponential", decay=0.5) for r in (1, 2, 3)] == [0.8, 0.4, 0.2]
+    assert scheduled_lr(1, 0.8, "cosine", rounds=4) == 0.8
+    assert scheduled_lr(3, 0.8, "cosine", lr_min=0.2, rounds=4) == pytest.approx(0.2 + 0.6 * 0.5)  # cos(π/2) = 0
+    assert scheduled_epochs(1, 1, ((3, 2), (5, 0))) == 1 and scheduled_epochs(4, 1, ((3, 2), (5, 0))) == 2
+    assert scheduled_epochs(9, 1, ((3, 2), (5, 0))) == 0
+
+
+@given(lr=st.floats(1e-4, 1.0), floor=st.floats(0.0, 1.0), rounds=st.integers(1, 200), kind=st.sampled_from(
+    ["step", "exponential", "cosine"]), decay=st.floats(0.01, 1.0))
+def test_a_schedule_never_raises_the_rate_and_stays_positive(lr, floor, rounds, kind, decay):
+    lr_min = floor * lr
+    rates = [scheduled_lr(r, lr, kind, decay=decay, step_rounds=3, lr_min=lr_min, rounds=rounds)
+             for r in range(1, rounds + 1)]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(rates, rates[1:]))
+    assert all(rate > 0 for rate in rates) and rates[0] == pytest.approx(lr)
+
+
+def test_a_schedule_configures_each_task_from_the_strategys_base_config():
+    base = Task(3, 7, FitConfig(lr=0.4, epochs=1))
+    task = ClientSchedule("step", lr_decay=0.5, lr_step_rounds=1, epochs_by_round=((3, 4),)).configure(base)
+    assert (task.config.lr, task.config.epochs, task.client_id) == (0.1, 4, 7)
+    halved = FitSchedule(lambda rnd, config: replace(config, lr=config.lr / rnd)).configure(base)
+    assert halved.config.lr == pytest.approx(0.4 / 3)
+    assert not ClientSchedule.synchronous_only  # every schedule has round numbers: sync, async and gossip
+
+
+@pytest.mark.parametrize("schedule", [["server.strategy=fedbuff", "server.concurrency=3"],
+                                      ["decentralized.topology=ring"]])
+def test_a_schedule_acts_in_the_asynchronous_and_gossip_schedules_too(schedule, tmp_path):
+    base = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=3", "model.name=logreg",
+            "server.rounds=3", "eval.federated=false", "eval.every=0", *schedule]
+    plain = run_config(load_config(None, base), tmp_path / "plain").params
+    decayed = run_config(load_config(None, [*base, 'client.lr_schedule="exponential"', "client.lr_decay=0.1"]),
+                         tmp_path / "decayed").params
+    assert not np.array_equal(plain, decayed)
