@@ -136,3 +136,82 @@ def test_a_schedule_acts_in_the_asynchronous_and_gossip_schedules_too(schedule, 
     decayed = run_config(load_config(None, [*base, 'client.lr_schedule="exponential"', "client.lr_decay=0.1"]),
                          tmp_path / "decayed").params
     assert not np.array_equal(plain, decayed)
+
+
+# A user's regression task: its network, its loader, its metrics, and how its metrics aggregate. No fedstack.
+REGRESSION = """
+import numpy as np
+import torch
+
+def make_model():
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 1))
+
+def load():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=8)
+    x = rng.normal(size=(1200, 8)).astype(np.float32)
+    y = (x @ w + 0.1 * rng.normal(size=1200)).astype(np.float32)
+    return x[:1000], y[:1000], x[1000:], y[1000:]
+
+def metrics(predictions, targets):  # sums over the batch: they add up across shards and clients
+    error = (predictions[:, 0] - targets).abs()
+    return {"abs_error": error.sum(), "within_half": (error < 0.5).sum()}
+
+def aggregate(sums, examples):  # Flower's evaluate_metrics_aggregation_fn
+    return {"mae": sums["abs_error"] / examples, "share_within_half": sums["within_half"] / examples}
+"""
+
+
+def test_a_regression_with_its_own_metrics_runs_from_toml_with_the_same_bits_on_local_and_pool(tmp_path):
+    (tmp_path / "regpkg.py").write_text(textwrap.dedent(REGRESSION))
+    common = ["--set", 'model.name="regpkg:make_model"', "--set", 'data.name="regpkg:load"',
+              "--set", 'model.task="regression"', "--set", 'model.metrics="regpkg:metrics"',
+              "--set", 'eval.metrics_aggregation="regpkg:aggregate"', "--set", 'data.partition="iid"',
+              "--set", "data.num_clients=8", "--set", "server.clients_per_round=4", "--set", "server.rounds=4",
+              "--set", "client.lr=0.05", "--set", 'client.lr_schedule="cosine"', "--set", "eval.federated=true"]
+    rounds = {}
+    for engine in ("local", "pool"):
+        proc = fedstack_run(tmp_path, *common, "--set", f"engine.name={engine}", "--set", "engine.workers=2",
+                            "--out", str(tmp_path / engine))
+        assert proc.returncode == 0, proc.stderr
+        rounds[engine] = [json.loads(line) for line in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
+    first, last = rounds["local"][0], rounds["local"][-1]
+    assert last["test_accuracy"] is None and last["test_loss"] < first["test_loss"]  # no classes; it learns
+    assert set(last["test_metrics"]) == {"mae", "share_within_half"} and last["test_metrics"]["mae"] > 0
+    assert last["federated"]["of"] == "loss" and last["fit_metrics"]["train_loss"] == last["train_loss"]
+    strip = [[{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs] for rs in rounds.values()]
+    assert strip[0] == strip[1]
+
+
+def test_eval_results_add_up_their_sums_and_lose_accuracy_without_classes():
+    from fedstack.client import EvalResult
+
+    a = EvalResult(2.0, None, 4, None, {"abs_error": 1.0})
+    b = EvalResult(1.0, None, 2, None, {"abs_error": 2.0, "other": 6.0})
+    total = EvalResult() + a + b
+    assert (total.loss, total.accuracy, total.top3_accuracy) == (0.5, None, None)
+    assert total.metrics() == {"abs_error": 0.5, "other": 1.0}
+    assert (EvalResult(1.0, 3, 4, 4) + EvalResult(1.0, 1, 4, 2)).accuracy == 0.5
+
+
+def test_fit_metrics_are_example_weighted_means_of_what_clients_report():
+    from fedstack.loop import mean_fit_metrics
+
+    pairs = [({"train_loss": 1.0, "f1": 0.5}, 1), ({"train_loss": 4.0, "f1": float("nan")}, 3), ({"steps": 2}, 0)]
+    assert mean_fit_metrics(pairs) == {"f1": 0.5, "steps": 2.0, "train_loss": 3.25}
+
+
+def test_real_valued_targets_are_refused_where_they_cannot_go():
+    from fedstack.data import FederatedDataset
+    from fedstack.errors import DataError
+
+    x, y = np.zeros((20, 2), np.float32), np.linspace(0, 1, 20)
+    data = FederatedDataset.from_arrays(x, y, x[:4], y[:4], num_clients=4, targets="values")
+    assert data.num_classes == 0 and data.y.dtype == np.float32 and data.y[1] == pytest.approx(1 / 19)
+    with pytest.raises(ConfigError, match="data.partition"):
+        FederatedDataset.from_arrays(x, y, x[:4], y[:4], num_clients=4, partition="dirichlet", targets="values")
+    with pytest.raises(DataError, match="integer class labels"):
+        FederatedDataset.from_arrays(x, y, x[:4], y[:4], num_clients=4)
+    with pytest.raises(ConfigError, match="model.task"):
+        load_config(None, ['model.task="regression"'])

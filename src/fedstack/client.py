@@ -114,31 +114,61 @@ class FitResult:
 
 @dataclass
 class EvalResult:
-    """Summed loss and correct predictions (top-1 and top-3) over some examples; adds up across shards.
+    """Summed loss and correct predictions (top-1 and top-3) over some examples; adds up across shards
+    and clients. A regression (or any task without classes) leaves `correct` None: it has no accuracy.
+    `sums` holds the task's own metrics as sums over the examples (squared errors, true positives, ...);
+    `metrics()` is each one's mean per example — the right aggregate for sums, whatever the shards.
 
     For a sequence model an "example" is one predicted position whose target is not ignored.
     """
 
     loss_sum: float = 0.0
-    correct: int = 0
+    correct: int | None = 0
     examples: int = 0
-    correct_top3: int = 0
+    correct_top3: int | None = 0
+    sums: dict[str, float] = field(default_factory=dict)
 
     def __add__(self, other: "EvalResult") -> "EvalResult":
-        return EvalResult(self.loss_sum + other.loss_sum, self.correct + other.correct,
-                          self.examples + other.examples, self.correct_top3 + other.correct_top3)
+        sums = dict(self.sums)
+        for name, value in other.sums.items():
+            sums[name] = sums.get(name, 0.0) + value
+        return EvalResult(self.loss_sum + other.loss_sum, _add(self.correct, other.correct),
+                          self.examples + other.examples, _add(self.correct_top3, other.correct_top3), sums)
+
+    def metrics(self) -> dict[str, float]:
+        """Each of `sums` per example (empty without examples)."""
+        return {name: value / self.examples for name, value in self.sums.items()} if self.examples else {}
 
     @property
     def loss(self) -> float:
         return self.loss_sum / self.examples if self.examples else float("nan")
 
     @property
-    def accuracy(self) -> float:
+    def accuracy(self) -> float | None:
+        if self.correct is None:
+            return None
         return self.correct / self.examples if self.examples else float("nan")
 
     @property
-    def top3_accuracy(self) -> float:
+    def top3_accuracy(self) -> float | None:
+        if self.correct_top3 is None:
+            return None
         return self.correct_top3 / self.examples if self.examples else float("nan")
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    """Counts that add up, or None once a part has none (no classes, no accuracy)."""
+    return None if a is None or b is None else a + b
+
+
+def mean_squared_error(out, y, reduction: str = "mean"):
+    """The regression loss: squared error summed over a target's values, averaged (or summed) over examples;
+    a one-output model's [n, 1] predictions meet [n] targets."""
+    if out.dim() == 2 and out.shape[1] == 1 and y.dim() == 1:
+        out = out[:, 0]
+    errors = (out - y) ** 2
+    per_example = errors.reshape(len(errors), -1).sum(1)
+    return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
 class Trainer:
@@ -205,6 +235,10 @@ class TorchTrainer(DPSGDSteps, Trainer):
     vector or reading the local one is a single memory copy. With `jit_eval`, evaluation
     runs a frozen TorchScript copy of the model (for models torch.jit.trace can follow).
 
+    `task="regression"` trains on real-valued targets (mean squared error by default) and reports no
+    accuracy; `metrics(predictions, targets)` adds the task's own metrics, as sums over each batch
+    (`EvalResult.sums`), to every evaluation.
+
     Sequence models return logits [batch, time, classes] for targets [batch, time]: every
     position is a prediction, and positions whose target is -1 are ignored in loss and accuracy.
 
@@ -228,12 +262,17 @@ class TorchTrainer(DPSGDSteps, Trainer):
 
     def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
                  eval_batch_size: int = 100, jit_eval: bool = False, dp_seeded_noise: bool = True,
-                 dp_secure_mode: bool = False):
+                 dp_secure_mode: bool = False, task: str = "classification", metrics: Callable | None = None):
         import torch
 
+        if task not in ("classification", "regression"):
+            raise FedstackError(f"TorchTrainer task must be 'classification' or 'regression', got {task!r}")
         self.torch = torch
         self.model = model
-        self.loss_fn = loss_fn or torch.nn.functional.cross_entropy
+        self.task = task
+        self.metrics = metrics  # (predictions, targets) -> {name: sum over the batch}: the task's own metrics
+        default_loss = torch.nn.functional.cross_entropy if task == "classification" else mean_squared_error
+        self.loss_fn = loss_fn or default_loss
         self.optimizer = optimizer
         self.eval_batch_size = eval_batch_size
         self.jit_eval = jit_eval
@@ -372,10 +411,14 @@ class TorchTrainer(DPSGDSteps, Trainer):
                 out, yb = _predictions(model(xb), yb)
                 if len(yb) == 0:
                     continue
-                loss = self.loss_fn(out, yb, reduction="sum")
+                loss = float(self.loss_fn(out, yb, reduction="sum"))
+                sums = {k: float(v) for k, v in self.metrics(out, yb).items()} if self.metrics else {}
+                if self.task == "regression":
+                    result = result + EvalResult(loss, None, len(yb), None, sums)
+                    continue
                 top3 = out.topk(min(3, out.shape[1]), dim=1).indices
-                result = result + EvalResult(float(loss), int((out.argmax(1) == yb).sum()), len(yb),
-                                             int((top3 == yb[:, None]).any(1).sum()))
+                result = result + EvalResult(loss, int((out.argmax(1) == yb).sum()), len(yb),
+                                             int((top3 == yb[:, None]).any(1).sum()), sums)
         return result
 
     def _inference_model(self, params: np.ndarray, x: np.ndarray):

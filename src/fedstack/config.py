@@ -64,11 +64,22 @@ class ModelConfig(Section):
     # a built-in model, or "package.module:make_model": a function of no arguments returning a torch.nn.Module
     # (trained with client.optimizer and cross-entropy) or a fedstack.Trainer
     name: str = "cnn"
+    # "regression": real-valued targets, mean squared error, no accuracy (a model of your own only)
+    task: Literal["classification", "regression"] = "classification"
+    # "package.module:function" of (predictions, targets) -> {name: sum over the batch}: your own metrics
+    metrics: str = ""
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
         return _builtin_or_reference(value, BUILTIN_MODELS, "model")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_reference(cls, value: str) -> str:
+        if value and not is_reference(value):
+            raise ValueError(f"expected 'package.module:function', got {value!r}")
+        return value
 
 
 class ClientConfig(Section):
@@ -220,6 +231,15 @@ class EvalConfig(Section):
     federated: bool = True  # evaluate on every client's held-out split after the last round
     federated_every: int = Field(0, ge=0)  # also every N rounds; 0 = only after the last
     finetune_steps: int = Field(0, ge=0)  # > 0: also evaluate each client after this many local steps
+    # "package.module:function" of (summed metrics, examples) -> metrics (default: each sum per example)
+    metrics_aggregation: str = ""
+
+    @field_validator("metrics_aggregation")
+    @classmethod
+    def _aggregation_reference(cls, value: str) -> str:
+        if value and not is_reference(value):
+            raise ValueError(f"expected 'package.module:function', got {value!r}")
+        return value
 
 
 class Config(Section):
@@ -351,6 +371,9 @@ def validate(tree: dict) -> Config:
     if sequence and (config.data.name != "shakespeare" or config.data.level != sequence):
         raise ConfigError("model.name", f"{config.model.name} reads Shakespeare at {sequence} level: "
                           f"set data.name=\"shakespeare\" and data.level=\"{sequence}\"")
+    if config.model.task == "regression" and not is_reference(config.model.name):
+        raise ConfigError("model.task", f"{config.model.name} is a built-in classifier; a regression needs a model "
+                          "of your own (model.name = \"package.module:make_model\")")
     if config.data.name == "shakespeare" and not sequence and not is_reference(config.model.name):
         raise ConfigError("model.name", "shakespeare needs a sequence model: char_lstm (data.level=\"char\") "
                           "or word_lstm (data.level=\"word\")")

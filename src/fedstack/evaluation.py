@@ -36,7 +36,8 @@ def total(outcomes) -> EvalResult:
 
 def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
                span_of=None) -> dict | None:
-    """Accuracy on each client's held-out split: mean and 10th/50th/90th percentiles, or None.
+    """Accuracy on each client's held-out split (loss, `"of": "loss"`, for a task without classes): mean
+    and 10th/50th/90th percentiles, or None.
 
     With `finetune`, each client first trains on its training split with that config (seeded per
     client from the run seed) and is judged on its own fine-tuned model. `span_of(i)` picks client
@@ -48,7 +49,11 @@ def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConf
     held = np.flatnonzero(Partition.from_lists(dataset.holdout_idx).sizes())  # no Python loop over all clients
     tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None) for i in held.tolist()]
     results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
-    return distribution([r.accuracy for r in results if r.examples])
+    results = [r for r in results if r.examples]
+    if results and results[0].accuracy is None:  # no classes (regression): the spread of the clients' losses
+        figures = distribution([r.loss for r in results])
+        return {**figures, "of": "loss"} if figures else None
+    return distribution([r.accuracy for r in results])
 
 
 def distribution(accuracies) -> dict | None:

@@ -19,7 +19,7 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import check_parts, client_side, codec_options, dataset_of, rules_of, schedule_of
+from .plan import check_parts, client_side, codec_options, dataset_of, evaluation_of, rules_of, schedule_of
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -294,8 +294,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                 if config.client.dp_sgd else None,
                                 callbacks=list(on_round), profile=profile, config=config.model_dump()),
                     rules=rules_of(config),
-                    evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated and not remote,
-                                          federated_every=config.eval.federated_every, finetune=finetune))
+                    evaluation=evaluation_of(config, finetune, federated=not remote))
 
 
 def transforms_of(config: Config, num_clients: int, remote: bool = False) -> list:

@@ -53,13 +53,16 @@ class Evaluation:
     """Central evaluation on the server's test set every `every` rounds and after the last (0: only after
     the last); federated evaluation on each client's held-out split every `federated_every` rounds and
     after the last (`federated=False`: never); with `finetune`, federated evaluation also judges each
-    client's model after that local training (personalisation). The test set is cut in `test_shard`s."""
+    client's model after that local training (personalisation). The test set is cut in `test_shard`s.
+    A trainer's own metrics (`EvalResult.sums`) are recorded as `test_metrics`, each sum's mean per
+    example, or what `finish_metrics(sums, examples)` makes of them (an F1 score, an AUC)."""
 
     every: int = 1
     federated: bool = True
     federated_every: int = 0
     test_shard: int = 1000
     finetune: FitConfig | None = None
+    finish_metrics: Callable[[dict, int], dict] | None = None  # (summed metrics, examples) -> the metrics
 
     @property
     def federated_interval(self) -> int | None:

@@ -21,7 +21,7 @@ from .client import FitConfig, Trainer
 from .codec import CodecOptions, build_pipeline
 from .config import Config
 from .errors import ConfigError
-from .options import Rules
+from .options import Evaluation, Rules
 from .seeding import int_seed
 
 
@@ -71,6 +71,14 @@ def load_reference(name: str, key: str) -> Callable:
     return function
 
 
+def evaluation_of(config: Config, finetune: FitConfig | None, federated: bool = True) -> Evaluation:
+    """What a config's `[eval]` measures and when (`federated=False`: no federated evaluation whatever it says)."""
+    e = config.eval
+    finish = load_reference(e.metrics_aggregation, "eval.metrics_aggregation") if e.metrics_aggregation else None
+    return Evaluation(every=e.every, federated=e.federated and federated, federated_every=e.federated_every,
+                      finetune=finetune, finish_metrics=finish)
+
+
 def schedule_of(config: Config):
     """The per-round client configuration `[client]` asks for (fedstack.schedules.ClientSchedule), or None."""
     from .schedules import ClientSchedule
@@ -82,9 +90,18 @@ def schedule_of(config: Config):
                           tuple(tuple(pair) for pair in c.epochs_by_round))
 
 
-def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str):
+def trainer_factory(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], Trainer]:
+    """The config's trainer factory, picklable (each worker, each device builds its own trainer)."""
+    m = config.model
+    return functools.partial(make_trainer, m.name, tuple(input_shape), num_classes, config.client.optimizer, m.task,
+                             m.metrics)
+
+
+def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str,
+                 task: str = "classification", metrics: str = ""):
     """A TorchTrainer for a named model, or the user's own model ("package.module:function" returning a
-    torch.nn.Module, or a fedstack.Trainer); picklable through functools.partial, so each worker builds one."""
+    torch.nn.Module, or a fedstack.Trainer) for `task`, with the user's `metrics` function if named;
+    picklable through functools.partial, so each worker builds one."""
     from .client import TorchTrainer
     from .models import build_model
 
@@ -98,7 +115,8 @@ def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, opt
     if not isinstance(built, torch.nn.Module):
         raise ConfigError("model.name", f"{model} returned {type(built).__name__}: expected a torch.nn.Module or a "
                           "fedstack.Trainer")
-    return TorchTrainer(built, optimizer=optimizer)
+    return TorchTrainer(built, optimizer=optimizer, task=task,
+                        metrics=load_reference(metrics, "model.metrics") if metrics else None)
 
 
 def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
@@ -123,7 +141,8 @@ def dataset_of(config: Config):
             raise ConfigError("data.name", f"{d.name} returned {type(loaded).__name__}: expected a FederatedDataset "
                               "or a tuple (x, y, x_test, y_test)")
         return FederatedDataset.from_arrays(*loaded, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
-                                            holdout=d.holdout, seed=config.seed, name=d.name)
+                                            holdout=d.holdout, seed=config.seed, name=d.name,
+                                            targets="values" if config.model.task == "regression" else "classes")
     return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
                          beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout, level=d.level,
                          vocab_size=d.vocab_size)
@@ -131,8 +150,7 @@ def dataset_of(config: Config):
 
 def client_side(config: Config, dataset):
     """What clients run under a Config: (trainer factory, initial params, local work, fine-tuning or None)."""
-    factory = functools.partial(make_trainer, config.model.name, tuple(dataset.x.shape[1:]),
-                                dataset.num_classes, config.client.optimizer)
+    factory = trainer_factory(config, tuple(dataset.x.shape[1:]), dataset.num_classes)
     c = config.client
     fit = FitConfig(epochs=c.epochs, local_steps=c.local_steps, batch_size=c.batch_size, lr=c.lr, mu=c.mu,
                     dp_sgd=c.dp_sgd, dp_noise_multiplier=c.dp_noise_multiplier, dp_max_grad_norm=c.dp_max_grad_norm)

@@ -120,18 +120,23 @@ class FederatedDataset:
         seed: int = 0,
         name: str = "custom",
         num_classes: int | None = None,
+        targets: str = "classes",
     ) -> FederatedDataset:
         """Partition your own arrays among `num_clients` clients (x is kept as given, not copied).
 
         "powerlaw" with more clients than samples makes a population that shares the samples
         (`partition.powerlaw_shared`); every other partition needs a sample per client at least.
+        `targets="values"`: real-valued targets (regression; `num_classes` 0), partitioned iid or powerlaw.
         """
         _check_options(num_clients, partition, alpha, holdout)
         x, x_test = np.asarray(x), np.asarray(x_test)
-        y, y_test = _labels(y, "y"), _labels(y_test, "y_test")
+        y, y_test = _targets(y, "y", targets), _targets(y_test, "y_test", targets)
         _check_shapes(x, y, x_test, y_test)
         shared = _shares_samples(num_clients, partition, len(y))
-        num_classes = _num_classes(y, y_test, num_classes)
+        if targets == "values" and partition in ("dirichlet", "shards"):
+            raise ConfigError("data.partition", f"{partition} splits by class; real-valued targets have none: "
+                                                "use iid or powerlaw")
+        num_classes = 0 if targets == "values" else _num_classes(y, y_test, num_classes)
         if partition == "natural":
             raise ConfigError("data.partition", "'natural' needs data that is already per client: "
                                                 "use FederatedDataset.from_clients")
@@ -150,19 +155,23 @@ class FederatedDataset:
         seed: int = 0,
         name: str = "custom",
         num_classes: int | None = None,
+        targets: str = "classes",
     ) -> FederatedDataset:
-        """A federation from data that is already per client: one (x, y) pair per client."""
+        """A federation from data that is already per client: one (x, y) pair per client
+        (`targets="values"`: real-valued targets, for regression)."""
         if not clients:
             raise DataError("from_clients needs at least one client")
         _check_options(len(clients), "iid", 1.0, holdout)
         x = np.concatenate([np.asarray(cx) for cx, _ in clients])
-        y = _labels(np.concatenate([np.asarray(cy) for _, cy in clients]), "y")
-        x_test, y_test = np.asarray(test[0]), _labels(test[1], "y_test")
+        y = _targets(np.concatenate([np.asarray(cy) for _, cy in clients]), "y", targets)
+        x_test, y_test = np.asarray(test[0]), _targets(test[1], "y_test", targets)
         bounds = np.cumsum([0] + [len(cy) for _, cy in clients])
         if any(len(cx) != len(cy) for cx, cy in clients) or len(x_test) != len(y_test):
             raise DataError("each client's x and y (and the test x and y) must have the same length")
         parts = Partition(bounds, np.arange(bounds[-1], dtype=np.int64))
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))
+        if targets == "values":
+            return cls(name, x, y, x_test, y_test, train, held, 0)
         seen = max(int(y.max(initial=-1)), int(y_test.max(initial=-1))) + 1
         return cls(name, x, y, x_test, y_test, train, held, int(num_classes or seen))
 
@@ -219,6 +228,20 @@ def _split_among_clients(y: np.ndarray, num_clients: int, partition: str, alpha:
     if shared:
         return partitioners.powerlaw_shared(n, num_clients, rng)
     return partitioners.powerlaw(n, num_clients, rng)
+
+
+def _targets(y, which: str, kind: str) -> np.ndarray:
+    """Class labels (`kind` "classes"), or real-valued targets as float32, one value or a row per sample."""
+    if kind == "classes":
+        return _labels(y, which)
+    if kind != "values":
+        raise DataError(f"targets must be 'classes' or 'values', got {kind!r}")
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{which} must hold numbers, one or a row per sample, got shape {y.shape} of {y.dtype}")
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{which} holds a value that is not finite")
+    return y.astype(np.float32, copy=False)
 
 
 def _labels(y, which: str) -> np.ndarray:

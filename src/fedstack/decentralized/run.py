@@ -10,7 +10,7 @@ from ..codec import Pipeline, build_pipeline
 from ..config import Config, to_toml
 from ..engine import Engine, Workload, make_engine
 from ..errors import ConfigError
-from ..loop import Evaluation, Parts
+from ..loop import Parts
 from ..report import MetricsWriter, write_report, write_summary
 from ..strategy import FedAvg
 from .gossip import average
@@ -38,7 +38,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..plan import client_side, codec_options, dataset_of, schedule_of
+    from ..plan import client_side, codec_options, dataset_of, evaluation_of, schedule_of
     from ..records import History, prepare_run_dir, summarize
 
     check_config(config)
@@ -58,8 +58,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     gossip = GossipOptions(adjacency, choco=section.choco, gamma=section.gamma, compressor=pipeline,
                            node_failure=section.node_failure)
     loop = Gossip(FedAvg(fit), engine, Workload(factory, dataset, Pipeline(), config.seed), rounds=config.server.rounds,
-                  gossip=gossip, evaluation=Evaluation(every=config.eval.every, federated=config.eval.federated,
-                                                       federated_every=config.eval.federated_every, finetune=finetune),
+                  gossip=gossip, evaluation=evaluation_of(config, finetune),
                   parts=Parts(callbacks=[MetricsWriter(run_dir), history, *on_round],
                               transforms=[schedule] if (schedule := schedule_of(config)) is not None else []))
     try:

@@ -5,12 +5,12 @@ from .core import SERVER_ID, Callback, RoundLoop
 from .events import Asynchronous
 from .filters import UpdateFilters
 from ..options import Evaluation, Parts, Rules
-from .record import FAILURE_KINDS, REJECT_REASONS, RoundRecord, Tally, mean_train_loss
+from .record import FAILURE_KINDS, REJECT_REASONS, RoundRecord, Tally, mean_fit_metrics, mean_train_loss
 from .sync import Synchronous
 
 __all__ = ["Aggregator", "Asynchronous", "Callback", "Collection", "Evaluation", "FAILURE_KINDS", "Gather", "Parts",
            "REJECT_REASONS", "RoundLoop", "RoundRecord", "Rules", "SERVER_ID", "SecureSum", "StreamingSum",
-           "Synchronous", "Tally", "UpdateFilters", "mean_train_loss", "schedule_for"]
+           "Synchronous", "Tally", "UpdateFilters", "mean_fit_metrics", "mean_train_loss", "schedule_for"]
 
 
 def schedule_for(strategy) -> type[RoundLoop]:

@@ -34,7 +34,8 @@ class Evaluator:
         started = time.perf_counter()
         figures: dict = {"test_accuracy": None, "test_loss": None, "test_top3_accuracy": None}
         if central and self.central_due(rnd):
-            figures.update(test_figures(evaluation.test_set(self.engine, params, self.dataset, self.plan.test_shard)))
+            total = evaluation.test_set(self.engine, params, self.dataset, self.plan.test_shard)
+            figures.update(test_figures(total, self.plan.finish_metrics))
         if self.federated_due(rnd):
             own, span_of = params, None
             if stacked is not None:
@@ -56,6 +57,11 @@ class Evaluator:
         return evaluation.shards(self.dataset, self.plan.test_shard)
 
 
-def test_figures(result) -> dict:
-    """A central evaluation's figures for the round's record."""
-    return {"test_accuracy": result.accuracy, "test_loss": result.loss, "test_top3_accuracy": result.top3_accuracy}
+def test_figures(result, finish=None) -> dict:
+    """A central evaluation's figures for the round's record; the task's own metrics as `test_metrics`,
+    each sum's mean per example unless `finish(sums, examples) -> metrics` says otherwise (Flower's
+    evaluate_metrics_aggregation_fn: an F1 score from summed true and false positives, say)."""
+    figures = {"test_accuracy": result.accuracy, "test_loss": result.loss, "test_top3_accuracy": result.top3_accuracy}
+    if result.sums:
+        figures["test_metrics"] = finish(dict(result.sums), result.examples) if finish else result.metrics()
+    return figures

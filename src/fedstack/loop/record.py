@@ -49,6 +49,7 @@ class Tally:
     states: dict[int, dict] = field(default_factory=dict, repr=False)
     dp_clients: list[int] = field(default_factory=list, repr=False)
     losses: list[tuple] = field(default_factory=list, repr=False)
+    fit_metrics: list[tuple] = field(default_factory=list, repr=False)  # (a client's metrics, its examples)
 
     @property
     def failures(self) -> int:
@@ -65,6 +66,7 @@ class Tally:
         if update.client_id in self.partial_ids:
             self.partial += 1
         self.losses.append((update.metrics.get("train_loss"), update.num_examples))
+        self.fit_metrics.append((update.metrics, update.num_examples))
 
     def add(self, other: Tally) -> None:
         """Count another attempt in (a retried round's figures add up over its attempts)."""
@@ -93,6 +95,7 @@ class RoundRecord:
     attempts: int = 1
     sim_time_s: float = 0.0
     train_loss: float | None = None
+    fit_metrics: dict = field(default_factory=dict)  # the clients' own fit metrics, example-weighted
     extra: dict = field(default_factory=dict)  # figures of the strategy and the schedule
     privacy: dict = field(default_factory=dict)  # epsilon, clip_norm, client_epsilon_max
     evaluation: dict = field(default_factory=dict)  # test_*, federated, personalized
@@ -107,6 +110,8 @@ class RoundRecord:
                "failures": t.failures, "failures_by_kind": dict(t.failures_by_kind), "sampled": t.sampled,
                "overselected": t.overselected, "bytes_down": t.bytes_down, "bytes_down_raw": t.bytes_down_raw,
                "train_loss": self.train_loss, "attempts": self.attempts}
+        if self.fit_metrics:
+            row["fit_metrics"] = self.fit_metrics
         if t.secure_aborts is not None:
             row["secure_aborts"] = t.secure_aborts
         row.update(self.extra)
@@ -117,6 +122,22 @@ class RoundRecord:
         if self.profile is not None:
             row["profile"] = self.profile
         return row
+
+
+def mean_fit_metrics(pairs: Iterable[tuple]) -> dict[str, float]:
+    """The example-weighted mean of each numeric metric the round's accepted updates report (a metric a
+    client leaves out, or reports as NaN — DP-SGD's loss —, does not count for it): Flower's default
+    fit_metrics_aggregation_fn, right for means."""
+    values: dict[str, list[tuple[float, float]]] = {}
+    for metrics, examples in pairs:
+        for name, value in metrics.items():
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value):
+                values.setdefault(name, []).append((float(value), max(float(examples), 0.0)))
+    means = {}
+    for name, pairs_ in sorted(values.items()):
+        weight = sum(w for _, w in pairs_)
+        means[name] = sum(v * w for v, w in pairs_) / weight if weight > 0 else sum(v for v, _ in pairs_) / len(pairs_)
+    return means
 
 
 def mean_train_loss(losses: Iterable[tuple]) -> float | None:

@@ -49,7 +49,7 @@ from ..strategy import ClientUpdate
 from .aggregate import Collection
 from .core import RoundLoop
 from .evaluate import test_figures
-from .record import RoundRecord, Tally, mean_train_loss
+from .record import RoundRecord, Tally, mean_fit_metrics, mean_train_loss
 
 log = logging.getLogger("fedstack.server")
 
@@ -122,7 +122,7 @@ class Synchronous(RoundLoop):
 
     def _land(self, ride: Ride, outcomes) -> None:
         """The riding evaluation is back: complete its round's record and close that round."""
-        ride.record.evaluation.update(test_figures(evaluation.total(outcomes)))
+        ride.record.evaluation.update(test_figures(evaluation.total(outcomes), self.evaluator.plan.finish_metrics))
         ride.record.wall_time_s = time.perf_counter() - self.started
         self.publish(ride.record.row(), ride.params)
 
@@ -153,7 +153,7 @@ class Synchronous(RoundLoop):
                         "global model kept")
         total.clients, total.partial, total.dp_clients = tally.clients, tally.partial, tally.dp_clients
         return new_params, RoundRecord(rnd, total, attempts=attempt + 1, train_loss=mean_train_loss(tally.losses),
-                                       extra=figures)
+                                       fit_metrics=mean_fit_metrics(tally.fit_metrics), extra=figures)
 
     def round(self, rnd: int, params: np.ndarray, attempt: int = 0,
               start: float = 0.0) -> tuple[np.ndarray, Tally, dict]:

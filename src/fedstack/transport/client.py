@@ -308,13 +308,12 @@ class Client:
         # pipeline is built once, at the first join; a rejoin never rebuilds it from the new config.)
         check_pins(config, self.require)
         if self.data is None:
-            from ..plan import codec_options, make_trainer
+            from ..plan import codec_options, trainer_factory
 
             self.config = config
             self.data = fit_to_model(self._load_data(), tuple(reply.input_shape), reply.num_classes,
                                      f"--data {self.data_path}" if self.data_path else f"--partition {self.partition}")
-            self.trainer = self.trainer or make_trainer(self.config.model.name, tuple(reply.input_shape),
-                                                        reply.num_classes, self.config.client.optimizer)
+            self.trainer = self.trainer or trainer_factory(self.config, tuple(reply.input_shape), reply.num_classes)()
             pipeline = build_pipeline(self.config.codec.pipeline, codec_options(self.config, deployed=True))
             # A summing stage (secagg, ckks) is a protocol with the server, not an encoding: the device applies
             # the stages before it and masks or encrypts the result when the server asks.
