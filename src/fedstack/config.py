@@ -40,6 +40,13 @@ def _builtin_or_reference(value: str, builtins: tuple[str, ...], what: str) -> s
                      f"'package.module:function'")
 
 
+def _optional_reference(value: str) -> str:
+    """"" (none), or a user's own "package.module:function"."""
+    if value and not is_reference(value):
+        raise ValueError("expected 'package.module:function'")
+    return value
+
+
 class DataConfig(Section):
     # a built-in data set, or "package.module:load": a function returning (x, y, x_test, y_test) arrays,
     # partitioned as data.partition says, or a FederatedDataset
@@ -74,12 +81,7 @@ class ModelConfig(Section):
     def _known_model(cls, value: str) -> str:
         return _builtin_or_reference(value, BUILTIN_MODELS, "model")
 
-    @field_validator("metrics")
-    @classmethod
-    def _metrics_reference(cls, value: str) -> str:
-        if value and not is_reference(value):
-            raise ValueError(f"expected 'package.module:function', got {value!r}")
-        return value
+    _metrics_reference = field_validator("metrics")(lambda cls, value: _optional_reference(value))
 
 
 class ClientConfig(Section):
@@ -234,12 +236,7 @@ class EvalConfig(Section):
     # "package.module:function" of (summed metrics, examples) -> metrics (default: each sum per example)
     metrics_aggregation: str = ""
 
-    @field_validator("metrics_aggregation")
-    @classmethod
-    def _aggregation_reference(cls, value: str) -> str:
-        if value and not is_reference(value):
-            raise ValueError(f"expected 'package.module:function', got {value!r}")
-        return value
+    _aggregation_reference = field_validator("metrics_aggregation")(lambda cls, value: _optional_reference(value))
 
 
 class Config(Section):
