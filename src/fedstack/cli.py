@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     # In this order: `fedstack --help` lists the commands as they are added.
     for add_command in (_add_run_command, _add_report_command, _add_server_command, _add_client_command,
-                        _add_certs_command, _add_keys_command, _add_data_command):
+                        _add_certs_command, _add_keys_command, _add_data_command, _add_export_command,
+                        _add_predict_command):
         add_command(sub)
     return parser
 
@@ -371,6 +372,44 @@ def cmd_certs(args) -> int:
 
     out = make_credentials(args.out, args.clients, hosts=tuple(args.host) or ("localhost", "127.0.0.1"))
     print(f"wrote a CA, a server certificate and {args.clients} client credentials to {out}")
+    return 0
+
+
+def _add_export_command(sub) -> None:
+    """`fedstack export`: a finished run's model as a file."""
+    export = sub.add_parser("export", help="write a run's trained model as PyTorch, safetensors or ONNX")
+    export.add_argument("run_dir")
+    export.add_argument("--format", default="pt", help="pt (a state_dict) | safetensors | onnx (checked with "
+                        "ONNX Runtime)")
+    export.add_argument("--out", required=True, help="the file to write")
+    export.set_defaults(func=cmd_export)
+
+
+def _add_predict_command(sub) -> None:
+    """`fedstack predict`: a finished run's model on some inputs."""
+    predict = sub.add_parser("predict", help="print a run's model's predictions for the inputs of an .npz file")
+    predict.add_argument("run_dir")
+    predict.add_argument("inputs", help=".npz file whose array x (or only array) holds the inputs")
+    predict.set_defaults(func=cmd_predict)
+
+
+def cmd_export(args) -> int:
+    from .export import export
+
+    done = export(args.run_dir, args.format, args.out)
+    check = f"; ONNX Runtime reproduces PyTorch's outputs within {done.max_abs_difference:.2g}" \
+        if done.max_abs_difference is not None else ""
+    print(f"wrote {done.path} ({done.format}, {done.parameters} parameters){check}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from .export import predict
+
+    for row in predict(args.run_dir, args.inputs):
+        print(" ".join(f"{v:.6g}" for v in np.atleast_1d(row)) if np.ndim(row) else int(row))
     return 0
 
 

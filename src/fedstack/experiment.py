@@ -60,7 +60,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
     parts, rules, evaluation = parts or Parts(), rules or Rules(), evaluation or Evaluation()
     check_arguments(trainer_factory, dataset, initial_params, strategy, rounds, clients_per_round)
     workload = Workload(trainer_factory, dataset, parts.pipeline or Pipeline(), seed)
-    history = History()
+    history = History(trainer_factory=trainer_factory)
     store, (start_round, sim_time, params) = None, (1, 0.0, initial_params)
     callbacks: list[Callable] = [history, *parts.callbacks]
     if out is not None:

@@ -7,6 +7,7 @@ import datetime as dt
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -24,9 +25,33 @@ class History:
     status: str = "finished"
     stopped: str | None = None  # why a run ended early (the privacy budget)
     profile: dict | None = None  # where the time went, with `profile` (fedstack.profiling.Profile)
+    trainer_factory: Callable | None = field(default=None, repr=False)  # what trained it (simulate sets it)
 
     def __call__(self, record: dict, params=None) -> None:
         self.rounds.append(record)
+
+    def model(self):
+        """The trained model: a torch.nn.Module holding the final parameters, in evaluation mode."""
+        trainer = self.trainer_factory() if self.trainer_factory is not None else None
+        if trainer is None or self.params is None or not _holds_module(trainer):
+            raise FedstackError("History.model() needs a finished run trained by a TorchTrainer")
+        trainer.set_params(self.params)
+        return trainer.model.eval()
+
+    def to_pandas(self):
+        """One row per round, nested figures as dotted columns (failures_by_kind.dropout, ...)."""
+        try:
+            import pandas
+        except ImportError:
+            raise FedstackError("History.to_pandas() needs pandas: pip install 'fedstack[analysis]'") from None
+        return pandas.json_normalize(self.rounds)
+
+
+def _holds_module(trainer) -> bool:
+    """Whether a trainer holds a torch module (TorchTrainer)."""
+    from .client import TorchTrainer
+
+    return isinstance(trainer, TorchTrainer)
 
 
 def summarize(history: History, seed: int, config: dict, deployed: bool = False) -> dict:
