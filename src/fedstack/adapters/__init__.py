@@ -1,0 +1,1 @@
+"""Trainers for models outside PyTorch: `sklearn.SklearnTrainer` (scikit-learn's incremental linear models)."""
