@@ -101,4 +101,6 @@ def test_a_client_killed_mid_run_is_a_dropout_and_the_run_completes(tmp_path, cr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
     assert all(r["clients"] >= 4 for r in records)
-    assert sum(r["failures"] for r in records) >= 1  # the dead client was sampled and lost
+    # The dead client was sampled and lost (a dropout), or the server saw its connection close before the next
+    # round began and sampled among the four left: which comes first is the kernel's timing, not the test's.
+    assert sum(r["failures"] for r in records) >= 1 or all(r["sampled"] <= 4 for r in records[1:])
