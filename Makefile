@@ -1,7 +1,7 @@
 # Two commands: `make run` (the default experiment) and `make test` (the suite).
 # Each creates .venv and installs what it needs the first time; later calls install nothing.
 # What they install comes from lock files with a SHA-256 for every file (pip --require-hashes):
-# requirements.lock (fedstack's dependencies, the test tools, the build backend) and
+# requirements.lock (fedstack's core, every extra but ray, the test and docs tools, the build backend) and
 # requirements-ray.lock (the `ray` extra, installed by `make test` and `make ray` only).
 # `make lock` regenerates both after a change to the dependencies in pyproject.toml.
 

@@ -25,11 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
+from user_parts import REGRESSION
+
 # Same seed, a strategy with client state (SCAFFOLD), an error-feedback codec (topk), central and
 # federated evaluation: every kind of task goes through the engine.
 ENGINES_RUN = ["data.name=digits", "data.num_clients=12", "model.name=cnn", "server.rounds=3",
                "server.clients_per_round=5", "seed=7", "server.strategy=scaffold", 'codec.pipeline=["topk"]',
                "codec.topk_fraction=0.1", "engine.workers=2"]
+# A user's own parts named in TOML (issue 20): a regression network with BatchNorm, its own loader of
+# real-valued targets, its own metrics and their aggregation, a cosine learning-rate schedule and more
+# epochs in the first round; federated evaluation on the clients' held-out splits.
+USER_RUN = ['model.name="userparts:make_model"', 'data.name="userparts:load"', 'model.task="regression"',
+            'model.metrics="userparts:metrics"', 'eval.metrics_aggregation="userparts:aggregate"',
+            'data.partition="iid"', "data.num_clients=6", "server.clients_per_round=4", "server.rounds=3",
+            "client.lr=0.05", 'client.lr_schedule="cosine"', "client.epochs_by_round=[[1, 2]]",
+            "eval.federated=true", "engine.workers=2"]
 # A run with a deadline, over-selection and dropouts: the round loop that depends on outcomes most.
 KILLED_RUN = ["data.name=digits", "model.name=logreg", "data.num_clients=20", "server.clients_per_round=4",
               "server.rounds=3", "systems.profile=heterogeneous", "systems.dropout=0.2", "server.deadline_s=3",
@@ -198,6 +208,16 @@ def engines(out: Path) -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     lap("ray.init")
+    # the user's own parts, importable from the directory the run starts in (as `fedstack run` is)
+    user = out / "user"
+    user.mkdir()
+    (user / "userparts.py").write_text(REGRESSION)
+    os.chdir(user)
+    results["user"] = {name: history_json(run_config(load_config(None, [*USER_RUN, f"engine.name={name}"]),
+                                                     user / name))
+                       for name in ("local", "pool", "ray")}
+    os.chdir(out)
+    lap("user parts")
     workload = slow_workload()
     parts = list(workload.dataset.train_idx)
     results["first_examples"] = [float(idx[0]) for idx in parts]

@@ -18,6 +18,7 @@ from fedstack.experiment import run_config
 from fedstack.plan import load_config
 from fedstack.schedules import ClientSchedule, FitSchedule, scheduled_epochs, scheduled_lr
 from fedstack.strategy import Task
+from user_parts import REGRESSION
 
 # A user's package: a small network with BatchNorm, and a loader of their own arrays. It imports no fedstack.
 NETS = """
@@ -138,29 +139,6 @@ def test_a_schedule_acts_in_the_asynchronous_and_gossip_schedules_too(schedule, 
     assert not np.array_equal(plain, decayed)
 
 
-# A user's regression task: its network, its loader, its metrics, and how its metrics aggregate. No fedstack.
-REGRESSION = """
-import numpy as np
-import torch
-
-def make_model():
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
-                               torch.nn.Linear(16, 1))
-
-def load():
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=8)
-    x = rng.normal(size=(1200, 8)).astype(np.float32)
-    y = (x @ w + 0.1 * rng.normal(size=1200)).astype(np.float32)
-    return x[:1000], y[:1000], x[1000:], y[1000:]
-
-def metrics(predictions, targets):  # sums over the batch: they add up across shards and clients
-    error = (predictions[:, 0] - targets).abs()
-    return {"abs_error": error.sum(), "within_half": (error < 0.5).sum()}
-
-def aggregate(sums, examples):  # Flower's evaluate_metrics_aggregation_fn
-    return {"mae": sums["abs_error"] / examples, "share_within_half": sums["within_half"] / examples}
-"""
 
 
 def test_a_regression_with_its_own_metrics_runs_from_toml_with_the_same_bits_on_local_and_pool(tmp_path):
@@ -215,3 +193,28 @@ def test_real_valued_targets_are_refused_where_they_cannot_go():
         FederatedDataset.from_arrays(x, y, x[:4], y[:4], num_clients=4)
     with pytest.raises(ConfigError, match="model.task"):
         load_config(None, ['model.task="regression"'])
+
+
+def test_model_metrics_apply_to_a_built_in_model_and_are_refused_for_an_own_trainer(tmp_path, monkeypatch):
+    from fedstack.plan import make_trainer
+
+    (tmp_path / "metricpkg.py").write_text(textwrap.dedent("""
+        import fedstack
+
+        def hits(predictions, targets):
+            return {"class_0_said": (predictions.argmax(1) == 0).sum()}
+
+        class Own(fedstack.Trainer):
+            pass
+
+        def own():
+            return Own()
+    """))
+    monkeypatch.chdir(tmp_path)
+    trainer = make_trainer("logreg", (4,), 3, "sgd", metrics="metricpkg:hits")
+    x, y = np.ones((5, 4), np.float32), np.zeros(5, np.int64)
+    result = trainer.evaluate(np.zeros_like(trainer.get_params()), x, y)
+    assert result.examples == 5 and set(result.sums) == {"class_0_said"}
+    assert result.sums["class_0_said"] == 5  # zero weights: every logit ties, and argmax takes class 0
+    with pytest.raises(ConfigError, match="model.metrics"):
+        make_trainer("metricpkg:own", (4,), 3, "sgd", metrics="metricpkg:hits")

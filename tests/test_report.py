@@ -201,3 +201,25 @@ def test_the_summary_labels_its_times_and_a_deployed_run_shows_no_simulated_time
     assert "simulated time (device fleet)" in text and "40.0 s" in text
     deployed = rows({**SUMMARY, "deployed": True})
     assert "simulated" not in deployed and "40.0 s" not in deployed and "total time" not in deployed
+
+
+def test_a_regressions_federated_spread_is_shown_as_losses_not_accuracies(run_dir):
+    losses = {"mean": 0.25, "p10": 0.125, "p50": 0.25, "p90": 0.5, "clients": 2, "of": "loss"}
+    summary = {**SUMMARY, "final": {**SUMMARY["final"], "test_accuracy": None, "federated": losses,
+                                    "personalized": None}}
+    console = Console(record=True, width=120)
+    console.print(summary_table(summary, METRICS))
+    text = console.export_text()
+    assert "federated mean loss" in text and "0.2500" in text and "federated mean accuracy" not in text
+
+
+def test_a_closed_pipe_ends_fedstack_report_quietly(run_dir):
+    import subprocess
+    import sys
+
+    reader = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "report", str(run_dir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.readline()  # the summary table comes first; `| head -1` then stops reading ...
+    reader.stdout.close()  # ... while the plot is drawn, and its line finds the pipe closed
+    code, err = reader.wait(timeout=60), reader.stderr.read().decode()
+    assert code == 141 and "Traceback" not in err, err

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real deployment on this machine: one server and three client processes over TLS with tokens.
-# The same three commands run across machines (README, "Run across machines").
+# The same three commands run across machines (docs/deploy.md, "Run across machines").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 venv="$here/../../.venv/bin"  # the project's environment (make setup), else whatever is on PATH

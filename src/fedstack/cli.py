@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `fedstack report RUN | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except (OSError, sqlite3.DatabaseError) as exc:
         # Storage the command cannot write (a full disk, a quota, a file size limit, a read-only or
         # forbidden directory) or a store that is not a database: one line naming the file. Other
@@ -414,13 +417,13 @@ def cmd_predict(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import print_summary, write_report
+    from .report import plot_report, print_summary
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise FedstackError(f"run directory not found: {run_dir}")
     print_summary(run_dir)
-    print(f"plot: {write_report(run_dir)}")
+    print(f"plot: {plot_report(run_dir)}")  # without matplotlib: one line naming the `plots` extra, exit code 2
     return 0
 
 

@@ -263,7 +263,9 @@ class TorchTrainer(DPSGDSteps, Trainer):
     def __init__(self, model, loss_fn: Callable | None = None, optimizer: str | Callable = "sgd",
                  eval_batch_size: int = 100, jit_eval: bool = False, dp_seeded_noise: bool = True,
                  dp_secure_mode: bool = False, task: str = "classification", metrics: Callable | None = None):
-        import torch
+        from .extras import require
+
+        torch = require("torch", "torch", "TorchTrainer")
 
         if task not in ("classification", "regression"):
             raise FedstackError(f"TorchTrainer task must be 'classification' or 'regression', got {task!r}")

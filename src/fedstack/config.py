@@ -102,7 +102,7 @@ class ClientConfig(Section):
     lr_schedule: Literal["constant", "step", "exponential", "cosine"] = "constant"
     lr_decay: float = Field(0.5, gt=0, le=1)  # step: × this every lr_step_rounds; exponential: × this each round
     lr_step_rounds: int = Field(10, ge=1)
-    lr_min: float = Field(0.0, ge=0)  # cosine: the floor it anneals towards
+    lr_min: float = Field(0.0, ge=0)  # the floor a decaying rate stops at (cosine anneals towards it)
     # [[round, epochs], ...]: from that round on, that many local epochs (rounds increasing; before the first: epochs)
     epochs_by_round: list[list[int]] = []
 
@@ -240,7 +240,7 @@ class EvalConfig(Section):
 
 
 class Config(Section):
-    """A whole run. Keys and defaults are the contract the README's configuration section lists;
+    """A whole run. Keys and defaults are the contract docs/config.md lists (a test keeps the two in step);
     unknown keys are errors."""
 
     seed: int = 0

@@ -7,7 +7,6 @@ from dataclasses import replace
 import numpy as np
 
 from .client import EvalResult, FitConfig
-from .data.csr import Partition
 from .engine import EvalTask
 from .seeding import int_seed
 
@@ -34,10 +33,10 @@ def total(outcomes) -> EvalResult:
     return result
 
 
-def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
-               span_of=None) -> dict | None:
-    """Accuracy on each client's held-out split (loss, `"of": "loss"`, for a task without classes): mean
-    and 10th/50th/90th percentiles, or None.
+def clients(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
+            span_of=None) -> list[EvalResult]:
+    """The results of the clients the engine asks (`Engine.evaluators`) on their held-out splits, those
+    with examples, in client order.
 
     With `finetune`, each client first trains on its training split with that config (seeded per
     client from the run seed) and is judged on its own fine-tuned model. `span_of(i)` picks client
@@ -46,10 +45,15 @@ def per_client(engine, params: np.ndarray, dataset, seed: int, finetune: FitConf
     def tuning(i: int) -> FitConfig | None:
         return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
 
-    held = np.flatnonzero(Partition.from_lists(dataset.holdout_idx).sizes())  # no Python loop over all clients
-    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None) for i in held.tolist()]
+    asked = engine.evaluators(dataset)
+    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None) for i in asked]
     results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
-    results = [r for r in results if r.examples]
+    return [r for r in results if r.examples]
+
+
+def spread(results: list[EvalResult]) -> dict | None:
+    """Accuracy over clients (loss, `"of": "loss"`, for a task without classes): mean and 10th/50th/90th
+    percentiles, or None."""
     if results and results[0].accuracy is None:  # no classes (regression): the spread of the clients' losses
         figures = distribution([r.loss for r in results])
         return {**figures, "of": "loss"} if figures else None

@@ -294,7 +294,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                 if config.client.dp_sgd else None,
                                 callbacks=list(on_round), profile=profile, config=config.model_dump()),
                     rules=rules_of(config),
-                    evaluation=evaluation_of(config, finetune, federated=not remote))
+                    evaluation=evaluation_of(config, finetune))
 
 
 def transforms_of(config: Config, num_clients: int, remote: bool = False) -> list:

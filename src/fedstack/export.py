@@ -37,12 +37,9 @@ class Exported:
 
 
 def _require(module: str):
-    import importlib
+    from .extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise FedstackError(f"{module} is not installed: pip install 'fedstack[export]'") from None
+    return require(module, "export", "fedstack export")
 
 
 def load_run(run_dir: str | Path):
@@ -100,7 +97,13 @@ def export(run_dir: str | Path, fmt: str, out: str | Path) -> Exported:
 
         save_file(state, str(out))
         return Exported(out, fmt, int(params.size))
-    return Exported(out, fmt, int(params.size), _export_onnx(module, dataset.x_test[:CHECK_EXAMPLES], out))
+    return Exported(out, fmt, int(params.size), _export_onnx(module, check_inputs(dataset), out))
+
+
+def check_inputs(dataset) -> np.ndarray:
+    """Inputs to check an export on: the run's first test examples, or its first training examples when it
+    has no central test set (evaluation was federated)."""
+    return (dataset.x_test if len(dataset.x_test) else dataset.x)[:CHECK_EXAMPLES]
 
 
 def _export_onnx(module, inputs: np.ndarray, out: Path) -> float:
@@ -130,8 +133,9 @@ def predict(run_dir: str | Path, inputs_file: str | Path) -> np.ndarray:
     """The run's final model on the inputs of an .npz file (its array `x`, or its only array), given as the
     model sees them (a built-in data set's standardisation applied): class predictions for a classifier,
     the outputs for a regression."""
-    import torch
+    from .extras import require
 
+    torch = require("torch", "torch", "fedstack predict")
     config, params, dataset = load_run(run_dir)
     path = Path(inputs_file)
     try:

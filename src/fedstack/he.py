@@ -52,11 +52,9 @@ MAX_MODULUS_BITS_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32
 
 def _tenseal():
     # Imported on first use: TenSEAL takes about 0.4 s to import, and most runs never encrypt.
-    try:
-        import tenseal
-    except ImportError:  # pragma: no cover - tenseal is a declared dependency
-        raise ImportError("fedstack.he needs the 'tenseal' package (pip install tenseal)") from None
-    return tenseal
+    from .extras import require
+
+    return require("tenseal", "he", "CKKS homomorphic aggregation")
 
 
 @dataclass(frozen=True)

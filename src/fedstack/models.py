@@ -30,7 +30,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int):
       Optimization": embedding 96, 670 units, 10k words + OOV, 20-word sequences) and of the
       keyboard LSTM of Hard et al. 2018, made smaller for CPU simulation.
     """
-    from torch import nn
+    from .extras import require
+
+    nn = require("torch.nn", "torch", f"model {name!r}")
 
     features = math.prod(input_shape)
     if name == "logreg":
@@ -51,7 +53,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int):
 
 
 def _define_sequence_lstm():
-    from torch import nn
+    from .extras import require
+
+    nn = require("torch.nn", "torch", "SequenceLSTM")
 
     class SequenceLSTM(nn.Module):
         """Embedding → LSTM (batch first) → Linear: logits [batch, time, classes] from ids [batch, time]."""

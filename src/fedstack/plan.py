@@ -54,12 +54,13 @@ def rules_of(config: Config) -> Rules:
                  epsilon_budget=config.privacy.epsilon_budget)
 
 
-def load_reference(name: str, key: str) -> Callable:
-    """The function a config names as "package.module:function", imported from the working directory or an
-    installed package; a ConfigError naming `key` if it cannot be."""
+def load_reference(name: str, key: str, where: str = "") -> Callable:
+    """The function a config names as "package.module:function", imported from the directory `where` (by
+    default the working directory) or an installed package; a ConfigError naming `key` if it cannot be."""
     module_name, _, attribute = name.partition(":")
-    if os.getcwd() not in sys.path:  # `fedstack run` started where the user's package is
-        sys.path.insert(0, os.getcwd())
+    where = where or os.getcwd()
+    if where not in sys.path:  # `fedstack run` started where the user's package is
+        sys.path.insert(0, where)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # a missing module, or one that fails on import: the user's to fix
@@ -71,11 +72,11 @@ def load_reference(name: str, key: str) -> Callable:
     return function
 
 
-def evaluation_of(config: Config, finetune: FitConfig | None, federated: bool = True) -> Evaluation:
-    """What a config's `[eval]` measures and when (`federated=False`: no federated evaluation whatever it says)."""
+def evaluation_of(config: Config, finetune: FitConfig | None) -> Evaluation:
+    """What a config's `[eval]` measures and when."""
     e = config.eval
     finish = load_reference(e.metrics_aggregation, "eval.metrics_aggregation") if e.metrics_aggregation else None
-    return Evaluation(every=e.every, federated=e.federated and federated, federated_every=e.federated_every,
+    return Evaluation(every=e.every, federated=e.federated, federated_every=e.federated_every,
                       finetune=finetune, finish_metrics=finish)
 
 
@@ -93,36 +94,44 @@ def schedule_of(config: Config):
 def trainer_factory(config: Config, input_shape: tuple[int, ...], num_classes: int) -> Callable[[], Trainer]:
     """The config's trainer factory, picklable (each worker, each device builds its own trainer)."""
     m = config.model
+    # The directory the run starts in goes with the factory: a Ray worker starts elsewhere, and must import
+    # the user's package from the same place (on a cluster of several machines, install the package instead).
     return functools.partial(make_trainer, m.name, tuple(input_shape), num_classes, config.client.optimizer, m.task,
-                             m.metrics)
+                             m.metrics, os.getcwd() if keys.is_reference(m.name) or m.metrics else "")
 
 
 def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, optimizer: str,
-                 task: str = "classification", metrics: str = ""):
+                 task: str = "classification", metrics: str = "", where: str = ""):
     """A TorchTrainer for a named model, or the user's own model ("package.module:function" returning a
     torch.nn.Module, or a fedstack.Trainer) for `task`, with the user's `metrics` function if named;
     picklable through functools.partial, so each worker builds one."""
     from .client import TorchTrainer
     from .models import build_model
 
+    own_metrics = load_reference(metrics, "model.metrics", where) if metrics else None
     if not keys.is_reference(model):
-        return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True)
-    built = load_reference(model, "model.name")()
+        return TorchTrainer(build_model(model, input_shape, num_classes), optimizer=optimizer, jit_eval=True,
+                            metrics=own_metrics)
+    built = load_reference(model, "model.name", where)()
     if isinstance(built, Trainer):
+        if own_metrics is not None:  # said rather than ignored
+            raise ConfigError("model.metrics", f"{model} returned a fedstack.Trainer, which reports its own "
+                              "metrics from evaluate(); model.metrics applies to torch.nn.Module models")
         return built
-    import torch
-
-    if not isinstance(built, torch.nn.Module):
+    torch = sys.modules.get("torch")  # a torch module was built with torch imported: no import here otherwise
+    if torch is None or not isinstance(built, torch.nn.Module):
         raise ConfigError("model.name", f"{model} returned {type(built).__name__}: expected a torch.nn.Module or a "
                           "fedstack.Trainer")
-    return TorchTrainer(built, optimizer=optimizer, task=task,
-                        metrics=load_reference(metrics, "model.metrics") if metrics else None)
+    return TorchTrainer(built, optimizer=optimizer, task=task, metrics=own_metrics)
 
 
 def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
-    """The starting global model: the factory's model initialised from the run seed."""
-    import torch
-
+    """The starting global model: the factory's model initialised from the run seed (torch's generator, where
+    torch is installed; a model that is not a torch one — a NumPy Trainer — starts where its get_params says)."""
+    try:
+        import torch
+    except ImportError:  # fedstack without the torch extra: no torch model to seed (make_trainer says so)
+        return trainer_factory().get_params()
     torch.manual_seed(int_seed(seed, "init"))
     return trainer_factory().get_params()
 

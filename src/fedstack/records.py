@@ -40,11 +40,9 @@ class History:
 
     def to_pandas(self):
         """One row per round, nested figures as dotted columns (failures_by_kind.dropout, ...)."""
-        try:
-            import pandas
-        except ImportError:
-            raise FedstackError("History.to_pandas() needs pandas: pip install 'fedstack[analysis]'") from None
-        return pandas.json_normalize(self.rounds)
+        from .extras import require
+
+        return require("pandas", "analysis", "History.to_pandas()").json_normalize(self.rounds)
 
 
 def _holds_module(trainer) -> bool:
@@ -108,10 +106,23 @@ def _ratio(raw: int, sent: int) -> float | None:
 
 
 def versions() -> dict:
-    import torch
-
+    """The versions a run's figures depend on; torch's None where it is not installed (a NumPy model's run)."""
     return {"fedstack": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__}
+            "torch": _torch_version(), "numpy": np.__version__}
+
+
+def _torch_version() -> str | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    from importlib import metadata  # installed but not imported (a NumPy model's run): not worth its import time
+
+    try:
+        return metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def default_run_dir() -> Path:

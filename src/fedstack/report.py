@@ -114,10 +114,11 @@ def _run_title(run_dir: Path, summary: dict | None) -> str:
 
 
 def plot_report(run_dir) -> Path:
-    """Draw the run's figures per round (`draw_report`) into run_dir/report.png and return its path."""
-    import matplotlib
+    """Draw the run's figures per round (`draw_report`) into run_dir/report.png and return its path;
+    MissingExtra without matplotlib (the `plots` extra)."""
+    from .extras import require
 
-    matplotlib.use("Agg")  # no display on servers and CI
+    require("matplotlib", "plots", "the report's plot").use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
@@ -156,7 +157,9 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     time (a simulation: the simulated clock of its device fleet; a deployed run, `deployed` in its
     summary: wall time). When the run has them: privacy spent, rejected updates by reason.
     """
-    import matplotlib.pyplot as plt
+    from .extras import require
+
+    plt = require("matplotlib.pyplot", "plots", "the report's plot")
     from matplotlib.ticker import MaxNLocator
 
     deployed = bool((summary or {}).get("deployed"))
@@ -217,7 +220,7 @@ def _draw_accuracy(acc_ax, metrics: list[dict], evaluated: list[dict]) -> None:
                 marker="o", label="test (global model)")
     for key, color, label in (("federated", "tab:orange", "federated mean (p10–p90)"),
                               ("personalized", "tab:green", "after fine-tuning")):
-        records = [m for m in metrics if m.get(key)]
+        records = [m for m in metrics if m.get(key) and m[key].get("of") != "loss"]  # losses: not on this axis
         if not records:
             continue
         fed_rounds = [m["round"] for m in records]
@@ -370,8 +373,11 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     for key, label in (("federated", "federated"), ("personalized", "fine-tuned")):
         fed = final.get(key)
         if fed:
+            of_loss = fed.get("of") == "loss"  # a task without classes: the spread of the clients' losses
             for stat in ("mean", "p10", "p50", "p90"):
-                table.add_row(f"{label} {stat} accuracy", _percent(fed.get(stat)))
+                value = fed.get(stat)
+                shown = "-" if value is None else f"{value:.4f}" if of_loss else _percent(value)
+                table.add_row(f"{label} {stat} {'loss' if of_loss else 'accuracy'}", shown)
     table.add_row("bytes up (total)", human_bytes(final.get("bytes_up_total", 0)))
     table.add_row("bytes down (total)", human_bytes(final.get("bytes_down_total", 0)))
     for key, label in (("compression_up", "upload"), ("compression_down", "download")):
@@ -423,6 +429,16 @@ def print_summary(run_dir, console: Console | None = None) -> None:
     (console or Console()).print(table)
 
 
-def write_report(run_dir) -> Path:
-    """Write the report of a run and return the path of its plot."""
-    return plot_report(run_dir)
+def write_report(run_dir) -> Path | None:
+    """Write the report of a run and return the path of its plot: None, with a warning naming the `pip
+    install` that adds it, where matplotlib is not installed (the run's figures are in its metrics and
+    summary all the same)."""
+    from .extras import MissingExtra
+
+    try:
+        return plot_report(run_dir)
+    except MissingExtra as exc:
+        import logging
+
+        logging.getLogger("fedstack.report").warning("%s; no %s written", exc, REPORT_FILE)
+        return None

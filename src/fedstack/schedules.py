@@ -12,6 +12,7 @@ goes on where it stopped: a schedule is a pure function of the round.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -26,13 +27,15 @@ def scheduled_lr(round: int, lr: float, schedule: str = "constant", *, decay: fl
                  lr_min: float = 0.0, rounds: int = 1) -> float:
     """The learning rate of round `round` (from 1) for a base rate `lr`:
     step: lr·decay^⌊(r−1)/step_rounds⌋; exponential: lr·decay^(r−1);
-    cosine: lr_min + (lr − lr_min)·(1 + cos(π·(r−1)/rounds))/2, above lr_min in every round."""
+    cosine: lr_min + (lr − lr_min)·(1 + cos(π·(r−1)/rounds))/2, above lr_min in every round.
+    A decayed rate stops at lr_min, and never reaches 0 (a long exponential decay underflows): it stays a
+    learning rate a client accepts."""
     if schedule == "constant":
         return lr
     if schedule == "step":
-        return lr * decay ** ((round - 1) // step_rounds)
+        return max(lr * decay ** ((round - 1) // step_rounds), lr_min, sys.float_info.min)
     if schedule == "exponential":
-        return lr * decay ** (round - 1)
+        return max(lr * decay ** (round - 1), lr_min, sys.float_info.min)
     if schedule == "cosine":
         return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * (round - 1) / rounds)) / 2
     raise ValueError(f"unknown lr schedule {schedule!r} ({' | '.join(LR_SCHEDULES)})")

@@ -60,6 +60,19 @@ def test_batchnorm_statistics_give_the_same_bits_on_ray(runs):
 
 
 @needs_namespaces
+def test_a_users_own_regression_metrics_and_lr_schedule_give_the_same_bits_on_ray(runs):
+    """Issue 20's user parts named in TOML (a BatchNorm regression network, its loader, metrics and their
+    aggregation, a cosine schedule, round-dependent epochs) on local, pool and a Ray of our own."""
+    user = runs["user"]
+    last = user["local"]["rounds"][-1]
+    assert last["test_accuracy"] is None and set(last["test_metrics"]) == {"mae", "share_within_half"}
+    assert user["local"]["rounds"][0]["test_loss"] > last["test_loss"]  # it learns
+    for engine in ("pool", "ray"):
+        np.testing.assert_array_equal(np.array(user[engine]["params"]), np.array(user["local"]["params"]))
+        assert user[engine]["rounds"] == user["local"]["rounds"], engine
+
+
+@needs_namespaces
 def test_a_killed_actor_loses_only_its_task_and_the_run_ends_with_the_same_bits(cluster):
     """On the two-node cluster: deadline, over-selection, dropouts, and an actor that kills itself (kill -9)."""
     result = cluster.result()

@@ -101,6 +101,7 @@ def test_a_client_killed_mid_run_is_a_dropout_and_the_run_completes(tmp_path, cr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
     assert all(r["clients"] >= 4 for r in records)
-    # The dead client was sampled and lost (a dropout), or the server saw its connection close before the next
+    # The dead client was sampled and lost (a dropout), or the server saw its connection close before the last
     # round began and sampled among the four left: which comes first is the kernel's timing, not the test's.
-    assert sum(r["failures"] for r in records) >= 1 or all(r["sampled"] <= 4 for r in records[1:])
+    # (Round 2 may have begun, and the client answered it, before the kill.)
+    assert sum(r["failures"] for r in records) >= 1 or records[-1]["sampled"] == 4

@@ -1,1 +1,2 @@
-"""Trainers for models outside PyTorch: `sklearn.SklearnTrainer` (scikit-learn's incremental linear models)."""
+"""Trainers for models outside PyTorch's own loop: `sklearn.SklearnTrainer` (scikit-learn's incremental linear
+models) and `keras.KerasTrainer` (Keras 3 models, on Keras's torch backend)."""

@@ -8,7 +8,7 @@ rate `eta0 = lr`, so a round is reproducible on every engine; the update is loca
 Evaluation: a classifier's cross-entropy of the softmax of its decision function (the logistic loss
 for two classes) with top-1 and top-3 hits; a regressor's squared error, no accuracy.
 
-scikit-learn is imported only here (`pip install scikit-learn`).
+scikit-learn is imported only here (`pip install 'fedstack[sklearn]'`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class SklearnTrainer(Trainer):
         return np.zeros(self.size, dtype=np.float32)
 
     def _model(self, params: np.ndarray, config: FitConfig | None = None):
-        from sklearn.base import clone
+        from ..extras import require
+
+        clone = require("sklearn.base", "sklearn", "SklearnTrainer").clone
 
         if params.shape != (self.size,):
             raise ValueError(f"expected {self.size} parameters, got {params.shape}")

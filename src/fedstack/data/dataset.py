@@ -127,9 +127,14 @@ class FederatedDataset:
         "powerlaw" with more clients than samples makes a population that shares the samples
         (`partition.powerlaw_shared`); every other partition needs a sample per client at least.
         `targets="values"`: real-valued targets (regression; `num_classes` 0), partitioned iid or powerlaw.
+        `x_test` and `y_test` None: there is no central test set, and evaluation is federated (the clients'
+        held-out splits, `holdout`, judge the model).
         """
         _check_options(num_clients, partition, alpha, holdout)
-        x, x_test = np.asarray(x), np.asarray(x_test)
+        x = np.asarray(x)
+        if x_test is None and y_test is None:
+            x_test, y_test = x[:0], np.asarray(y)[:0]
+        x_test = np.asarray(x_test)
         y, y_test = _targets(y, "y", targets), _targets(y_test, "y_test", targets)
         _check_shapes(x, y, x_test, y_test)
         shared = _shares_samples(num_clients, partition, len(y))

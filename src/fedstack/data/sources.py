@@ -219,9 +219,9 @@ def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 
     The 80/20 split is stratified by class and drawn from SeedSequence([seed, DIGITS_SPLIT_STREAM]).
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    from ..extras import require
 
-    digits = sklearn_digits()
+    digits = require("sklearn.datasets", "sklearn", "the digits data set").load_digits()
     x = (digits.images.astype(np.float32) / np.float32(16.0)).reshape(-1, 1, 8, 8)
     y = digits.target.astype(np.int64)
     rng = np.random.default_rng(np.random.SeedSequence([seed, DIGITS_SPLIT_STREAM]))

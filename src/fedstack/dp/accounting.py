@@ -40,7 +40,9 @@ def _dp_accounting():
     # and absl behind it) takes seconds to import.
     import logging
 
-    import dp_accounting
+    from ..extras import require
+
+    dp_accounting = require("dp_accounting", "privacy", "privacy accounting")
 
     # dp_accounting warns, every time ε is computed, about fractional RDP orders whose series does not
     # converge; it leaves them out, which only makes ε more conservative. One line per round per order

@@ -54,7 +54,9 @@ class DPSGDSteps:
         fit; they come off afterwards, with every attribute they leave on parameters and modules,
         so non-DP fits and traced evaluation see the plain model and no fit sees another's state.
         """
-        from opacus import GradSampleModule
+        from ..extras import require
+
+        GradSampleModule = require("opacus", "privacy", "DP-SGD (client.dp_sgd)").GradSampleModule
 
         try:
             # loss_reduction="sum": the loss is a sum of per-example losses, so grad_sample needs no rescaling.
@@ -88,7 +90,9 @@ class DPSGDSteps:
         (not the batch's actual size, which would depend on the data, as the last batch of an epoch
         may be smaller); the wrapped optimizer's `step()` then applies it.
         """
-        from opacus.optimizers import DPOptimizer
+        from ..extras import require
+
+        DPOptimizer = require("opacus.optimizers", "privacy", "DP-SGD (client.dp_sgd)").DPOptimizer
 
         if self.dp_secure_mode:
             try:

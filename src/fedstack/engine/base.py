@@ -11,6 +11,7 @@ import numpy as np
 
 from ..client import EvalResult, FitConfig, Task, Trainer, flipped
 from ..codec import CodecContext, Pipeline
+from ..data.csr import Partition
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ class Engine:
         """How many times a device has joined (a new value: it lost what earlier protocol steps gave it)."""
         return 0
 
+    def evaluators(self, dataset) -> list[int]:
+        """The clients a federated evaluation asks: here those whose held-out split is not empty (a deployed
+        engine asks the devices connected now, which alone know their data)."""
+        return np.flatnonzero(Partition.from_lists(dataset.holdout_idx).sizes()).tolist()
+
 
 def task_cost(task, dataset) -> float:
     """A task's rough cost in example-passes, to start the longest first (forward and backward ≈ 3 forward)."""
@@ -136,6 +142,17 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
                     trained - started, time.perf_counter() - trained)
 
 
+def evaluate_held_out(trainer: Trainer, data, params: np.ndarray, finetune=None):
+    """One client's EvalResult on its held-out split, after fine-tuning on its training split with `finetune`
+    (personalised evaluation); the one client-side evaluation of every engine and device."""
+    idx = data.holdout_idx
+    if not len(idx):  # nothing held out (a device may hold none): no figures, and no fine-tuning for them
+        return EvalResult()
+    if finetune is not None:
+        params = params + trainer.fit(params, data, finetune).update
+    return trainer.evaluate(params, data.x[idx], data.y[idx])
+
+
 def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> Outcome:
     """Run one fit or evaluation task with `trainer`; errors become a failed Outcome."""
     started = time.perf_counter()
@@ -147,10 +164,7 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
             if task.client_id is None:
                 value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
             else:
-                if task.finetune is not None:
-                    params = params + trainer.fit(params, data.client(task.client_id), task.finetune).update
-                idx = data.holdout_idx[task.client_id]
-                value = trainer.evaluate(params, data.x[idx], data.y[idx])
+                value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune)
         else:
             value = fit_and_encode(trainer, workload.pipeline, workload.seed, task, data.client(task.client_id), params)
             task = replace(task, state=None)  # the old state need not travel back

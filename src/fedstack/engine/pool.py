@@ -65,9 +65,12 @@ def _worker_main(conn, workload: Workload, arrays: dict[str, _Shared], inherited
     for fd in inherited:
         os.close(fd)
     try:
-        import torch
-
-        torch.set_num_threads(1)
+        try:
+            import torch
+        except ImportError:  # fedstack without the torch extra: a NumPy model's workers
+            pass
+        else:
+            torch.set_num_threads(1)
         attached = {k: ref.attach() for k, ref in arrays.items()}
         dataset = replace(workload.dataset, **{k: view for k, (_, view) in attached.items()})
         workload = replace(workload, dataset=dataset)

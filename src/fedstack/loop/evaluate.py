@@ -7,25 +7,33 @@ import time
 import numpy as np
 
 from .. import evaluation
-from ..client import FitConfig
+from ..client import EvalResult, FitConfig
 from ..profiling import Profile
 from ..options import Evaluation
 
 
 class Evaluator:
     """Central test-set figures every `every` rounds and after the last, federated ones every
-    `federated_every` rounds and after the last (see `Evaluation`), on the loop's engine."""
+    `federated_every` rounds and after the last (see `Evaluation`), on the loop's engine.
+
+    Without a central test set (a deployed server may hold none), the clients' held-out data is the test
+    set: federated evaluation runs on the central schedule too, and the test figures are the sums of the
+    clients' results — loss, accuracy and the task's own metrics weighted by each client's examples."""
 
     def __init__(self, engine, dataset, seed: int, plan: Evaluation, rounds: int, profile: Profile | None = None):
         self.engine, self.dataset, self.seed, self.plan = engine, dataset, seed, plan
         self.rounds, self.profile = rounds, profile
+        self.central = len(dataset.y_test) > 0
+
+    def _scheduled(self, rnd: int, every: int | None) -> bool:
+        return every is not None and (rnd == self.rounds or bool(every and rnd % every == 0))
 
     def central_due(self, rnd: int) -> bool:
-        return rnd == self.rounds or bool(self.plan.every and rnd % self.plan.every == 0)
+        return self.central and self._scheduled(rnd, self.plan.every)
 
     def federated_due(self, rnd: int) -> bool:
-        every = self.plan.federated_interval
-        return every is not None and (rnd == self.rounds or bool(every and rnd % every == 0))
+        return self._scheduled(rnd, self.plan.federated_interval) or (
+            not self.central and self._scheduled(rnd, self.plan.every))
 
     def figures(self, rnd: int, params: np.ndarray, central: bool = True, stacked: np.ndarray | None = None) -> dict:
         """The round's evaluation figures (test_* None when not due; `central=False`: left for later).
@@ -41,16 +49,19 @@ class Evaluator:
             if stacked is not None:
                 P = stacked.shape[1]
                 own, span_of = stacked.reshape(-1), (lambda i: (i * P, (i + 1) * P))
-            figures["federated"] = self.federated(own, span_of=span_of)
+            results = self.clients(own, span_of=span_of)
+            figures["federated"] = evaluation.spread(results)
+            if not self.central and self._scheduled(rnd, self.plan.every) and results:
+                figures.update(test_figures(sum(results, EvalResult()), self.plan.finish_metrics))
             if self.plan.finetune is not None:
-                figures["personalized"] = self.federated(own, self.plan.finetune, span_of)
+                figures["personalized"] = evaluation.spread(self.clients(own, self.plan.finetune, span_of))
         if self.profile is not None:
             self.profile.evaluate_wall_s += time.perf_counter() - started
         return figures
 
-    def federated(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> dict | None:
-        """Accuracy of `params` on each client's held-out split (after fine-tuning with `finetune`)."""
-        return evaluation.per_client(self.engine, params, self.dataset, self.seed, finetune, span_of)
+    def clients(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> list[EvalResult]:
+        """Each asked client's result on its held-out split (after fine-tuning with `finetune`)."""
+        return evaluation.clients(self.engine, params, self.dataset, self.seed, finetune, span_of)
 
     def shards(self) -> list:
         """The central evaluation's tasks (to run in another batch of the engine: `test_figures(total(...))`)."""

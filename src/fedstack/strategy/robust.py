@@ -171,9 +171,12 @@ class RootUpdate:
 
     def __call__(self, round: int, params: np.ndarray) -> np.ndarray:
         if self.trainer is None:
-            import torch
-
-            torch.set_num_threads(1)
+            try:
+                import torch
+            except ImportError:  # a model that is not a torch one (fedstack without the torch extra)
+                pass
+            else:
+                torch.set_num_threads(1)
             self.trainer = self.trainer_factory()
         config = replace(self.fit, seed=int_seed(self.seed, "root", round))
         return np.asarray(self.trainer.fit(params, self.data, config).update, dtype=np.float32)

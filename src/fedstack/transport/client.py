@@ -19,40 +19,51 @@ from ..client import FitConfig, Task, TorchTrainer
 from ..codec import CodecContext, build_pipeline
 from ..config import validate
 from ..data import ClientData
-from ..engine.base import fit_and_encode
+from ..engine.base import evaluate_held_out, fit_and_encode
 from ..errors import DataError, FedstackError
 from ..version import __version__
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
 from . import fedstack_pb2_grpc as pb_grpc
+from .replies import eval_figures
 from .wire import GRPC_OPTIONS, assemble, chunks
 
 log = logging.getLogger("fedstack.client")
 
 
-def load_local_data(path: str | Path, label_column: str = "label") -> ClientData:
-    """A client's own data: an .npz with arrays `x` and `y`, or a CSV with a label column."""
+def load_local_data(path: str | Path, label_column: str = "label", task: str = "classification") -> ClientData:
+    """A client's own data: an .npz with arrays `x` and `y` (and, for federated evaluation, its held-out
+    `x_test` and `y_test`), or a CSV with a label column. Targets are class labels, or real values when
+    the run's `task` is a regression."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"client data not found: {path}")
+    target = np.float32 if task == "regression" else np.int64
+    held = 0
     if path.suffix == ".npz":
         with np.load(path) as f:
             if "x" not in f or "y" not in f:
                 raise DataError(f"{path}: an .npz needs arrays 'x' and 'y', found {sorted(f.files)}")
-            x, y = f["x"].astype(np.float32), f["y"].astype(np.int64)
+            x, y = f["x"].astype(np.float32), f["y"].astype(target)
+            if ("x_test" in f) != ("y_test" in f) or ("x_test" in f and len(f["x_test"]) != len(f["y_test"])):
+                raise DataError(f"{path}: held-out data needs arrays 'x_test' and 'y_test' of the same length")
+            if "x_test" in f:
+                held = len(f["y_test"])
+                x = np.concatenate([x, f["x_test"].astype(np.float32)])
+                y = np.concatenate([y, f["y_test"].astype(target)])
     elif path.suffix == ".csv":
         header = path.read_text().splitlines()[0].split(",")
         if label_column not in header:
             raise DataError(f"{path}: no column '{label_column}' (columns: {', '.join(header)})")
         table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
         col = header.index(label_column)
-        y = table[:, col].astype(np.int64)
+        y = table[:, col].astype(target)
         x = np.delete(table, col, axis=1).astype(np.float32)
     else:
         raise DataError(f"{path}: client data must be .npz (x, y) or .csv with a '{label_column}' column")
     if len(x) != len(y):
         raise DataError(f"{path}: {len(x)} samples but {len(y)} labels")
-    return ClientData(x, y, np.arange(len(y)), np.zeros(0, dtype=np.int64))
+    return ClientData(x, y, np.arange(len(y) - held), np.arange(len(y) - held, len(y)))
 
 
 def fit_to_model(data: ClientData, input_shape: tuple[int, ...], num_classes: int, source: str) -> ClientData:
@@ -246,9 +257,12 @@ class Client:
         import grpc
 
         if trainer is None:
-            import torch
-
-            torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
+            try:
+                import torch
+            except ImportError:  # fedstack without the torch extra: the run's model is a NumPy one, or it says so
+                pass
+            else:
+                torch.set_num_threads(1)  # the same kernels as every engine, so the same bits
         self.grpc = grpc
         # The handshake's inputs, to say why when the server's TLS refuses us (None: plaintext).
         self.tls_handshake = None if tls.insecure else (server, tls.ca, tls.cert, tls.key)
@@ -335,7 +349,7 @@ class Client:
 
     def _load_data(self) -> ClientData:
         if self.data_path:
-            return load_local_data(self.data_path)
+            return load_local_data(self.data_path, task=self.config.model.task)
         if self.partition is None:
             raise FedstackError("a client needs --data FILE or --partition ID")
         from ..plan import dataset_of
@@ -372,6 +386,20 @@ class Client:
                 time.sleep(delay)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
+    def _evaluate(self, header, params: np.ndarray) -> None:
+        """Judge the global model on this device's held-out data (none: zero examples) and report the sums."""
+        update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
+        with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):
+            try:
+                tuning = json.loads(header.fit_config_json or "{}")
+                result = evaluate_held_out(self.trainer, self.data, params, FitConfig(**tuning) if tuning else None)
+                update.num_examples = result.examples
+                update.metrics.update(eval_figures(result))
+            except Exception as exc:  # the server counts a failed evaluation; the device keeps working
+                update.error = f"{type(exc).__name__}: {exc}"
+                log.warning("evaluation failed: %s", update.error)
+        self._submit(header, update, b"", "evaluation")
+
     def _save_state(self) -> None:
         if self.state_path is None:
             return
@@ -398,6 +426,9 @@ class Client:
             return True
         params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
                                dtype=np.float32)
+        if header.kind == pb.TaskHeader.EVALUATE:
+            self._evaluate(header, params)
+            return True
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload, reply, violated = b"", None, None
         with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):

@@ -47,10 +47,12 @@ class TaskHeader(_message.Message):
         FIT: _ClassVar[TaskHeader.Kind]
         STOP: _ClassVar[TaskHeader.Kind]
         PROTOCOL: _ClassVar[TaskHeader.Kind]
+        EVALUATE: _ClassVar[TaskHeader.Kind]
     WAIT: TaskHeader.Kind
     FIT: TaskHeader.Kind
     STOP: TaskHeader.Kind
     PROTOCOL: TaskHeader.Kind
+    EVALUATE: TaskHeader.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]

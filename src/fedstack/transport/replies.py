@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from ..client import EvalResult
 from ..codec import CodecContext, Pipeline
 from ..engine import FitReply, Workload
 from ..errors import brief
@@ -17,6 +18,21 @@ from ..validation import check_update
 # (a CKKS ciphertext takes ~83 bytes a value plus ~330 KB).
 PROTECTED_BYTES_PER_VALUE, PROTECTED_BYTES_BASE = 128, 2 << 20
 MAX_METRICS = 64  # training figures a client may attach to an update
+
+
+SUM = "sum:"  # the prefix of a task's own metric sums among an evaluation's figures
+
+
+def eval_figures(result: EvalResult) -> dict[str, float]:
+    """An evaluation's figures as an UpdateHeader's metrics (the example count travels as num_examples);
+    `ReplyRules.eval_reply` reads them back. A figure a task lacks (accuracy in a regression) is absent."""
+    figures = {"loss_sum": float(result.loss_sum)}
+    if result.correct is not None:
+        figures["correct"] = float(result.correct)
+    if result.correct_top3 is not None:
+        figures["correct_top3"] = float(result.correct_top3)
+    figures.update({SUM + name: float(value) for name, value in result.sums.items()})
+    return figures
 
 
 class ReplyRules:
@@ -68,3 +84,22 @@ class ReplyRules:
             if problem:
                 return "malformed", f"malformed update: {problem}"
         return FitReply(payload, weight, metrics, update=update)
+
+    def eval_reply(self, name: str, header) -> EvalResult | tuple[str, str]:
+        """The EvalResult a held-out evaluation's reply claims, or (kind, reason) of its refusal. The figures
+        are the client's word: bounded (examples by `max_examples`, counts by examples), never trusted
+        further — they are reported, and no model depends on them."""
+        examples, figures = int(header.num_examples), dict(header.metrics)
+        bound = self.max_examples.get(name, 0)
+        if examples < 0 or (bound and examples > bound):
+            return "weight", f"num_examples {examples} is out of bounds for this client (0..{bound or 'any'})"
+        if len(figures) > MAX_METRICS or "loss_sum" not in figures:
+            return "malformed", f"an evaluation needs loss_sum and at most {MAX_METRICS} figures"
+        if not all(math.isfinite(v) for v in figures.values()):
+            return "malformed", "an evaluation's figures must be finite"
+        counts = [figures.get(k) for k in ("correct", "correct_top3")]
+        if any(c is not None and not (0 <= c <= examples and c == int(c)) for c in counts):
+            return "malformed", f"correct predictions must be whole numbers in 0..{examples}"
+        sums = {k[len(SUM):]: v for k, v in figures.items() if k.startswith(SUM)}
+        correct, top3 = (None if c is None else int(c) for c in counts)
+        return EvalResult(figures["loss_sum"], correct, examples, top3, sums)

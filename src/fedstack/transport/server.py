@@ -105,16 +105,22 @@ class GrpcEngine(Engine):
             return sorted(self.ids[n] for n, t in self.last_seen.items() if t >= horizon)
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
-        """Outcomes in task order: fit tasks from the clients, evaluation shards computed here."""
-        fits = [(i, t) for i, t in enumerate(tasks) if not isinstance(t, EvalTask)]
-        if any(t.config.terms for _, t in fits):  # code objects: a device runs only the terms it ships with
+        """Outcomes in task order: fit tasks and held-out evaluations from the clients, test-set shards
+        computed here."""
+        remote = [(i, t) for i, t in enumerate(tasks) if not (isinstance(t, EvalTask) and t.client_id is None)]
+        if any(not isinstance(t, EvalTask) and t.config.terms for _, t in remote):
+            # code objects: a device runs only the terms it ships with
             raise FedstackError("FitConfig.terms: a user's own local terms run in simulation; deployed clients "
                                 "apply the built-in terms their config names (client.mu, SCAFFOLD)")
-        if fits:
-            yield from self._run_remote(params, tasks, fits)
+        if remote:
+            yield from self._run_remote(params, tasks, remote)
         else:
             for task in tasks:
                 yield execute(self.trainer, self.workload, task, params)
+
+    def evaluators(self, dataset) -> list[int]:
+        """Federated evaluation asks the devices connected now: only they know whether they hold data."""
+        return self.connected()
 
     def session(self, client_id: int) -> int:
         """How many times the client has joined: a new value means a new client process or connection."""
@@ -123,7 +129,7 @@ class GrpcEngine(Engine):
 
     def _run_remote(self, params, tasks, fits) -> Iterator[Outcome]:
         outcomes = self._dispatch(fits, params)
-        # Every fit task now has a result or a dropout; evaluation tasks run here, in order.
+        # Every remote task now has a result or a dropout; test-set shards run here, in order.
         for index, task in enumerate(tasks):
             yield outcomes[index] if index in outcomes else execute(self.trainer, self.workload, task, params)
 
@@ -150,7 +156,7 @@ class GrpcEngine(Engine):
             for index, task in items:
                 name = self.names[task.client_id]
                 # Random ids: unguessable, and never reused by a restarted server.
-                assignment = _Assignment(secrets.randbits(63), index, name, task.round, task, results)
+                assignment = _Assignment(secrets.randbits(63), index, name, round_of(task), task, results)
                 self._open[assignment.task_id] = assignment
                 self._inbox[name].append(assignment)
             self._lock.notify_all()
@@ -237,6 +243,8 @@ class GrpcEngine(Engine):
     def reply_limit(self, assignment: _Assignment) -> int:
         """The most bytes a reply to this task may announce (`ReplyRules.limit`)."""
         task = assignment.task
+        if isinstance(task, EvalTask):
+            return 0  # its figures travel in the header
         protected = isinstance(task, ProtocolTask) or task.protocol is not None
         return self.rules.limit(len(self._params_payload) // 4, None if protected else self.workload.pipeline)
 
@@ -283,6 +291,11 @@ class GrpcEngine(Engine):
             outcome = Outcome(task, error=f"{name}: {brief(header.error)}")
         elif isinstance(task, ProtocolTask):  # a protocol message: the protocol checks it
             outcome = Outcome(task, FitReply(payload, 0))
+        elif isinstance(task, EvalTask):
+            result = self.rules.eval_reply(name, header)
+            if isinstance(result, tuple):
+                return self.refuse(name, result[1], result[0])
+            outcome = Outcome(task, result)
         else:
             reply = self.rules.fit_reply(name, task, header, payload, len(self._params_payload) // 4, self.workload)
             if isinstance(reply, tuple):
@@ -294,6 +307,19 @@ class GrpcEngine(Engine):
             del self._open[header.task_id]
             assignment.results.put((assignment.index, outcome))
         return pb.SubmitReply(accepted=True)
+
+
+def round_of(task) -> int:
+    """The round a task belongs to (0 for an evaluation, which the loop runs between rounds)."""
+    return 0 if isinstance(task, EvalTask) else task.round
+
+
+def wire_config(config) -> str:
+    """A FitConfig as the JSON a task header carries ("{}" for none); a user's own local terms are code
+    and never travel."""
+    if config is None:
+        return "{}"
+    return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "terms"})
 
 
 class FederationService(pb_grpc.FederationServicer):
@@ -356,11 +382,16 @@ class FederationService(pb_grpc.FederationServicer):
                                                     protocol_request=task.task.request, **common))
             return
         payload = self.engine._params_payload
-        config = json.dumps({k: v for k, v in dataclasses.asdict(task.task.config).items() if k != "terms"})
-        stage, request = task.task.protocol or ("", b"")
-        yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, fit_config_json=config,
-                                                params_bytes=len(payload), protocol_stage=stage,
-                                                protocol_request=request, **common))
+        if isinstance(task.task, EvalTask):  # the client's held-out split, after fine-tuning if asked
+            tuning = task.task.finetune
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.EVALUATE, fit_config_json=wire_config(tuning),
+                                                    params_bytes=len(payload), **common))
+        else:
+            stage, request = task.task.protocol or ("", b"")
+            config = wire_config(task.task.config)
+            yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, fit_config_json=config,
+                                                    params_bytes=len(payload), protocol_stage=stage,
+                                                    protocol_request=request, **common))
         for piece in chunks(payload):
             yield pb.TaskChunk(params=piece)
 
