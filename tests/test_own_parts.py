@@ -218,3 +218,23 @@ def test_model_metrics_apply_to_a_built_in_model_and_are_refused_for_an_own_trai
     assert result.sums["class_0_said"] == 5  # zero weights: every logit ties, and argmax takes class 0
     with pytest.raises(ConfigError, match="model.metrics"):
         make_trainer("metricpkg:own", (4,), 3, "sgd", metrics="metricpkg:hits")
+
+
+def test_fit_metrics_reach_the_record_per_client_and_through_the_runs_own_aggregation(tmp_path, monkeypatch):
+    (tmp_path / "fitagg.py").write_text(textwrap.dedent("""
+        def slowest(pairs):
+            return {"max_train_loss": max(m["train_loss"] for m, _ in pairs), "clients": len(pairs)}
+    """))
+    monkeypatch.chdir(tmp_path)
+    base = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=3", "server.rounds=2",
+            "model.name=logreg", "eval.federated=false"]
+    plain = run_config(load_config(None, base), None).rounds
+    own = run_config(load_config(None, [*base, 'eval.fit_metrics_aggregation="fitagg:slowest"']), None).rounds
+    for mine, default in zip(own, plain):
+        by_client = default["fit_metrics_by_client"]
+        assert len(by_client) == 3 and mine["fit_metrics_by_client"] == by_client
+        assert mine["fit_metrics"] == {"max_train_loss": max(m["train_loss"] for m in by_client.values()),
+                                       "clients": 3}
+        assert default["fit_metrics"]["train_loss"] == pytest.approx(default["train_loss"])
+    with pytest.raises(ConfigError, match="eval.fit_metrics_aggregation"):
+        run_config(load_config(None, [*base, 'eval.fit_metrics_aggregation="fitagg:nothing"']), None)

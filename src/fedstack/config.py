@@ -235,8 +235,12 @@ class EvalConfig(Section):
     finetune_steps: int = Field(0, ge=0)  # > 0: also evaluate each client after this many local steps
     # "package.module:function" of (summed metrics, examples) -> metrics (default: each sum per example)
     metrics_aggregation: str = ""
+    # "package.module:function" of [(a client's fit metrics, its examples), ...] -> the round's fit metrics
+    # (Flower's fit_metrics_aggregation_fn; default: example-weighted means)
+    fit_metrics_aggregation: str = ""
 
-    _aggregation_reference = field_validator("metrics_aggregation")(lambda cls, value: _optional_reference(value))
+    _aggregation_reference = field_validator("metrics_aggregation", "fit_metrics_aggregation")(
+        lambda cls, value: _optional_reference(value))
 
 
 class Config(Section):

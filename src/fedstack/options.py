@@ -55,7 +55,8 @@ class Evaluation:
     after the last (`federated=False`: never); with `finetune`, federated evaluation also judges each
     client's model after that local training (personalisation). The test set is cut in `test_shard`s.
     A trainer's own metrics (`EvalResult.sums`) are recorded as `test_metrics`, each sum's mean per
-    example, or what `finish_metrics(sums, examples)` makes of them (an F1 score, an AUC)."""
+    example, or what `finish_metrics(sums, examples)` makes of them (an F1 score, an AUC). The clients' fit
+    metrics are example-weighted means unless `fit_metrics_aggregation(pairs)` says otherwise."""
 
     every: int = 1
     federated: bool = True
@@ -63,6 +64,8 @@ class Evaluation:
     test_shard: int = 1000
     finetune: FitConfig | None = None
     finish_metrics: Callable[[dict, int], dict] | None = None  # (summed metrics, examples) -> the metrics
+    # [(a client's fit metrics, its examples), ...] -> the round's fit metrics (default: example-weighted means)
+    fit_metrics_aggregation: Callable[[list], dict] | None = None
 
     @property
     def federated_interval(self) -> int | None:

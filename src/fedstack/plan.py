@@ -76,8 +76,10 @@ def evaluation_of(config: Config, finetune: FitConfig | None) -> Evaluation:
     """What a config's `[eval]` measures and when."""
     e = config.eval
     finish = load_reference(e.metrics_aggregation, "eval.metrics_aggregation") if e.metrics_aggregation else None
+    fit = load_reference(e.fit_metrics_aggregation, "eval.fit_metrics_aggregation") \
+        if e.fit_metrics_aggregation else None
     return Evaluation(every=e.every, federated=e.federated, federated_every=e.federated_every,
-                      finetune=finetune, finish_metrics=finish)
+                      finetune=finetune, finish_metrics=finish, fit_metrics_aggregation=fit)
 
 
 def schedule_of(config: Config):

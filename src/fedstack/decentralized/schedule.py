@@ -46,7 +46,7 @@ import numpy as np
 from ..codec import CodecContext, Pipeline
 from ..engine import Engine, Workload
 from ..errors import ConfigError
-from ..loop import Evaluation, Parts, RoundLoop, RoundRecord, Tally, mean_fit_metrics, mean_train_loss
+from ..loop import Evaluation, Parts, RoundLoop, RoundRecord, Tally, mean_train_loss
 from ..seeding import int_seed, rng, stable_hash
 from ..strategy import Strategy
 from .gossip import average, choco_gossip, consensus_distance, live_weights, mix
@@ -145,7 +145,7 @@ class Gossip(RoundLoop):
         tally.bytes_up = tally.bytes_down = sent
         tally.bytes_up_raw = tally.bytes_down_raw = 4 * X.shape[1] * messages  # the same messages as raw float32
         return RoundRecord(rnd, tally, train_loss=mean_train_loss(tally.losses),
-                           fit_metrics=mean_fit_metrics(tally.fit_metrics),
+                           fit_metrics=self.fit_figures(tally),
                            extra={"bytes_per_node": sent / live if live else 0.0})
 
     def train(self, rnd: int, X: np.ndarray, alive: np.ndarray, tally: Tally) -> None:

@@ -34,7 +34,7 @@ from .aggregate import Aggregator, Gather, SecureSum, StreamingSum
 from .evaluate import Evaluator
 from .filters import UpdateFilters
 from ..options import Evaluation, Parts, Rules
-from .record import RoundRecord, Tally
+from .record import RoundRecord, Tally, fit_figures
 
 log = logging.getLogger("fedstack.server")
 
@@ -208,6 +208,11 @@ class RoundLoop:
         for transform in self.transforms:
             updates = transform.server_step(rnd, params, updates)
         return self.strategy.aggregate(rnd, params, updates)
+
+    def fit_figures(self, tally: Tally) -> dict:
+        """The round's aggregated fit metrics (`Evaluation.fit_metrics_aggregation`, by default example-weighted
+        means of what the accepted clients report)."""
+        return fit_figures(tally.fit_metrics, self.evaluator.plan.fit_metrics_aggregation)
 
     def save_state(self) -> tuple:
         """What an attempt of a round may change and must leave untouched if it does not count."""

@@ -54,7 +54,7 @@ from ..errors import ConfigError, FedstackError
 from ..seeding import int_seed
 from ..strategy import ClientUpdate, Task
 from .core import RoundLoop
-from .record import RoundRecord, Tally, mean_fit_metrics, mean_train_loss
+from .record import RoundRecord, Tally, mean_train_loss
 
 log = logging.getLogger("fedstack.async")
 
@@ -280,7 +280,7 @@ class Asynchronous(RoundLoop):
         if tally.states:
             self.client_states.put(rnd, tally.states)
         record = RoundRecord(rnd, tally, sim_time_s=self.now, train_loss=mean_train_loss(tally.losses),
-                             fit_metrics=mean_fit_metrics(tally.fit_metrics),
+                             fit_metrics=self.fit_figures(tally),
                              extra={**self.strategy.round_figures(), "staleness_mean": float(np.mean(staleness)),
                                     "staleness_max": int(max(staleness))})
         record.privacy = self.privacy_figures(clip_norm, tally)

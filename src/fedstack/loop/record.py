@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class Tally:
     dp_clients: list[int] = field(default_factory=list, repr=False)
     losses: list[tuple] = field(default_factory=list, repr=False)
     fit_metrics: list[tuple] = field(default_factory=list, repr=False)  # (a client's metrics, its examples)
+    client_metrics: dict[int, dict] = field(default_factory=dict, repr=False)  # each accepted client's own
 
     @property
     def failures(self) -> int:
@@ -67,6 +68,8 @@ class Tally:
             self.partial += 1
         self.losses.append((update.metrics.get("train_loss"), update.num_examples))
         self.fit_metrics.append((update.metrics, update.num_examples))
+        if update.metrics:
+            self.client_metrics[update.client_id] = dict(update.metrics)
 
     def add(self, other: Tally) -> None:
         """Count another attempt in (a retried round's figures add up over its attempts)."""
@@ -95,7 +98,7 @@ class RoundRecord:
     attempts: int = 1
     sim_time_s: float = 0.0
     train_loss: float | None = None
-    fit_metrics: dict = field(default_factory=dict)  # the clients' own fit metrics, example-weighted
+    fit_metrics: dict = field(default_factory=dict)  # the clients' own fit metrics, aggregated (fit_figures)
     extra: dict = field(default_factory=dict)  # figures of the strategy and the schedule
     privacy: dict = field(default_factory=dict)  # epsilon, clip_norm, client_epsilon_max
     evaluation: dict = field(default_factory=dict)  # test_*, federated, personalized
@@ -112,6 +115,8 @@ class RoundRecord:
                "train_loss": self.train_loss, "attempts": self.attempts}
         if self.fit_metrics:
             row["fit_metrics"] = self.fit_metrics
+        if t.client_metrics:  # per client, as it reported them (JSON keys are strings)
+            row["fit_metrics_by_client"] = {str(cid): m for cid, m in sorted(t.client_metrics.items())}
         if t.secure_aborts is not None:
             row["secure_aborts"] = t.secure_aborts
         row.update(self.extra)
@@ -122,6 +127,13 @@ class RoundRecord:
         if self.profile is not None:
             row["profile"] = self.profile
         return row
+
+
+def fit_figures(pairs: list[tuple], aggregate: Callable[[list[tuple]], dict] | None = None) -> dict:
+    """A round's fit metrics from its accepted clients' (metrics, examples) pairs: `aggregate(pairs)` where
+    the run names one (Flower's fit_metrics_aggregation_fn; `eval.fit_metrics_aggregation`), else the
+    example-weighted means (`mean_fit_metrics`)."""
+    return aggregate(list(pairs)) if aggregate is not None and pairs else mean_fit_metrics(pairs)
 
 
 def mean_fit_metrics(pairs: Iterable[tuple]) -> dict[str, float]:

@@ -49,7 +49,7 @@ from ..strategy import ClientUpdate
 from .aggregate import Collection
 from .core import RoundLoop
 from .evaluate import test_figures
-from .record import RoundRecord, Tally, mean_fit_metrics, mean_train_loss
+from .record import RoundRecord, Tally, mean_train_loss
 
 log = logging.getLogger("fedstack.server")
 
@@ -152,8 +152,9 @@ class Synchronous(RoundLoop):
                         self.rules.min_clients, "retrying" if attempt < self.rules.round_retries else
                         "global model kept")
         total.clients, total.partial, total.dp_clients = tally.clients, tally.partial, tally.dp_clients
+        total.client_metrics = tally.client_metrics  # the attempt that counted
         return new_params, RoundRecord(rnd, total, attempts=attempt + 1, train_loss=mean_train_loss(tally.losses),
-                                       fit_metrics=mean_fit_metrics(tally.fit_metrics), extra=figures)
+                                       fit_metrics=self.fit_figures(tally), extra=figures)
 
     def round(self, rnd: int, params: np.ndarray, attempt: int = 0,
               start: float = 0.0) -> tuple[np.ndarray, Tally, dict]:
