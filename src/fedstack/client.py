@@ -33,6 +33,9 @@ class FitConfig:
     dp_max_grad_norm: float = 1.0
     flip_labels: int = 0  # a simulated label-flipping client (fedstack.attack): trains on y → C − 1 − y, C = this
     terms: tuple[LocalTerm, ...] = ()  # a user's own local terms (fedstack.local_terms), after the built-in ones
+    # a personalised algorithm's client half (fedstack.personal.Personalization): it runs the fit, keeps the
+    # client's personal part and says what is sent
+    personal: Any = None
 
     def __post_init__(self):
         """The same checks as the config's client.* keys, so the Python API cannot train with lr = −1."""

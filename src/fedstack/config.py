@@ -51,8 +51,11 @@ class DataConfig(Section):
     # a built-in data set, or "package.module:load": a function returning (x, y, x_test, y_test) arrays,
     # partitioned as data.partition says, or a FederatedDataset
     name: str = "fashion_mnist"
-    partition: Literal["iid", "dirichlet", "shards", "powerlaw", "natural"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "shards", "powerlaw", "clusters", "natural"] = "dirichlet"
     alpha: float = Field(0.5, ge=0)  # Dirichlet concentration (> 0); synthetic: α of Li et al.
+    clusters: int = Field(4, ge=1)  # partition "clusters": how many planted groups of clients
+    # partition "clusters": group g's images turned 90°·g (IFCA's rotated MNIST), or its labels permuted
+    cluster_transform: Literal["rotate", "permute_labels"] = "rotate"
     beta: float = Field(0.0, ge=0)  # synthetic: β of Li et al.
     num_clients: int = Field(100, ge=1)
     path: str = ""
@@ -120,7 +123,7 @@ class ServerConfig(Section):
     # a robust rule's name (median, krum, ...) is FedAvg's server step behind that rule (fedstack.strategy.robust)
     strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
                       "fedbuff", "fedasync", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound",
-                      "centered_clip", "fltrust"] = "fedavg"
+                      "centered_clip", "fltrust", "ditto", "fedper", "fedrep", "fedbn", "local_only"] = "fedavg"
     # a robust rule in front of another synchronous strategy's server step ("" = none)
     aggregator: Literal["", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip",
                         "fltrust"] = ""
@@ -228,6 +231,14 @@ class AttackConfig(Section):
     epsilon: float = Field(0.1, gt=0)  # ipm: the malicious update is −epsilon × the honest mean
 
 
+class PersonalConfig(Section):
+    """The personalised algorithms' own keys (server.strategy = ditto | fedper | fedrep | fedbn | local_only)."""
+
+    lam: float = Field(0.1, ge=0)  # ditto: λ, the pull of each personal model towards the global one
+    head_layers: int = Field(1, ge=1)  # fedper, fedrep: the last layers that stay on each client
+    head_epochs: int = Field(10, ge=1)  # fedrep: local epochs on the head (body frozen) before the body's
+
+
 class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
@@ -255,6 +266,7 @@ class Config(Section):
     engine: EngineConfig = EngineConfig()
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()
+    personal: PersonalConfig = PersonalConfig()
     decentralized: DecentralizedConfig = DecentralizedConfig()
     systems: SystemsConfig = SystemsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -360,6 +372,7 @@ def validate(tree: dict) -> Config:
     if not serverless and config.server.min_clients > config.server.clients_per_round:
         raise ConfigError("server.min_clients", f"{config.server.min_clients} is more than "
                           f"server.clients_per_round = {config.server.clients_per_round}")
+    _validate_clusters(config)
     _validate_systems(config, serverless)
     _validate_privacy(config, serverless)
     _validate_robustness(config, serverless)
@@ -381,6 +394,23 @@ def validate(tree: dict) -> Config:
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config
+
+
+def _validate_clusters(config: Config) -> None:
+    """Planted clusters that cannot be built are refused before any data is read (the data set checks
+    what only its samples can say: square images for rotate)."""
+    d = config.data
+    if d.partition != "clusters":
+        return
+    if d.clusters > d.num_clients:
+        raise ConfigError("data.clusters", f"{d.clusters} groups but data.num_clients = {d.num_clients}: "
+                          "each group needs a client")
+    if d.cluster_transform == "rotate" and d.clusters > 4:
+        raise ConfigError("data.clusters", f"rotate makes at most 4 groups (0°, 90°, 180°, 270°), got {d.clusters}; "
+                          "use data.cluster_transform = \"permute_labels\" for more")
+    if d.cluster_transform == "permute_labels" and config.model.task == "regression":
+        raise ConfigError("data.cluster_transform", "permute_labels permutes classes; a regression's real-valued "
+                          "targets have none: use rotate")
 
 
 def private(config: Config) -> bool:

@@ -34,19 +34,22 @@ def total(outcomes) -> EvalResult:
 
 
 def clients(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
-            span_of=None) -> list[EvalResult]:
+            span_of=None, personal=None, state_of=None) -> list[EvalResult]:
     """The results of the clients the engine asks (`Engine.evaluators`) on their held-out splits, those
     with examples, in client order.
 
     With `finetune`, each client first trains on its training split with that config (seeded per
     client from the run seed) and is judged on its own fine-tuned model. `span_of(i)` picks client
-    i's slice of `params` when every client holds its own model (decentralized nodes).
+    i's slice of `params` when every client holds its own model (decentralized nodes). With `personal`
+    (a personalised algorithm's client half), each client is judged on its own model, built from `params`
+    (what clients receive) and its state, `state_of(i)`.
     """
     def tuning(i: int) -> FitConfig | None:
         return None if finetune is None else replace(finetune, seed=int_seed(seed, "client", 0, i))
 
     asked = engine.evaluators(dataset)
-    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None) for i in asked]
+    tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None, personal=personal,
+                      state=state_of(i) if state_of else None) for i in asked]
     results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
     return [r for r in results if r.examples]
 

@@ -19,7 +19,8 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import check_parts, client_side, codec_options, dataset_of, evaluation_of, rules_of, schedule_of
+from .plan import (check_parts, client_side, codec_options, dataset_of, evaluation_of, personalization_of, rules_of,
+                   schedule_of)
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -281,7 +282,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     run_dir = prepare_run_dir(out)
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
-    strategy = build_strategy(config.server, fit, dataset.num_clients, root=root)
+    strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
+                              personal=personalization_of(config, factory()))
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
     engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,

@@ -127,6 +127,33 @@ def make_trainer(model: str, input_shape: tuple[int, ...], num_classes: int, opt
     return TorchTrainer(built, optimizer=optimizer, task=task, metrics=own_metrics)
 
 
+def personalization_of(config: Config, trainer):
+    """The client half of the personalised algorithm `server.strategy` names (fedstack.personal), for the
+    model `trainer` trains, or None for any other strategy."""
+    from .client import TorchTrainer
+    from .personal import Ditto, FedRep, Personalization, Split, batchnorm_split, everything, head_split
+
+    name, p = config.server.strategy, config.personal
+    if name not in ("ditto", "fedper", "fedrep", "fedbn", "local_only"):
+        return None
+    size = trainer.get_params().size
+    if name == "ditto":
+        return Ditto(Split(size), lam=p.lam)
+    if name in ("fedper", "fedrep", "fedbn") and not isinstance(trainer, TorchTrainer):
+        raise ConfigError("server.strategy", f"{name} splits the model by its layers' names, which only a "
+                          f"torch.nn.Module model has (this one is a {type(trainer).__name__})")
+    try:
+        if name == "fedbn":
+            return Personalization(batchnorm_split(trainer.spec))
+        if name == "local_only":
+            return Personalization(everything(trainer.spec) if isinstance(trainer, TorchTrainer)
+                                   else Split(size, ((0, size),)))
+        split = head_split(trainer.spec, p.head_layers)
+    except ValueError as exc:
+        raise ConfigError("personal.head_layers" if name != "fedbn" else "server.strategy", str(exc)) from None
+    return FedRep(split, head_epochs=p.head_epochs) if name == "fedrep" else Personalization(split)
+
+
 def initial_params(trainer_factory: Callable[[], Trainer], seed: int) -> np.ndarray:
     """The starting global model: the factory's model initialised from the run seed (torch's generator, where
     torch is installed; a model that is not a torch one — a NumPy Trainer — starts where its get_params says)."""
@@ -153,10 +180,11 @@ def dataset_of(config: Config):
                               "or a tuple (x, y, x_test, y_test)")
         return FederatedDataset.from_arrays(*loaded, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
                                             holdout=d.holdout, seed=config.seed, name=d.name,
-                                            targets="values" if config.model.task == "regression" else "classes")
+                                            targets="values" if config.model.task == "regression" else "classes",
+                                            clusters=d.clusters, cluster_transform=d.cluster_transform)
     return build_dataset(d.name, num_clients=d.num_clients, partition=d.partition, alpha=d.alpha,
                          beta=d.beta, seed=config.seed, path=d.path, holdout=d.holdout, level=d.level,
-                         vocab_size=d.vocab_size)
+                         vocab_size=d.vocab_size, clusters=d.clusters, cluster_transform=d.cluster_transform)
 
 
 def client_side(config: Config, dataset):

@@ -59,6 +59,7 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
     accuracies = [r["test_accuracy"] for r in rounds if r.get("test_accuracy") is not None]
     federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
     personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
+    personal = next((r["personal"] for r in reversed(rounds) if r.get("personal")), None)
     summary = {
         "run_dir": str(history.run_dir),
         "status": history.status,
@@ -78,7 +79,8 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
             "failures_by_kind": _kinds(rounds),
             "rejected_by_reason": _kinds(rounds, "rejected_by_reason"),
             "federated": federated,
-            "personalized": personalized,
+            "personalized": personalized,  # the global model fine-tuned on each client (eval.finetune_steps)
+            "personal": personal,  # each client's own model (a personalised algorithm: fedstack.personal)
         },
         "best_test_accuracy": max(accuracies) if accuracies else None,
         "profile": history.profile,

@@ -219,7 +219,8 @@ def _draw_accuracy(acc_ax, metrics: list[dict], evaluated: list[dict]) -> None:
     acc_ax.plot([m["round"] for m in evaluated], [m["test_accuracy"] for m in evaluated],
                 marker="o", label="test (global model)")
     for key, color, label in (("federated", "tab:orange", "federated mean (p10–p90)"),
-                              ("personalized", "tab:green", "after fine-tuning")):
+                              ("personalized", "tab:green", "after fine-tuning"),
+                              ("personal", "tab:purple", "personal models")):
         records = [m for m in metrics if m.get(key) and m[key].get("of") != "loss"]  # losses: not on this axis
         if not records:
             continue
@@ -370,7 +371,7 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     train_loss = next((m["train_loss"] for m in reversed(metrics) if m.get("train_loss") is not None), None)
     if train_loss is not None:
         table.add_row("last train loss (clients' mean)", f"{train_loss:.4f}")
-    for key, label in (("federated", "federated"), ("personalized", "fine-tuned")):
+    for key, label in (("federated", "federated"), ("personalized", "fine-tuned"), ("personal", "personal")):
         fed = final.get(key)
         if fed:
             of_loss = fed.get("of") == "loss"  # a task without classes: the spread of the clients' losses

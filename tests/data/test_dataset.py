@@ -195,4 +195,4 @@ def test_repr_is_short():
 
 def test_known_names():
     assert DATASETS == ("fashion_mnist", "digits", "synthetic", "shakespeare")
-    assert PARTITIONS == ("iid", "dirichlet", "shards", "powerlaw", "natural")
+    assert PARTITIONS == ("iid", "dirichlet", "shards", "powerlaw", "clusters", "natural")

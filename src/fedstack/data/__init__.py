@@ -2,6 +2,7 @@
 
 from fedstack.data.csr import Partition
 from fedstack.data.build import build_dataset
+from fedstack.data.clusters import plant_clusters
 from fedstack.data.dataset import ClientData, FederatedDataset
 from fedstack.data.partition import dirichlet, iid, powerlaw, powerlaw_shared, shards, split_holdout
 from fedstack.data.sources import (
@@ -26,6 +27,7 @@ __all__ = [
     "powerlaw",
     "powerlaw_shared",
     "split_holdout",
+    "plant_clusters",
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_URL",
     "read_idx",

@@ -26,6 +26,8 @@ def build_dataset(
     beta: float = 0.0,
     level: str = "char",
     vocab_size: int = 5000,
+    clusters: int = 4,
+    cluster_transform: str = "rotate",
 ) -> FederatedDataset:
     """Load a built-in dataset and partition it; name in DATASETS, partition in PARTITIONS.
 
@@ -33,10 +35,11 @@ def build_dataset(
     SeedSequence([seed, 2]), so the same seed always gives the same federation.
     shakespeare (partition "natural") takes `level` ("char" | "word") and `vocab_size`, and keeps
     each role's own 80/20 train/test split instead of `holdout` (see fedstack.data.shakespeare).
+    partition "clusters" takes `clusters` (k groups) and `cluster_transform` (see fedstack.data.clusters).
     """
     if name not in DATASETS:
         raise ConfigError("data.name", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    _check_options(num_clients, partition, alpha, holdout)
+    _check_options(num_clients, partition, alpha, holdout, clusters, cluster_transform)
     if name == "synthetic":
         if path:
             raise ConfigError("data.path", f"synthetic data is generated and reads no files; remove {path!r}")
@@ -73,6 +76,8 @@ def build_dataset(
         seed=seed,
         name=name,
         num_classes=10,
+        clusters=clusters,
+        cluster_transform=cluster_transform,
     )
 
 

@@ -9,13 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedstack.data import clusters as planted
 from fedstack.data import partition as partitioners
 from fedstack.data.csr import Partition
 from fedstack.errors import ConfigError, DataError
 from fedstack.seeding import rng as stream_rng
 
 DATASETS = ("fashion_mnist", "digits", "synthetic", "shakespeare")
-ARRAY_PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw")  # splits of one array among clients
+# Splits of one array among clients; clusters: iid, then k groups of clients with transformed data
+ARRAY_PARTITIONS = ("iid", "dirichlet", "shards", "powerlaw", "clusters")
 PARTITIONS = (*ARRAY_PARTITIONS, "natural")  # natural: the data comes per client (synthetic's devices)
 ARRAY_NAMES = ("x", "y", "x_test", "y_test")
 # build_dataset keeps the digits test set fixed across run seeds, like Fashion-MNIST's.
@@ -51,7 +53,8 @@ class FederatedDataset:
 
     `train_idx` and `holdout_idx` are Partitions (CSR: offsets into one index array), so a
     million clients cost their indices, not a million Python objects; a list of index arrays
-    given (or assigned) in their place is converted.
+    given (or assigned) in their place is converted. `groups`: each client's planted group (int64, one
+    per client) where the partition planted them (``"clusters"``), else None.
     """
 
     name: str
@@ -62,6 +65,7 @@ class FederatedDataset:
     train_idx: Partition
     holdout_idx: Partition
     num_classes: int
+    groups: np.ndarray | None = None
 
     def __setattr__(self, key, value):
         if key in ("train_idx", "holdout_idx"):
@@ -71,6 +75,9 @@ class FederatedDataset:
     def __post_init__(self):
         if len(self.train_idx) != len(self.holdout_idx):
             raise DataError(f"{len(self.train_idx)} training partitions but {len(self.holdout_idx)} held-out ones")
+        if self.groups is not None and np.shape(self.groups) != (len(self.train_idx),):
+            raise DataError(f"groups has shape {np.shape(self.groups)}, expected one group per client "
+                            f"({len(self.train_idx)})")
 
     @property
     def num_clients(self) -> int:
@@ -121,6 +128,8 @@ class FederatedDataset:
         name: str = "custom",
         num_classes: int | None = None,
         targets: str = "classes",
+        clusters: int = 4,
+        cluster_transform: str = "rotate",
     ) -> FederatedDataset:
         """Partition your own arrays among `num_clients` clients (x is kept as given, not copied).
 
@@ -129,8 +138,11 @@ class FederatedDataset:
         `targets="values"`: real-valued targets (regression; `num_classes` 0), partitioned iid or powerlaw.
         `x_test` and `y_test` None: there is no central test set, and evaluation is federated (the clients'
         held-out splits, `holdout`, judge the model).
+        "clusters": an iid split whose clients fall into `clusters` groups, each seeing its data (and its
+        part of the test set) transformed by `cluster_transform` (fedstack.data.clusters); the transformed
+        arrays are one new copy, and `groups` says each client's group.
         """
-        _check_options(num_clients, partition, alpha, holdout)
+        _check_options(num_clients, partition, alpha, holdout, clusters, cluster_transform)
         x = np.asarray(x)
         if x_test is None and y_test is None:
             x_test, y_test = x[:0], np.asarray(y)[:0]
@@ -141,14 +153,21 @@ class FederatedDataset:
         if targets == "values" and partition in ("dirichlet", "shards"):
             raise ConfigError("data.partition", f"{partition} splits by class; real-valued targets have none: "
                                                 "use iid or powerlaw")
+        if targets == "values" and partition == "clusters" and cluster_transform == "permute_labels":
+            raise ConfigError("data.cluster_transform", "permute_labels permutes classes; real-valued targets "
+                                                        "have none: use rotate")
         num_classes = 0 if targets == "values" else _num_classes(y, y_test, num_classes)
         if partition == "natural":
             raise ConfigError("data.partition", "'natural' needs data that is already per client: "
                                                 "use FederatedDataset.from_clients")
         rng = stream_rng(seed, "partition")  # SeedSequence([seed, 1])
         parts = _split_among_clients(y, num_clients, partition, alpha, shared, rng)
+        groups = None
+        if partition == "clusters":  # the permutations are drawn from the same stream, after the split
+            x, y, x_test, y_test, groups = planted.plant_clusters(x, y, x_test, y_test, parts, clusters,
+                                                                  cluster_transform, num_classes, rng)
         train, held = partitioners.split_holdout(parts, holdout, stream_rng(seed, "holdout"))  # [seed, 2]
-        return cls(name, x, y, x_test, y_test, train, held, int(num_classes))
+        return cls(name, x, y, x_test, y_test, train, held, int(num_classes), groups)
 
     @classmethod
     def from_clients(
@@ -224,7 +243,7 @@ def _split_among_clients(y: np.ndarray, num_clients: int, partition: str, alpha:
                          rng: np.random.Generator) -> Partition:
     """Each client's sample indices under `partition` (an array partition: not "natural")."""
     n = len(y)
-    if partition == "iid":
+    if partition in ("iid", "clusters"):
         return partitioners.iid(n, num_clients, rng)
     if partition == "dirichlet":
         return partitioners.dirichlet(y, num_clients, alpha, rng)
@@ -262,7 +281,8 @@ def _labels(y, which: str) -> np.ndarray:
     return y
 
 
-def _check_options(num_clients, partition: str, alpha: float, holdout: float) -> None:
+def _check_options(num_clients, partition: str, alpha: float, holdout: float, clusters: int = 4,
+                   cluster_transform: str = "rotate") -> None:
     """Raise ConfigError for bad values that need no data to detect."""
     if partition not in PARTITIONS:
         raise ConfigError("data.partition", f"unknown partition {partition!r}; choose one of {', '.join(PARTITIONS)}")
@@ -272,3 +292,5 @@ def _check_options(num_clients, partition: str, alpha: float, holdout: float) ->
         raise ConfigError("data.alpha", f"the dirichlet concentration must be a finite number > 0, got {alpha!r}")
     if not (isinstance(holdout, numbers.Real) and 0 <= holdout < 1):
         raise ConfigError("data.holdout", f"the held-out fraction must be in [0, 1), got {holdout!r}")
+    if partition == "clusters":
+        planted.check_clusters(clusters, cluster_transform, num_clients)

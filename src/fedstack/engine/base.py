@@ -12,6 +12,7 @@ import numpy as np
 from ..client import EvalResult, FitConfig, Task, Trainer, flipped
 from ..codec import CodecContext, Pipeline
 from ..data.csr import Partition
+from ..personal import STATE_KEY
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class EvalTask:
     client_id: int | None = None
     finetune: FitConfig | None = None
     span: tuple[int, int] | None = None  # evaluate this slice of the engine's vector (see Task.span)
+    # a personalised algorithm's client half: the client's own model is judged (its state holds the personal part)
+    personal: Any = None
+    state: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -132,22 +136,29 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
     if task.config.flip_labels:  # a simulated malicious client poisons its own data (fedstack.attack)
         data = flipped(data, task.config.flip_labels)
     started = time.perf_counter()
-    result = trainer.fit(params, data, task.config, state.get("trainer"))
+    personal = task.config.personal
+    if personal is not None:  # a personalised algorithm's client half runs the fit and keeps the personal part
+        result = personal.fit(trainer, params, data, replace(task.config, personal=None), state[STATE_KEY])
+    else:
+        result = trainer.fit(params, data, task.config, state.get("trainer"))
     trained = time.perf_counter()
     ctx = CodecContext(task.round, task.client_id, seed, task.config.clip_norm)
     payload, new_state = pipeline.encode_with_state(result.update, ctx, state)
     if result.state is not None:
-        new_state["trainer"] = result.state
+        new_state[STATE_KEY if personal is not None else "trainer"] = result.state
     return FitReply(payload, result.num_examples, result.metrics, new_state or None,
                     trained - started, time.perf_counter() - trained)
 
 
-def evaluate_held_out(trainer: Trainer, data, params: np.ndarray, finetune=None):
+def evaluate_held_out(trainer: Trainer, data, params: np.ndarray, finetune=None, personal=None, state=None):
     """One client's EvalResult on its held-out split, after fine-tuning on its training split with `finetune`
-    (personalised evaluation); the one client-side evaluation of every engine and device."""
+    (personalised evaluation) — or of its own model under a personalised algorithm (`personal`, with the
+    client's `state`); the one client-side evaluation of every engine and device."""
     idx = data.holdout_idx
     if not len(idx):  # nothing held out (a device may hold none): no figures, and no fine-tuning for them
         return EvalResult()
+    if personal is not None:
+        params = personal.model(params, state[STATE_KEY])
     if finetune is not None:
         params = params + trainer.fit(params, data, finetune).update
     return trainer.evaluate(params, data.x[idx], data.y[idx])
@@ -164,7 +175,8 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
             if task.client_id is None:
                 value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
             else:
-                value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune)
+                value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune, task.personal,
+                                          task.state)
         else:
             value = fit_and_encode(trainer, workload.pipeline, workload.seed, task, data.client(task.client_id), params)
             task = replace(task, state=None)  # the old state need not travel back

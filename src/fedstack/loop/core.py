@@ -31,7 +31,7 @@ from ..store import MemoryClientStates
 from ..strategy import Strategy
 from ..systems import UniformSystem
 from .aggregate import Aggregator, Gather, SecureSum, StreamingSum
-from .evaluate import Evaluator
+from .evaluate import Evaluator, OwnModels
 from .filters import UpdateFilters
 from ..options import Evaluation, Parts, Rules
 from .record import RoundRecord, Tally, fit_figures
@@ -102,6 +102,8 @@ class RoundLoop:
         self._check_parts(workload)
         self.keeps_state = self._keeps_state(workload, engine)  # the server keeps client state, sent with tasks
         self.client_states = client_states if client_states is not None else MemoryClientStates()
+        if strategy.personalization() is not None:  # judge each client's own model too
+            self.evaluator.own = OwnModels(strategy.personalization(), strategy.broadcast, self.client_state)
 
     def _check_parts(self, workload: Workload) -> None:
         """Refuse parts this loop cannot honour, by their declared traits."""
@@ -208,6 +210,11 @@ class RoundLoop:
         for transform in self.transforms:
             updates = transform.server_step(rnd, params, updates)
         return self.strategy.aggregate(rnd, params, updates)
+
+    def client_state(self, client_id: int, params: np.ndarray):
+        """A client's state as the server keeps it, or the strategy's first state for a client without one."""
+        state = self.client_states.get(client_id)
+        return self.strategy.first_state(params) if state is None else state
 
     def fit_figures(self, tally: Tally) -> dict:
         """The round's aggregated fit metrics (`Evaluation.fit_metrics_aggregation`, by default example-weighted

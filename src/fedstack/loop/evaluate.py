@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -10,6 +12,16 @@ from .. import evaluation
 from ..client import EvalResult, FitConfig
 from ..profiling import Profile
 from ..options import Evaluation
+
+
+@dataclass
+class OwnModels:
+    """What judging each client's own model takes under a personalised algorithm: its client half, what
+    clients receive of the global params (`Strategy.broadcast`), and client i's state (`state(i, params)`)."""
+
+    personal: Any  # fedstack.personal.Personalization
+    received: Callable[[np.ndarray], np.ndarray]
+    state: Callable[[int, np.ndarray], Any]
 
 
 class Evaluator:
@@ -24,6 +36,7 @@ class Evaluator:
         self.engine, self.dataset, self.seed, self.plan = engine, dataset, seed, plan
         self.rounds, self.profile = rounds, profile
         self.central = len(dataset.y_test) > 0
+        self.own: OwnModels | None = None  # a personalised algorithm's clients' own models (the loop sets it)
 
     def _scheduled(self, rnd: int, every: int | None) -> bool:
         return every is not None and (rnd == self.rounds or bool(every and rnd % every == 0))
@@ -55,6 +68,8 @@ class Evaluator:
                 figures.update(test_figures(sum(results, EvalResult()), self.plan.finish_metrics))
             if self.plan.finetune is not None:
                 figures["personalized"] = evaluation.spread(self.clients(own, self.plan.finetune, span_of))
+        if self.own is not None and (self.federated_due(rnd) or self._scheduled(rnd, self.plan.every)):
+            figures["personal"] = evaluation.spread(self.own_models(params))
         if self.profile is not None:
             self.profile.evaluate_wall_s += time.perf_counter() - started
         return figures
@@ -62,6 +77,12 @@ class Evaluator:
     def clients(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> list[EvalResult]:
         """Each asked client's result on its held-out split (after fine-tuning with `finetune`)."""
         return evaluation.clients(self.engine, params, self.dataset, self.seed, finetune, span_of)
+
+    def own_models(self, params: np.ndarray) -> list[EvalResult]:
+        """Each asked client's own model (a personalised algorithm's) on its held-out split."""
+        own = self.own
+        return evaluation.clients(self.engine, own.received(params), self.dataset, self.seed,
+                                  personal=own.personal, state_of=lambda i: own.state(i, params))
 
     def shards(self) -> list:
         """The central evaluation's tasks (to run in another batch of the engine: `test_figures(total(...))`)."""

@@ -215,7 +215,7 @@ class Synchronous(RoundLoop):
         if self.attack is not None:  # simulation: malicious clients' tasks (data attacks train on flipped labels)
             tasks = [self.attack.task(t) for t in tasks]
         if self.keeps_state:
-            tasks = [replace(t, state=self.client_states.get(t.client_id)) for t in tasks]
+            tasks = [replace(t, state=self.client_state(t.client_id, params)) for t in tasks]
         kinds = tally.failures_by_kind
         if kinds["unavailable"] or kinds["dropout"] or kinds["deadline"]:
             log.info("round %d: %d sampled, %d offline, %d dropped out, %d cannot finish a step by the deadline",

@@ -6,19 +6,25 @@ from .asynchronous import FedAsync, FedBuff, staleness_weight
 from .fedavg import FedAvg
 from .fedopt import ADAPTIVE, FedOpt
 from .robust import RULES, Robust, RootUpdate
+from .personal import Personalized
 from .scaffold import Scaffold
 
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES)
+PERSONALIZED = ("ditto", "fedper", "fedrep", "fedbn", "local_only")
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES, *PERSONALIZED)
 
 
-def build_strategy(server, fit, num_clients: int, root=None) -> Strategy:
+def build_strategy(server, fit, num_clients: int, root=None, personal=None) -> Strategy:
     """The strategy named by the `server` config section, giving clients the local work `fit`.
 
     FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
     clients add the proximal term `client.mu`; the server side is the same weighted average.
     A robust rule (`server.strategy` = "median", ..., or `server.aggregator` in front of another
-    strategy) is `Robust` around that server step; FLTrust's needs the server's `root` update.
+    strategy) is `Robust` around that server step; FLTrust's needs the server's `root` update. A personalised
+    algorithm (`PERSONALIZED`) is `Personalized` around its client half `personal`
+    (fedstack.plan.personalization_of builds it).
     """
+    if server.strategy in PERSONALIZED:
+        return Personalized(personal, fit, server_lr=server.server_lr)
     rule = server.strategy if server.strategy in RULES else server.aggregator
     if rule:
         inner = build_strategy(server.model_copy(update={"strategy": "fedavg" if server.strategy in RULES
@@ -39,4 +45,5 @@ def build_strategy(server, fit, num_clients: int, root=None) -> Strategy:
 
 __all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "FedBuff", "FedAsync",
            "staleness_weight", "Scaffold", "STRATEGIES", "Robust", "RootUpdate", "RULES",
-           "build_strategy", "strategy_state", "restore_strategy_state", "broadcast", "needs_client_state"]
+           "build_strategy", "Personalized", "PERSONALIZED", "strategy_state", "restore_strategy_state", "broadcast",
+           "needs_client_state"]

@@ -73,6 +73,16 @@ class Strategy:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Take back a state it had (on resume, or after a round that did not count)."""
 
+    def personalization(self):
+        """A personalised algorithm's client half (fedstack.personal.Personalization): each client keeps a
+        model of its own, which evaluation judges too (None: the global model is every client's)."""
+        return None
+
+    def first_state(self, params: np.ndarray) -> dict | None:
+        """The state a client starts from before its first task, where the server keeps clients' state (a
+        personalised algorithm's first personal part); None: it starts without."""
+        return None
+
     def round_figures(self) -> dict:
         """Figures of the round just aggregated, for its record (a robust rule's cost and choices)."""
         return {}
