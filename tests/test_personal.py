@@ -69,7 +69,8 @@ def test_partial_sharing_sends_the_shared_change_and_keeps_the_personal_part():
     received, personal = np.array([1, 2, 3], np.float32), np.array([10, 20], np.float32)
     result = Personalization(split).fit(Shift(), received, None, FitConfig(epochs=2), personal)
     assert result.update.tolist() == [2, 2, 2] and result.state.tolist() == [12, 22] and result.num_examples == 7
-    assert Personalization(split).model(received, personal).tolist() == [1, 2, 3, 10, 20]
+    assert Personalization(split).start(received, personal).tolist() == [1, 2, 3, 10, 20]
+    assert Personalization(split).own_model(None, received, None, personal).tolist() == [1, 2, 3, 10, 20]
 
 
 def test_the_server_half_averages_the_shared_part_only_and_hands_out_the_initial_personal_part():

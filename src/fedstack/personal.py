@@ -154,12 +154,17 @@ class Personalization:
 
     split: Split
 
-    def model(self, received: np.ndarray, personal: np.ndarray) -> np.ndarray:
-        """The client's own model: what it trains from, and what its held-out data judges."""
+    def start(self, received: np.ndarray, personal: np.ndarray) -> np.ndarray:
+        """The model a fit starts from: what the client received, with its personal part."""
         return self.split.join(received, personal)
 
+    def own_model(self, trainer, received: np.ndarray, data, personal: np.ndarray) -> np.ndarray:
+        """The client's own model, which its held-out data judges (`data`: the client's data, `trainer` to
+        evaluate with, for a rule that picks among models)."""
+        return self.start(received, personal)
+
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
-        start = self.model(received, personal)
+        start = self.start(received, personal)
         result = trainer.fit(start, data, config)
         return self._result(start, start + result.update, result)
 
@@ -178,7 +183,7 @@ class FedRep(Personalization):
     head_epochs: int = 10
 
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
-        start = self.model(received, personal)
+        start = self.start(received, personal)
         head = replace(config, epochs=self.head_epochs, local_steps=0, terms=(*config.terms, Freeze(self.split, False)))
         tuned = start + trainer.fit(start, data, head).update
         body = replace(config, terms=(*config.terms, Freeze(self.split, True)))
@@ -195,7 +200,7 @@ class Ditto(Personalization):
 
     lam: float = 0.1
 
-    def model(self, received: np.ndarray, personal: np.ndarray) -> np.ndarray:
+    def own_model(self, trainer, received: np.ndarray, data, personal: np.ndarray) -> np.ndarray:
         return personal  # v_k (a client that never trained starts from the global model: `first_personal`)
 
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:

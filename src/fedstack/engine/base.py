@@ -158,7 +158,7 @@ def evaluate_held_out(trainer: Trainer, data, params: np.ndarray, finetune=None,
     if not len(idx):  # nothing held out (a device may hold none): no figures, and no fine-tuning for them
         return EvalResult()
     if personal is not None:
-        params = personal.model(params, state[STATE_KEY])
+        params = personal.own_model(trainer, params, data, state[STATE_KEY])
     if finetune is not None:
         params = params + trainer.fit(params, data, finetune).update
     return trainer.evaluate(params, data.x[idx], data.y[idx])
