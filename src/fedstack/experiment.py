@@ -149,10 +149,11 @@ def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: 
     model = trainer.get_params() if isinstance(trainer, Trainer) else None
     if model is None:  # a trainer that does not expose its parameters: its first fit will say
         return
-    expected = model.size
+    expected = model.size * strategy.models  # clustered training stacks k models
     if params.size != expected:
-        raise FedstackError(f"initial_params holds {params.size} values, but the trainer's model has {expected} "
-                            "(e.g. trainer_factory().get_params())")
+        raise FedstackError(f"initial_params holds {params.size} values, but the trainer's model has {model.size}"
+                            + (f" and {type(strategy).__name__} stacks {strategy.models} models" if
+                               strategy.models > 1 else "") + " (e.g. trainer_factory().get_params())")
 
 
 def fingerprint(params: np.ndarray, dataset, strategy, seed: int, config: dict, transforms=()) -> dict:
@@ -283,7 +284,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
-                              personal=personalization_of(config, factory()))
+                              personal=personalization_of(config, factory()), groups=dataset.groups)
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
     engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,

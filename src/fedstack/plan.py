@@ -134,9 +134,13 @@ def personalization_of(config: Config, trainer):
     from .personal import Ditto, FedRep, Personalization, Split, batchnorm_split, everything, head_split
 
     name, p = config.server.strategy, config.personal
-    if name not in ("ditto", "fedper", "fedrep", "fedbn", "local_only"):
+    if name not in ("ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca"):
         return None
     size = trainer.get_params().size
+    if name == "ifca":
+        from .clustered import ifca
+
+        return ifca(p.clusters, size)
     if name == "ditto":
         return Ditto(Split(size), lam=p.lam)
     if name in ("fedper", "fedrep", "fedbn") and not isinstance(trainer, TorchTrainer):
@@ -195,7 +199,11 @@ def client_side(config: Config, dataset):
                     dp_sgd=c.dp_sgd, dp_noise_multiplier=c.dp_noise_multiplier, dp_max_grad_norm=c.dp_max_grad_norm)
     steps = config.eval.finetune_steps
     finetune = FitConfig(local_steps=steps, batch_size=c.batch_size, lr=c.lr) if steps else None
-    return factory, initial_params(factory, config.seed), fit, finetune
+    params = initial_params(factory, config.seed)
+    if config.server.strategy == "ifca":  # k models, each from its own initialisation: they must start apart
+        params = np.concatenate([params, *(initial_params(factory, int_seed(config.seed, "init", j))
+                                           for j in range(1, config.personal.clusters))])
+    return factory, params, fit, finetune
 
 
 def codec_options(config: Config, deployed: bool = False):

@@ -138,7 +138,7 @@ def fit_and_encode(trainer: Trainer, pipeline: Pipeline, seed: int, task, data, 
     started = time.perf_counter()
     personal = task.config.personal
     if personal is not None:  # a personalised algorithm's client half runs the fit and keeps the personal part
-        result = personal.fit(trainer, params, data, replace(task.config, personal=None), state[STATE_KEY])
+        result = personal.fit(trainer, params, data, replace(task.config, personal=None), state.get(STATE_KEY))
     else:
         result = trainer.fit(params, data, task.config, state.get("trainer"))
     trained = time.perf_counter()
@@ -158,7 +158,7 @@ def evaluate_held_out(trainer: Trainer, data, params: np.ndarray, finetune=None,
     if not len(idx):  # nothing held out (a device may hold none): no figures, and no fine-tuning for them
         return EvalResult()
     if personal is not None:
-        params = personal.own_model(trainer, params, data, state[STATE_KEY])
+        params = personal.own_model(trainer, params, data, (state or {}).get(STATE_KEY))
     if finetune is not None:
         params = params + trainer.fit(params, data, finetune).update
     return trainer.evaluate(params, data.x[idx], data.y[idx])

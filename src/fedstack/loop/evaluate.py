@@ -22,6 +22,7 @@ class OwnModels:
     personal: Any  # fedstack.personal.Personalization
     received: Callable[[np.ndarray], np.ndarray]
     state: Callable[[int, np.ndarray], Any]
+    one_model: bool = True  # the strategy's params are one model every client could use (Strategy.one_model)
 
 
 class Evaluator:
@@ -30,7 +31,9 @@ class Evaluator:
 
     Without a central test set (a deployed server may hold none), the clients' held-out data is the test
     set: federated evaluation runs on the central schedule too, and the test figures are the sums of the
-    clients' results — loss, accuracy and the task's own metrics weighted by each client's examples."""
+    clients' results — loss, accuracy and the task's own metrics weighted by each client's examples.
+    Under clustered training there is no one global model (`OwnModels.one_model` False): each client's own
+    model alone is judged, and its results make the test figures the same way."""
 
     def __init__(self, engine, dataset, seed: int, plan: Evaluation, rounds: int, profile: Profile | None = None):
         self.engine, self.dataset, self.seed, self.plan = engine, dataset, seed, plan
@@ -41,12 +44,16 @@ class Evaluator:
     def _scheduled(self, rnd: int, every: int | None) -> bool:
         return every is not None and (rnd == self.rounds or bool(every and rnd % every == 0))
 
+    @property
+    def one_model(self) -> bool:
+        return self.own is None or self.own.one_model
+
     def central_due(self, rnd: int) -> bool:
-        return self.central and self._scheduled(rnd, self.plan.every)
+        return self.central and self.one_model and self._scheduled(rnd, self.plan.every)
 
     def federated_due(self, rnd: int) -> bool:
         return self._scheduled(rnd, self.plan.federated_interval) or (
-            not self.central and self._scheduled(rnd, self.plan.every))
+            not (self.central and self.one_model) and self._scheduled(rnd, self.plan.every))
 
     def figures(self, rnd: int, params: np.ndarray, central: bool = True, stacked: np.ndarray | None = None) -> dict:
         """The round's evaluation figures (test_* None when not due; `central=False`: left for later).
@@ -57,7 +64,7 @@ class Evaluator:
         if central and self.central_due(rnd):
             total = evaluation.test_set(self.engine, params, self.dataset, self.plan.test_shard)
             figures.update(test_figures(total, self.plan.finish_metrics))
-        if self.federated_due(rnd):
+        if self.federated_due(rnd) and self.one_model:
             own, span_of = params, None
             if stacked is not None:
                 P = stacked.shape[1]
@@ -69,7 +76,10 @@ class Evaluator:
             if self.plan.finetune is not None:
                 figures["personalized"] = evaluation.spread(self.clients(own, self.plan.finetune, span_of))
         if self.own is not None and (self.federated_due(rnd) or self._scheduled(rnd, self.plan.every)):
-            figures["personal"] = evaluation.spread(self.own_models(params))
+            results = self.own_models(params)
+            figures["personal"] = evaluation.spread(results)
+            if not self.one_model and self._scheduled(rnd, self.plan.every) and results:
+                figures.update(test_figures(sum(results, EvalResult()), self.plan.finish_metrics))
         if self.profile is not None:
             self.profile.evaluate_wall_s += time.perf_counter() - started
         return figures

@@ -252,7 +252,7 @@ class Synchronous(RoundLoop):
                 log.info("round %d: client %d arrives after %.3g s, past the deadline of %.3g s",
                          rnd, outcome.task.client_id, seconds, self.rules.deadline_s)
                 continue
-            update = collection.take(outcome, sent.size)
+            update = collection.take(outcome, self.strategy.update_size(sent.size))
             if update is not None:
                 update = self.filters.account(rnd, update, outcome.task.config, tally)
             if update is not None:

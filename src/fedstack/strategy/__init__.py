@@ -10,10 +10,12 @@ from .personal import Personalized
 from .scaffold import Scaffold
 
 PERSONALIZED = ("ditto", "fedper", "fedrep", "fedbn", "local_only")
-STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES, *PERSONALIZED)
+CLUSTERED = ("ifca",)
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES, *PERSONALIZED,
+              *CLUSTERED)
 
 
-def build_strategy(server, fit, num_clients: int, root=None, personal=None) -> Strategy:
+def build_strategy(server, fit, num_clients: int, root=None, personal=None, groups=None) -> Strategy:
     """The strategy named by the `server` config section, giving clients the local work `fit`.
 
     FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
@@ -21,8 +23,13 @@ def build_strategy(server, fit, num_clients: int, root=None, personal=None) -> S
     A robust rule (`server.strategy` = "median", ..., or `server.aggregator` in front of another
     strategy) is `Robust` around that server step; FLTrust's needs the server's `root` update. A personalised
     algorithm (`PERSONALIZED`) is `Personalized` around its client half `personal`
-    (fedstack.plan.personalization_of builds it).
+    (fedstack.plan.personalization_of builds it); a clustered one (`CLUSTERED`) its own server half, which
+    compares the clusters it finds with the data's planted `groups` where known.
     """
+    if server.strategy == "ifca":
+        from ..clustered import IfcaServer
+
+        return IfcaServer(personal, num_clients, fit, server_lr=server.server_lr, truth=groups)
     if server.strategy in PERSONALIZED:
         return Personalized(personal, fit, server_lr=server.server_lr)
     rule = server.strategy if server.strategy in RULES else server.aggregator
@@ -45,5 +52,5 @@ def build_strategy(server, fit, num_clients: int, root=None, personal=None) -> S
 
 __all__ = ["ClientUpdate", "Strategy", "Task", "WeightedSum", "FedAvg", "FedOpt", "FedBuff", "FedAsync",
            "staleness_weight", "Scaffold", "STRATEGIES", "Robust", "RootUpdate", "RULES",
-           "build_strategy", "Personalized", "PERSONALIZED", "strategy_state", "restore_strategy_state", "broadcast",
-           "needs_client_state"]
+           "build_strategy", "Personalized", "PERSONALIZED", "CLUSTERED", "strategy_state", "restore_strategy_state",
+           "broadcast", "needs_client_state"]

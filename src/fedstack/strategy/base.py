@@ -49,6 +49,8 @@ class Strategy:
     needs_client_state: bool = False  # its clients keep state across rounds (SCAFFOLD's control variates)
     broadcasts: bool = False  # clients receive more than the params (`broadcast`)
     stateful: bool = False  # it keeps state across rounds that a checkpoint saves (`state`, `load_state`)
+    one_model: bool = True  # its params are one model every client could use (clustered training: k models)
+    models: int = 1  # how many models its params stack (clustered training: k)
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         raise NotImplementedError(f"{type(self).__name__} configures no clients")
@@ -77,6 +79,11 @@ class Strategy:
         """A personalised algorithm's client half (fedstack.personal.Personalization): each client keeps a
         model of its own, which evaluation judges too (None: the global model is every client's)."""
         return None
+
+    def update_size(self, received: int) -> int:
+        """How many values a client's update holds, given how many it received (clustered training: one of
+        the k models it received)."""
+        return received
 
     def first_state(self, params: np.ndarray) -> dict | None:
         """The state a client starts from before its first task, where the server keeps clients' state (a

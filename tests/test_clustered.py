@@ -1,0 +1,83 @@
+"""Clustered federated learning (issue 21): IFCA's cluster choice and per-cluster averaging by hand, refusals,
+and runs that recover planted groups with the same bits on local and pool."""
+
+import numpy as np
+import pytest
+
+from crashes import Crash, crash_after
+from fedstack.client import EvalResult, FitConfig, FitResult
+from fedstack.clustered import IfcaServer, ifca
+from fedstack.data import ClientData
+from fedstack.experiment import run_config
+from fedstack.plan import load_config
+from fedstack.strategy import ClientUpdate
+
+
+class Distance:
+    """A trainer whose loss is the squared distance of the model to the mean of the client's examples, and
+    whose fit steps halfway there."""
+
+    def evaluate(self, params, x, y):
+        return EvalResult(loss_sum=float(((params - x.mean(axis=0)) ** 2).sum()) * len(x), correct=None,
+                          examples=len(x))
+
+    def fit(self, params, data, config, state=None):
+        target = data.x[data.train_idx].mean(axis=0)
+        return FitResult(((target - params) / 2).astype(np.float32), len(data.train_idx))
+
+
+def test_a_client_trains_the_model_closest_to_its_data_and_names_it():
+    received = np.array([0, 0, 10, 10, 4, 4], np.float32)  # three models of two values
+    data = ClientData(np.array([[9, 11], [11, 9]], np.float32), np.zeros(2, np.int64), np.arange(2), np.arange(0))
+    client = ifca(3, 2)
+    assert client.choose(Distance(), received, data) == 1
+    result = client.fit(Distance(), received, data, FitConfig(), None)
+    assert result.update.tolist() == [0, 0] and result.metrics == {"cluster": 1}  # already at its data's mean
+    assert client.own_model(Distance(), received, data, None).tolist() == [10, 10]
+
+
+def test_each_model_moves_by_the_mean_update_of_the_clients_that_chose_it_and_bad_names_are_refused():
+    server = IfcaServer(ifca(2, 2), num_clients=4, truth=np.array([0, 0, 1, 1]))
+    params = np.array([1, 1, 5, 5], np.float32)
+    updates = [ClientUpdate(0, np.array([2, 0], np.float32), 1, {"cluster": 0}),
+               ClientUpdate(1, np.array([-1, 3], np.float32), 3, {"cluster": 0}),
+               ClientUpdate(2, np.array([1, 1], np.float32), 1, {"cluster": 1}),
+               ClientUpdate(3, np.array([9, 9], np.float32), 1, {"cluster": 7})]  # no such cluster: refused
+    new = server.aggregate(1, params, updates)
+    assert new.tolist() == [1 + (2 - 3) / 4, 1 + 9 / 4, 6, 6]
+    figures = server.round_figures()
+    assert figures["clusters"] == [0, 0, 1, -1] and figures["cluster_refused"] == 1
+    assert figures["cluster_ari"] == 1.0  # the three clients seen are grouped as planted
+    assert server.update_size(4) == 2 and server.models == 2 and not server.one_model
+    with pytest.raises(Exception, match="IFCA"):
+        IfcaServer(object(), num_clients=4)
+
+
+RUN = ["data.name=digits", "data.num_clients=8", "server.clients_per_round=8", "server.rounds=4",
+       "data.partition=clusters", "data.clusters=2", "data.cluster_transform=permute_labels", "model.name=logreg",
+       "client.epochs=2", "server.strategy=ifca", "personal.clusters=2"]
+
+
+def test_ifca_recovers_planted_groups_with_the_same_bits_on_local_and_pool(tmp_path):
+    runs = {engine: run_config(load_config(None, [*RUN, f"engine.name={engine}", "engine.workers=2"]),
+                               tmp_path / engine) for engine in ("local", "pool")}
+    local, pool = runs["local"], runs["pool"]
+    strip = [[{k: v for k, v in r.items() if k not in ("wall_time_s", "profile")} for r in h.rounds]
+             for h in runs.values()]
+    assert np.array_equal(local.params, pool.params) and strip[0] == strip[1]
+    last = local.rounds[-1]
+    assert last["cluster_ari"] == 1.0 and sorted(set(last["clusters"])) == [0, 1]
+    assert "federated" not in last and last["personal"]["clients"] == 8  # no one global model to judge
+    assert last["test_accuracy"] > 0.8  # each client's own cluster model, summed over the clients
+    size = local.params.size // 2
+    assert all(r["bytes_down"] == 8 * 4 * 2 * size and r["bytes_up"] == 8 * 4 * size for r in local.rounds)
+
+
+def test_a_resumed_ifca_run_keeps_its_clusters(tmp_path):
+    config = load_config(None, [*RUN, "server.rounds=3", "engine.name=local"])
+    straight = run_config(config, tmp_path / "straight")
+    with pytest.raises(Crash):
+        run_config(config, tmp_path / "broken", on_round=[crash_after(2)])
+    resumed = run_config(config, tmp_path / "broken")
+    assert np.array_equal(resumed.params, straight.params) and resumed.rounds[-1] == {
+        **straight.rounds[-1], "wall_time_s": resumed.rounds[-1]["wall_time_s"]}
