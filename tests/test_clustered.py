@@ -81,3 +81,47 @@ def test_a_resumed_ifca_run_keeps_its_clusters(tmp_path):
     resumed = run_config(config, tmp_path / "broken")
     assert np.array_equal(resumed.params, straight.params) and resumed.rounds[-1] == {
         **straight.rounds[-1], "wall_time_s": resumed.rounds[-1]["wall_time_s"]}
+
+
+def test_complete_linkage_splits_two_planted_directions_by_hand():
+    from fedstack.clustered import complete_linkage_bipartition, cosine_similarities
+
+    rows = np.array([[1, 0.1], [1, -0.1], [-0.1, 1], [0.9, 0], [0, 1.2]], np.float64)
+    assert complete_linkage_bipartition(cosine_similarities(rows)).tolist() == [0, 0, 1, 0, 1]
+    s = cosine_similarities(rows)
+    np.testing.assert_allclose(np.diag(s), 1.0)
+    assert s[0, 2] == pytest.approx((1 * -0.1 + 0.1 * 1) / (np.hypot(1, 0.1) * np.hypot(0.1, 1)))
+
+
+def test_cfl_splits_a_stalled_cluster_by_its_members_update_directions():
+    from fedstack.clustered import CflServer
+
+    server = CflServer(num_clients=4, model_size=2, eps1=0.5, eps2=0.9, warmup=1, min_size=2,
+                       truth=np.array([0, 0, 1, 1]))
+    params = np.zeros(2, np.float32)
+    # two pairs pulling opposite ways: the mean stalls (norm 0) while each update is long (norm 1)
+    updates = [ClientUpdate(c, np.array(v, np.float32), 1) for c, v in
+               enumerate([[1, 0], [1, 0.01], [-1, 0], [-1, -0.01]])]
+    new = server.aggregate(1, params, updates)
+    figures = server.round_figures()
+    assert figures["clusters"] == [0, 0, 1, 1] and figures["cluster_splits"] == 1 and figures["cluster_ari"] == 1.0
+    assert new.shape == (4,) and server.models == 2 and server.model_of(3) == (2, 4)
+    assert np.allclose(new[:2], new[2:])  # both halves continue from the cluster's model
+    # a round that misses a member does not split, and a cluster of min_size clients never does
+    server = CflServer(num_clients=4, model_size=2, eps1=0.5, eps2=0.9, warmup=1)
+    server.aggregate(1, params, updates[:3])
+    assert server.round_figures()["cluster_splits"] == 0
+
+
+def test_cfl_recovers_planted_groups_and_sends_each_client_its_clusters_model_only(tmp_path):
+    cfl = [*RUN, "server.strategy=cfl", "server.rounds=7", "personal.cfl_warmup=3", "engine.workers=2"]
+    history = run_config(load_config(None, [*cfl, "engine.name=local"]), tmp_path / "local")
+    pool = run_config(load_config(None, [*cfl, "engine.name=pool"]), tmp_path / "pool")
+    assert np.array_equal(history.params, pool.params)
+    assert [r["personal"] for r in history.rounds] == [r["personal"] for r in pool.rounds]
+    last = history.rounds[-1]
+    assert last["cluster_ari"] == 1.0 and history.params.size == 2 * history.rounds[0]["bytes_up"] // (8 * 4)
+    assert all(r["bytes_down"] == r["bytes_up"] for r in history.rounds)  # one model each way, per client
+    assert last["personal"]["mean"] > 0.85
+    with pytest.raises(Exception, match="server.clients_per_round"):
+        load_config(None, [*RUN, "server.strategy=cfl", "server.clients_per_round=4"])

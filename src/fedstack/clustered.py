@@ -146,3 +146,122 @@ class IfcaServer(Strategy):
 def ifca(clusters: int, model_size: int) -> IFCA:
     """IFCA's client half for k = `clusters` models of `model_size` parameters each."""
     return IFCA(Split(clusters * model_size), clusters=clusters)
+
+
+def complete_linkage_bipartition(similarity: np.ndarray) -> np.ndarray:
+    """Two groups of the items whose pairwise `similarity` is given, by agglomerative clustering with
+    complete linkage on the distance −similarity, stopped at two clusters (as Sattler et al.'s CFL code
+    does): the largest cross-group similarity is kept low. Returns a 0/1 label per item (item 0 in group 0)."""
+    n = len(similarity)
+    groups = [[i] for i in range(n)]
+    distance = -np.asarray(similarity, np.float64)
+    while len(groups) > 2:
+        best, pair = np.inf, (0, 1)
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                d = distance[np.ix_(groups[a], groups[b])].max()  # complete linkage: the farthest pair
+                if d < best:
+                    best, pair = d, (a, b)
+        a, b = pair
+        groups[a] = groups[a] + groups[b]
+        del groups[b]
+    labels = np.zeros(n, np.int64)
+    labels[groups[1]] = 1
+    return labels if labels[0] == 0 else 1 - labels
+
+
+def cosine_similarities(updates: np.ndarray) -> np.ndarray:
+    """The pairwise cosine similarity of the rows of `updates` (a zero row is similar to nothing)."""
+    norms = np.linalg.norm(updates, axis=1)
+    unit = updates / np.where(norms > 0, norms, 1.0)[:, None]
+    return unit @ unit.T
+
+
+@dataclass
+class CflServer(Strategy):
+    """Clustered Federated Learning (Sattler et al. 2021, "Clustered Federated Learning: Model-Agnostic
+    Distributed Multitask Optimization Under Privacy Constraints", Algorithm 1). Clients start in one
+    cluster; each cluster runs FedAvg on its own model (stacked in `params`, each client receiving only its
+    cluster's: `sends_own_model`). When a cluster's FedAvg stalls — the norm of its weighted mean update
+    falls below `eps1` while some member's update is still longer than `eps2` — its members are split in
+    two by the cosine similarity of their updates (complete-linkage bipartition, which keeps the largest
+    similarity across the two parts small), and each part continues from the cluster's model. The number
+    of clusters is not given.
+
+    A split compares the updates of all the cluster's members, so each round must hear from every client
+    (`server.clients_per_round` = every client; a round that misses some member of a cluster does not
+    split it). No split before round `warmup`, and none of a cluster of `min_size` clients or fewer."""
+
+    num_clients: int
+    model_size: int
+    fit: FitConfig = FitConfig()
+    eps1: float = 0.4
+    eps2: float = 1.6
+    warmup: int = 20
+    min_size: int = 2
+    server_lr: float = 1.0
+    truth: np.ndarray | None = None
+    cluster_of: np.ndarray = field(default=None, repr=False)
+
+    broadcasts = True  # the stacked cluster models
+    stateful = True  # which cluster each client is in
+    one_model = False
+    sends_own_model = True
+
+    def __post_init__(self):
+        if self.cluster_of is None:
+            self.cluster_of = np.zeros(self.num_clients, np.int64)
+        self._figures: dict = {}
+
+    @property
+    def models(self) -> int:
+        return int(self.cluster_of.max()) + 1
+
+    def model_of(self, client_id: int) -> tuple[int, int]:
+        j = int(self.cluster_of[client_id])
+        return j * self.model_size, (j + 1) * self.model_size
+
+    def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
+        return [Task(round, cid, self.fit, span=self.model_of(cid)) for cid in sampled_ids]
+
+    def update_size(self, received: int) -> int:
+        return self.model_size
+
+    def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
+        models = params.reshape(-1, self.model_size).copy()
+        by_cluster: dict[int, list[ClientUpdate]] = {}
+        for u in updates:  # a split needs every member's update: they are held for the round
+            by_cluster.setdefault(int(self.cluster_of[u.client_id]), []).append(u)
+        splits = []
+        for j, members in sorted(by_cluster.items()):
+            acc = WeightedSum(self.model_size)
+            for u in members:
+                acc.add(u.update, u.num_examples)
+            mean = acc.mean()
+            models[j] += np.float32(self.server_lr) * mean
+            everyone = np.flatnonzero(self.cluster_of == j)
+            mean_norm = float(np.linalg.norm(mean))
+            max_norm = max(float(np.linalg.norm(u.update)) for u in members)
+            if (round >= self.warmup and len(everyone) > self.min_size and len(members) == len(everyone)
+                    and mean_norm < self.eps1 and max_norm > self.eps2):
+                rows = np.stack([u.update for u in members])
+                halves = complete_linkage_bipartition(cosine_similarities(rows))
+                splits.append((j, [u.client_id for u, half in zip(members, halves) if half == 1]))
+        for j, leaving in splits:  # the leaving part starts from the cluster's model, as a new cluster
+            self.cluster_of[leaving] = len(models)
+            models = np.concatenate([models, models[j:j + 1]])
+            log.info("round %d: cluster %d split; %d clients form cluster %d", round, j, len(leaving), len(models) - 1)
+        self._figures = {"clusters": self.cluster_of.tolist(), "cluster_splits": len(splits)}
+        if self.truth is not None:
+            self._figures["cluster_ari"] = adjusted_rand_index(self.truth, self.cluster_of)
+        return models.reshape(-1)
+
+    def round_figures(self) -> dict:
+        return dict(self._figures)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"cluster_of": self.cluster_of.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        if "cluster_of" in state:
+            self.cluster_of = state["cluster_of"].astype(np.int64).copy()

@@ -123,7 +123,8 @@ class ServerConfig(Section):
     # a robust rule's name (median, krum, ...) is FedAvg's server step behind that rule (fedstack.strategy.robust)
     strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
                       "fedbuff", "fedasync", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound",
-                      "centered_clip", "fltrust", "ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca"] = "fedavg"
+                      "centered_clip", "fltrust", "ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca",
+                      "cfl"] = "fedavg"
     # a robust rule in front of another synchronous strategy's server step ("" = none)
     aggregator: Literal["", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip",
                         "fltrust"] = ""
@@ -233,12 +234,16 @@ class AttackConfig(Section):
 
 class PersonalConfig(Section):
     """The personalised and clustered algorithms' own keys (server.strategy = ditto | fedper | fedrep | fedbn |
-    local_only | ifca)."""
+    local_only | ifca | cfl)."""
 
     lam: float = Field(0.1, ge=0)  # ditto: λ, the pull of each personal model towards the global one
     head_layers: int = Field(1, ge=1)  # fedper, fedrep: the last layers that stay on each client
     head_epochs: int = Field(10, ge=1)  # fedrep: local epochs on the head (body frozen) before the body's
     clusters: int = Field(2, ge=1)  # ifca: how many models (clusters of clients) the server keeps
+    # cfl: split a cluster when its mean update's norm < cfl_eps1 and some member's > cfl_eps2, from round cfl_warmup
+    cfl_eps1: float = Field(0.4, gt=0)
+    cfl_eps2: float = Field(1.6, gt=0)
+    cfl_warmup: int = Field(20, ge=1)
 
 
 class EvalConfig(Section):
@@ -381,6 +386,10 @@ def validate(tree: dict) -> Config:
     if config.engine.address and config.engine.name != "ray":
         raise ConfigError("engine.address", f"a Ray cluster's address needs engine.name = \"ray\", "
                           f"not \"{config.engine.name}\"")
+    if config.server.strategy == "cfl" and config.server.clients_per_round != config.data.num_clients:
+        raise ConfigError("server.clients_per_round", "cfl splits a cluster by comparing all its clients' updates, so "
+                          f"every client takes part in every round: set it to data.num_clients = "
+                          f"{config.data.num_clients}")
     if config.server.strategy == "fedprox" and config.client.mu == 0:
         raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
     sequence = {"char_lstm": "char", "word_lstm": "word"}.get(config.model.name)

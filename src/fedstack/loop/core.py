@@ -102,9 +102,9 @@ class RoundLoop:
         self._check_parts(workload)
         self.keeps_state = self._keeps_state(workload, engine)  # the server keeps client state, sent with tasks
         self.client_states = client_states if client_states is not None else MemoryClientStates()
-        if strategy.personalization() is not None:  # judge each client's own model too
+        if strategy.personalization() is not None or not strategy.one_model:  # judge each client's own model too
             self.evaluator.own = OwnModels(strategy.personalization(), strategy.broadcast, self.client_state,
-                                           strategy.one_model)
+                                           strategy.one_model, strategy.model_of if strategy.sends_own_model else None)
 
     def _check_parts(self, workload: Workload) -> None:
         """Refuse parts this loop cannot honour, by their declared traits."""

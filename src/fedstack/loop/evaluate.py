@@ -23,6 +23,7 @@ class OwnModels:
     received: Callable[[np.ndarray], np.ndarray]
     state: Callable[[int, np.ndarray], Any]
     one_model: bool = True  # the strategy's params are one model every client could use (Strategy.one_model)
+    span_of: Callable[[int], tuple[int, int] | None] | None = None  # client i's slice of them (Strategy.model_of)
 
 
 class Evaluator:
@@ -91,7 +92,7 @@ class Evaluator:
     def own_models(self, params: np.ndarray) -> list[EvalResult]:
         """Each asked client's own model (a personalised algorithm's) on its held-out split."""
         own = self.own
-        return evaluation.clients(self.engine, own.received(params), self.dataset, self.seed,
+        return evaluation.clients(self.engine, own.received(params), self.dataset, self.seed, span_of=own.span_of,
                                   personal=own.personal, state_of=lambda i: own.state(i, params))
 
     def shards(self) -> list:

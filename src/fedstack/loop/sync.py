@@ -165,6 +165,8 @@ class Synchronous(RoundLoop):
         ids = self.sampler.sample(rnd, self.sample_size, attempt, now=now)
         tally.sampled = len(ids)
         sent, download = self.downloaded(rnd, params)
+        # each client receives its own of the stacked models (before a split adds one), or all that was sent
+        share = self.strategy.models if self.strategy.sends_own_model else 1
         tasks, reached = self._tasks(rnd, attempt, params, ids, now, (download, sent.size), tally)
         collection = self.aggregator.open(self.filters, tally, rnd, attempt, reached, self.engine,
                                           self.workload.seed)
@@ -182,8 +184,8 @@ class Synchronous(RoundLoop):
         if tally.clients < self.rules.min_clients:
             new_params = params
         tally.overselected = clock.overselected
-        tally.bytes_down = download * len(reached) + collection.bytes_down
-        tally.bytes_down_raw = sent.nbytes * len(reached)
+        tally.bytes_down = download * len(reached) // share + collection.bytes_down
+        tally.bytes_down_raw = sent.nbytes * len(reached) // share
         tally.sim_s = waited + (clock.last if clock.full or not clock.late else self.rules.deadline_s)
         return np.ascontiguousarray(new_params, dtype=np.float32), tally, figures
 

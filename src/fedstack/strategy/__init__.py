@@ -10,12 +10,13 @@ from .personal import Personalized
 from .scaffold import Scaffold
 
 PERSONALIZED = ("ditto", "fedper", "fedrep", "fedbn", "local_only")
-CLUSTERED = ("ifca",)
+CLUSTERED = ("ifca", "cfl")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES, *PERSONALIZED,
               *CLUSTERED)
 
 
-def build_strategy(server, fit, num_clients: int, root=None, personal=None, groups=None) -> Strategy:
+def build_strategy(server, fit, num_clients: int, root=None, personal=None, groups=None, clustering=None,
+                   model_size: int = 0) -> Strategy:
     """The strategy named by the `server` config section, giving clients the local work `fit`.
 
     FedProx (Li et al. 2020, "Federated Optimization in Heterogeneous Networks") is FedAvg whose
@@ -24,8 +25,14 @@ def build_strategy(server, fit, num_clients: int, root=None, personal=None, grou
     strategy) is `Robust` around that server step; FLTrust's needs the server's `root` update. A personalised
     algorithm (`PERSONALIZED`) is `Personalized` around its client half `personal`
     (fedstack.plan.personalization_of builds it); a clustered one (`CLUSTERED`) its own server half, which
-    compares the clusters it finds with the data's planted `groups` where known.
+    compares the clusters it finds with the data's planted `groups` where known (`clustering`: the config's
+    [personal] section; `model_size`: how many parameters one model has).
     """
+    if server.strategy == "cfl":
+        from ..clustered import CflServer
+
+        return CflServer(num_clients, model_size, fit, eps1=clustering.cfl_eps1, eps2=clustering.cfl_eps2,
+                         warmup=clustering.cfl_warmup, server_lr=server.server_lr, truth=groups)
     if server.strategy == "ifca":
         from ..clustered import IfcaServer
 

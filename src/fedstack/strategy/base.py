@@ -51,6 +51,7 @@ class Strategy:
     stateful: bool = False  # it keeps state across rounds that a checkpoint saves (`state`, `load_state`)
     one_model: bool = True  # its params are one model every client could use (clustered training: k models)
     models: int = 1  # how many models its params stack (clustered training: k)
+    sends_own_model: bool = False  # each client receives only its own of the stacked models (`model_of`)
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         raise NotImplementedError(f"{type(self).__name__} configures no clients")
@@ -78,6 +79,11 @@ class Strategy:
     def personalization(self):
         """A personalised algorithm's client half (fedstack.personal.Personalization): each client keeps a
         model of its own, which evaluation judges too (None: the global model is every client's)."""
+        return None
+
+    def model_of(self, client_id: int) -> tuple[int, int] | None:
+        """The slice [start, stop) of the params that is this client's model (clustered training), or None:
+        all of them."""
         return None
 
     def update_size(self, received: int) -> int:
