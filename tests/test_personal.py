@@ -155,6 +155,9 @@ def test_personalised_runs_give_the_same_bits_on_local_and_pool_and_judge_each_c
     assert np.array_equal(local.params, pool.params) and rounds_of(local) == rounds_of(pool)
     last = local.rounds[-1]
     assert last["personal"]["clients"] == 8 and last["federated"]["clients"] == 8
+    by_client = last["personal"]["by_client"]  # each client's own figure, beside the global model's
+    assert sorted(by_client, key=int) == [str(i) for i in range(8)] == sorted(last["federated"]["by_client"], key=int)
+    assert np.mean(list(by_client.values())) == pytest.approx(last["personal"]["mean"])
     # two classes per client: each client's own model beats the one global model on its own data
     assert last["personal"]["mean"] > last["federated"]["mean"] + 0.2, (last["personal"], last["federated"])
     summary = json.loads((tmp_path / "local" / "summary.json").read_text())

@@ -34,9 +34,9 @@ def total(outcomes) -> EvalResult:
 
 
 def clients(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig | None = None,
-            span_of=None, personal=None, state_of=None) -> list[EvalResult]:
+            span_of=None, personal=None, state_of=None) -> dict[int, EvalResult]:
     """The results of the clients the engine asks (`Engine.evaluators`) on their held-out splits, those
-    with examples, in client order.
+    with examples, by client id in client order.
 
     With `finetune`, each client first trains on its training split with that config (seeded per
     client from the run seed) and is judged on its own fine-tuned model. `span_of(i)` picks client
@@ -50,17 +50,20 @@ def clients(engine, params: np.ndarray, dataset, seed: int, finetune: FitConfig 
     asked = engine.evaluators(dataset)
     tasks = [EvalTask(client_id=i, finetune=tuning(i), span=span_of(i) if span_of else None, personal=personal,
                       state=state_of(i) if state_of else None) for i in asked]
-    results = [o.value for o in engine.run(params, tasks) if o.error is None] if tasks else []
-    return [r for r in results if r.examples]
+    outcomes = engine.run(params, tasks) if tasks else []
+    return {o.task.client_id: o.value for o in outcomes if o.error is None and o.value.examples}
 
 
-def spread(results: list[EvalResult]) -> dict | None:
+def spread(results: dict[int, EvalResult]) -> dict | None:
     """Accuracy over clients (loss, `"of": "loss"`, for a task without classes): mean and 10th/50th/90th
-    percentiles, or None."""
-    if results and results[0].accuracy is None:  # no classes (regression): the spread of the clients' losses
-        figures = distribution([r.loss for r in results])
-        return {**figures, "of": "loss"} if figures else None
-    return distribution([r.accuracy for r in results])
+    percentiles, and each client's own (`by_client`, keyed by the client id as a string), or None."""
+    if not results:
+        return None
+    losses = next(iter(results.values())).accuracy is None  # no classes (regression): the clients' losses
+    values = {cid: r.loss if losses else r.accuracy for cid, r in results.items()}
+    figures = distribution(list(values.values()))
+    figures["by_client"] = {str(cid): value for cid, value in values.items()}
+    return {**figures, "of": "loss"} if losses else figures
 
 
 def distribution(accuracies) -> dict | None:

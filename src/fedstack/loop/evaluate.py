@@ -73,23 +73,23 @@ class Evaluator:
             results = self.clients(own, span_of=span_of)
             figures["federated"] = evaluation.spread(results)
             if not self.central and self._scheduled(rnd, self.plan.every) and results:
-                figures.update(test_figures(sum(results, EvalResult()), self.plan.finish_metrics))
+                figures.update(test_figures(sum(results.values(), EvalResult()), self.plan.finish_metrics))
             if self.plan.finetune is not None:
                 figures["personalized"] = evaluation.spread(self.clients(own, self.plan.finetune, span_of))
         if self.own is not None and (self.federated_due(rnd) or self._scheduled(rnd, self.plan.every)):
             results = self.own_models(params)
             figures["personal"] = evaluation.spread(results)
             if not self.one_model and self._scheduled(rnd, self.plan.every) and results:
-                figures.update(test_figures(sum(results, EvalResult()), self.plan.finish_metrics))
+                figures.update(test_figures(sum(results.values(), EvalResult()), self.plan.finish_metrics))
         if self.profile is not None:
             self.profile.evaluate_wall_s += time.perf_counter() - started
         return figures
 
-    def clients(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> list[EvalResult]:
+    def clients(self, params: np.ndarray, finetune: FitConfig | None = None, span_of=None) -> dict[int, EvalResult]:
         """Each asked client's result on its held-out split (after fine-tuning with `finetune`)."""
         return evaluation.clients(self.engine, params, self.dataset, self.seed, finetune, span_of)
 
-    def own_models(self, params: np.ndarray) -> list[EvalResult]:
+    def own_models(self, params: np.ndarray) -> dict[int, EvalResult]:
         """Each asked client's own model (a personalised algorithm's) on its held-out split."""
         own = self.own
         return evaluation.clients(self.engine, own.received(params), self.dataset, self.seed, span_of=own.span_of,
