@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -123,7 +124,7 @@ def _panels(fig):
 
 
 def _has_data(ax) -> bool:
-    return bool(ax.lines or ax.patches or ax.collections)
+    return bool(ax.lines or ax.patches or ax.collections or ax.images)
 
 
 def test_the_report_has_no_empty_panel_and_a_train_loss_curve():
@@ -223,3 +224,25 @@ def test_a_closed_pipe_ends_fedstack_report_quietly(run_dir):
     reader.stdout.close()  # ... while the plot is drawn, and its line finds the pipe closed
     code, err = reader.wait(timeout=60), reader.stderr.read().decode()
     assert code == 141 and "Traceback" not in err, err
+
+
+def test_personal_and_clustered_runs_get_a_per_client_panel_and_a_clusters_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    own = {"mean": 0.9, "p10": 0.8, "p50": 0.9, "p90": 1.0, "clients": 3, "by_client": {"0": 0.8, "1": 0.9, "2": 1.0}}
+    glob = {**own, "mean": 0.5, "p10": 0.2, "p50": 0.5, "p90": 0.8, "by_client": {"0": 0.2, "1": 0.5, "2": 0.8}}
+    metrics = [{**m, "personal": own, "federated": glob, "clusters": [0, 0, 1] if m["round"] > 1 else [0, -1, -1],
+                "cluster_ari": 1.0 if m["round"] > 1 else 0.0} for m in METRICS]
+    fig = draw_report(metrics, SUMMARY, "demo")
+    try:
+        panels = _panels(fig)
+        boxes = panels["Each client's held-out accuracy"]
+        assert [t.get_text() for t in boxes.get_xticklabels()] == ["global model", "personal"]
+        grid = panels["Clusters (colour per cluster)"].images[0].get_array()
+        assert grid.shape == (3, len(METRICS)) and np.isnan(np.ma.getdata(grid)[1, 0]) and grid[2, -1] == 1
+        assert all(ax.get_visible() and _has_data(ax) for ax in fig.axes)
+    finally:
+        plt.close(fig)

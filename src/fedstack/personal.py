@@ -18,19 +18,21 @@ the run store during a simulation and on the device when deployed — and never 
   nothing travels (`everything`).
 
 Each algorithm is one object with both halves: the client half (`Personalization`: how a client trains
-and what it keeps) travels in each task's `FitConfig.personal`; the server half
-(`fedstack.strategy.Personalized`) averages the shared part and hands a client that has never trained
-its first personal part — the initial model's, which the server's vector keeps unchanged (only shared
-entries are ever updated).
+and what it keeps) travels in each task's `FitConfig.personal` (to a deployed device as `to_wire` encodes
+it: a registered kind and its fields); the server half (`fedstack.strategy.Personalized`) averages the
+shared part and hands a client that has never trained its first personal part — the initial model's,
+which the server's vector keeps unchanged (only shared entries are ever updated).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
 
 from .client import FitConfig, FitResult
+from .errors import FedstackError
 from .local_terms import LocalTerm
 from .params import ParamSpec
 
@@ -216,3 +218,96 @@ def first_personal(personal: Personalization, received: np.ndarray, initial: np.
     if isinstance(personal, Ditto):
         return np.array(received, np.float32)
     return initial[personal.split.mask()].astype(np.float32)
+
+
+# --- the wire: a client half as a deployed server sends it to devices with each personalised task ---
+
+_SCALARS = {"int": int, "float": float, "bool": bool, "str": str, int: int, float: float, bool: bool, str: str}
+MAX_WIRE_STRING = 256  # a str field's longest value on the wire
+_KINDS: dict[str, type] = {}  # kind name → class
+
+
+def _wire_fields(cls: type) -> dict[str, type]:
+    """A registered class's own fields (all but its split) and their scalar types."""
+    return {f.name: _SCALARS[f.type] for f in fields(cls) if f.name != "split"}
+
+
+def register(kind: str, cls: type) -> type:
+    """Let `cls`, a Personalization dataclass, travel to deployed devices as `kind`. Its fields besides the
+    split must be int, float, bool or str — what JSON carries and a device can check — and its numbers ≥ 0."""
+    if not (isinstance(cls, type) and issubclass(cls, Personalization) and is_dataclass(cls)):
+        raise TypeError(f"personal kind {kind!r}: {cls!r} is not a Personalization dataclass")
+    odd = [f"{f.name}: {f.type}" for f in fields(cls) if f.name != "split" and (f.type not in _SCALARS or not f.init)]
+    if odd:
+        raise TypeError(f"personal kind {kind!r}: fields {', '.join(odd)} cannot travel (int, float, bool, str only)")
+    if _KINDS.get(kind, cls) is not cls or any(c is cls and k != kind for k, c in _KINDS.items()):
+        raise ValueError(f"personal kind {kind!r} or class {cls.__name__} is already registered otherwise")
+    _KINDS[kind] = cls
+    return cls
+
+
+register("partial", Personalization)  # FedPer, FedBN, local-only: the split says which
+register("fedrep", FedRep)
+register("ditto", Ditto)
+
+
+def to_wire(personal: Personalization) -> dict:
+    """`personal` as JSON-ready data: its kind, its split (`size`, `personal` stretches), its other fields."""
+    kind = next((k for k, c in _KINDS.items() if c is type(personal)), None)
+    if kind is None:  # a subclass travels only registered: the device would run its parent's fit otherwise
+        raise FedstackError(f"{type(personal).__name__} cannot travel to devices: register it with "
+                            "fedstack.personal.register(kind, cls)")
+    split = personal.split
+    wire = {"kind": kind, "size": int(split.size), "personal": [[int(a), int(b)] for a, b in split.personal]}
+    wire.update({name: kind_of(getattr(personal, name)) for name, kind_of in _wire_fields(type(personal)).items()})
+    return wire
+
+
+def _number(key: str, value, integer: bool, limit: int | None = None):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise FedstackError(f"{key}: {'an integer' if integer else 'a number'} expected, got {value!r:.40}")
+    if not math.isfinite(value) or value < 0 or (limit is not None and value > limit):
+        raise FedstackError(f"{key}: {value!r} is out of bounds (0..{limit if limit is not None else 'any'})")
+    return value
+
+
+def from_wire(wire, max_size: int) -> Personalization:
+    """The client half `to_wire` encoded, every field checked (FedstackError, on one line naming the key):
+    a known kind, exactly its fields, a split of at most `max_size` values whose stretches are in order
+    and within it."""
+    if not isinstance(wire, dict):
+        raise FedstackError(f"personal: an object expected, got {type(wire).__name__}")
+    kind = wire.get("kind")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise FedstackError(f"personal.kind: unknown {kind!r:.40} (known: {', '.join(sorted(_KINDS))})")
+    own = _wire_fields(cls)
+    expected = {"kind", "size", "personal", *own}
+    missing, unknown = sorted(expected - set(wire)), sorted(set(wire) - expected)
+    if missing or unknown:
+        said = [f"{', '.join(keys)} {what}" for keys, what in ((missing, "missing"), (unknown, "unknown")) if keys]
+        raise FedstackError(f"personal: {kind} takes {', '.join(sorted(expected))} ({'; '.join(said)})"[:300])
+    size = _number("personal.size", wire["size"], True, max_size)
+    stretches, end = wire["personal"], 0
+    if not isinstance(stretches, list):
+        raise FedstackError("personal.personal: a list of [start, stop] pairs expected")
+    for pair in stretches:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise FedstackError(f"personal.personal: [start, stop] pairs expected, got {pair!r:.40}")
+        start, stop = (_number("personal.personal", v, True, size) for v in pair)
+        if not end <= start < stop:
+            raise FedstackError(f"personal.personal: stretch [{start}, {stop}) is empty, out of order or overlaps")
+        end = stop
+    values = {}
+    for name, kind_of in own.items():
+        value, key = wire[name], f"personal.{name}"
+        if kind_of in (int, float):
+            value = kind_of(_number(key, value, kind_of is int))
+        elif not isinstance(value, kind_of) or (kind_of is str and len(value) > MAX_WIRE_STRING):
+            raise FedstackError(f"{key}: {'a boolean' if kind_of is bool else 'a short string'} expected, "
+                                f"got {value!r:.40}")
+        values[name] = value
+    try:
+        return cls(Split(size, tuple((a, b) for a, b in stretches)), **values)
+    except (TypeError, ValueError, FedstackError) as exc:
+        raise FedstackError(f"personal: {kind} refuses its fields ({exc})") from None

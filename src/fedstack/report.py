@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedstack.errors import FedstackError
 from fedstack.files import append_line, write_atomic
 
@@ -155,7 +157,10 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     Always: test accuracy; loss (test, and the clients' mean training loss); traffic per round;
     clients per round (accepted, and failures by kind); accuracy against bytes uploaded; accuracy against
     time (a simulation: the simulated clock of its device fleet; a deployed run, `deployed` in its
-    summary: wall time). When the run has them: privacy spent, rejected updates by reason.
+    summary: wall time). When the run has them: privacy spent, rejected updates by reason, the clients'
+    own accuracies (the global model's, fine-tuned, personal: their distributions after the last round
+    that has them), and for clustered training each client's cluster per round with its agreement with
+    planted groups.
     """
     from .extras import require
 
@@ -172,6 +177,12 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
         panels.append("privacy")
     if rejections:
         panels.append("rejected")
+    distributions = _client_distributions(metrics)
+    if distributions:
+        panels.append("per_client")
+    clustered = [m for m in metrics if m.get("clusters") is not None]
+    if clustered:
+        panels.append("clusters")
     fig = plt.figure(figsize=(16 * ((len(panels) + 1) // 2) / 3, 8))
     ax = _add_panels(fig, panels)
 
@@ -185,6 +196,10 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
         _draw_privacy(ax["privacy"], private)
     if rejections:
         _draw_rejections(ax["rejected"], metrics, rejections)
+    if distributions:
+        _draw_client_distributions(ax["per_client"], distributions)
+    if clustered:
+        _draw_clusters(ax["clusters"], clustered)
 
     for name, panel in ax.items():
         panel.grid(alpha=0.3)
@@ -235,6 +250,40 @@ def _draw_accuracy(acc_ax, metrics: list[dict], evaluated: list[dict]) -> None:
         acc_ax.fill_between(fed_rounds, p10, p90, alpha=0.2, color=color)
     acc_ax.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
     acc_ax.legend(loc="lower right")
+
+
+def _client_distributions(metrics: list[dict]) -> dict[str, list[float]]:
+    """Each client's accuracy under the global model, fine-tuned and personal, from the last round that has
+    each (losses, a task without classes, are left out: they share no axis with accuracies)."""
+    found = {}
+    for key, label in (("federated", "global model"), ("personalized", "fine-tuned"), ("personal", "personal")):
+        last = next((m[key] for m in reversed(metrics) if m.get(key) and m[key].get("by_client")), None)
+        if last is not None and last.get("of") != "loss":
+            found[label] = list(last["by_client"].values())
+    return found
+
+
+def _draw_client_distributions(ax, distributions: dict[str, list[float]]) -> None:
+    ax.boxplot(list(distributions.values()), whis=(10, 90))  # whiskers at p10 and p90, as the records state them
+    ax.set_xticks(range(1, len(distributions) + 1), list(distributions))
+    ax.set(title="Each client's held-out accuracy", ylabel="accuracy (whiskers: p10, p90)")
+
+
+def _draw_clusters(ax, records: list[dict]) -> None:
+    """Each client's cluster per round (a colour per cluster, blank: not seen yet), and the adjusted Rand
+    index with the planted groups where known."""
+    rounds = [m["round"] for m in records]
+    grid = np.array([m["clusters"] for m in records], dtype=float).T
+    grid[grid < 0] = np.nan
+    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="tab10",
+              extent=(rounds[0] - 0.5, rounds[-1] + 0.5, grid.shape[0] - 0.5, -0.5))
+    ax.set(title="Clusters (colour per cluster)", xlabel="round", ylabel="client")
+    aris = [(m["round"], m["cluster_ari"]) for m in records if m.get("cluster_ari") is not None]
+    if aris:
+        twin = ax.twinx()
+        twin.plot(*zip(*aris), color="black", marker=".", label="adjusted Rand index")
+        twin.set(ylim=(-0.05, 1.05), ylabel="adjusted Rand index")
+        twin.legend(loc="lower right")
 
 
 def _draw_loss(loss_ax, metrics: list[dict]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -20,13 +21,14 @@ from ..codec import CodecContext, build_pipeline
 from ..config import validate
 from ..data import ClientData
 from ..engine.base import evaluate_held_out, fit_and_encode
-from ..errors import DataError, FedstackError
+from ..errors import DataError, FedstackError, brief
+from ..personal import STATE_KEY, Personalization, first_personal, from_wire
 from ..version import __version__
 from . import PROTOCOL
 from . import fedstack_pb2 as pb
 from . import fedstack_pb2_grpc as pb_grpc
 from .replies import eval_figures
-from .wire import GRPC_OPTIONS, assemble, chunks
+from .wire import GRPC_OPTIONS, assemble_parts, chunks
 
 log = logging.getLogger("fedstack.client")
 
@@ -150,6 +152,11 @@ PINS = ("secagg", "ckks", "dp")
 
 class PinError(FedstackError):
     """The server asked for something a pin (--require, --ckks-public) forbids: the client stops (exit 2)."""
+
+
+class TaskRefused(FedstackError):
+    """A task this device cannot take as sent — a personalised algorithm's client half of an unknown kind or
+    malformed fields, or one that does not fit its model or its state: it tells the server, then stops (exit 2)."""
 
 
 def pins(require, ckks_public: str | None = None, key_holder=None) -> tuple[frozenset[str], bytes | None]:
@@ -296,8 +303,8 @@ class Client:
         if not min_members >= 1:
             raise FedstackError(f"--min-members must be at least 1, got {min_members}")
         self.min_members = min_members
-        # This device's client state (SCAFFOLD's control variate), kept across rounds; with a
-        # state file also across restarts of the client process.
+        # This device's client state (SCAFFOLD's control variate, a personalised algorithm's personal part),
+        # kept across rounds; with a state file also across restarts of the client process.
         self.state_path = Path(state_path) if state_path else None
         self.state: dict[str, np.ndarray] = {}
         if self.state_path is not None and self.state_path.exists():
@@ -386,19 +393,65 @@ class Client:
                 time.sleep(delay)
                 backoff = min(backoff * 2, self.max_backoff_s)
 
-    def _evaluate(self, header, params: np.ndarray) -> None:
-        """Judge the global model on this device's held-out data (none: zero examples) and report the sums."""
+    @functools.cached_property
+    def model_size(self) -> int:
+        """How many values this device's model has: what bounds a personalised task's split and first part."""
+        return int(self.trainer.get_params().size)
+
+    def _evaluate(self, header, params: np.ndarray, first: np.ndarray) -> None:
+        """Judge the global model — or, under a personalised algorithm, this device's own model — on its
+        held-out data (none: zero examples) and report the sums."""
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
+        violated = None
         with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):
             try:
                 tuning = json.loads(header.fit_config_json or "{}")
-                result = evaluate_held_out(self.trainer, self.data, params, FitConfig(**tuning) if tuning else None)
+                personal = self._personal(header.personal_json, len(params)) if header.personal_json else None
+                state = self._with_personal(personal, params, first) if personal is not None else None
+                result = evaluate_held_out(self.trainer, self.data, params, FitConfig(**tuning) if tuning else None,
+                                           personal, state)
                 update.num_examples = result.examples
                 update.metrics.update(eval_figures(result))
+            except TaskRefused as exc:  # the server learns why; the device stops (exit 2)
+                update.error, violated = f"{type(exc).__name__}: {exc}", exc
             except Exception as exc:  # the server counts a failed evaluation; the device keeps working
                 update.error = f"{type(exc).__name__}: {exc}"
                 log.warning("evaluation failed: %s", update.error)
         self._submit(header, update, b"", "evaluation")
+        if violated is not None:
+            raise violated
+
+    def _personal(self, wire, received: int) -> Personalization:
+        """A personalised task's client half (its wire JSON, or the object `json.loads` made of it), checked
+        against this device's model and what it received: TaskRefused, naming the key at fault, otherwise."""
+        try:
+            personal = from_wire(json.loads(wire) if isinstance(wire, str) else wire, max(self.model_size, received))
+        except (FedstackError, ValueError) as exc:  # ValueError: not JSON
+            raise TaskRefused(f"the server's task: {brief(str(exc))}") from None
+        split = personal.split
+        if split.size not in (self.model_size, received) or split.shared_size != received:
+            raise TaskRefused(f"the server's task: personal.size {split.size} with {split.shared_size} shared values "
+                              f"does not fit this device's model of {self.model_size} values and the {received} sent")
+        return personal
+
+    def _with_personal(self, personal: Personalization, params: np.ndarray, first: np.ndarray) -> dict:
+        """This device's state for a personalised task: it holds its own personal part — or, holding none yet,
+        takes the first one (`first_personal`: what the server sent, Ditto's the global model received) and
+        keeps it from now on (in its --state file with its next accepted update)."""
+        split = personal.split
+        count = split.size - split.shared_size
+        if STATE_KEY not in self.state:
+            if len(first) != count:
+                raise TaskRefused(f"the server sent a first personal part of {len(first)} values; "
+                                  f"{type(personal).__name__} keeps {count} on this device")
+            self.state = {**self.state, STATE_KEY: first_personal(personal, params, split.join(params, first))}
+            return self.state
+        expected = first_personal(personal, params, split.join(params, np.zeros(count, np.float32))).size
+        have = self.state[STATE_KEY].size
+        if expected and have != expected:  # a state file of another run, or of another model
+            raise TaskRefused(f"--state {self.state_path}: its personal part has {have} values, the run's "
+                              f"{type(personal).__name__} keeps {expected}")
+        return self.state
 
     def _save_state(self) -> None:
         if self.state_path is None:
@@ -414,7 +467,9 @@ class Client:
 
     def poll_once(self) -> bool:
         """Ask for work and do it; False when the run is over."""
-        stream = self.stub.Poll(pb.PollRequest(), metadata=self.metadata, timeout=120)
+        # Holding no personal part, the device asks for its first (sent only under a personalised algorithm).
+        stream = self.stub.Poll(pb.PollRequest(first_personal=STATE_KEY not in self.state), metadata=self.metadata,
+                                timeout=120)
         first = next(stream)
         header = first.header
         if header.kind == pb.TaskHeader.STOP:
@@ -424,22 +479,32 @@ class Client:
         if header.kind == pb.TaskHeader.PROTOCOL:
             self._answer(header)
             return True
-        params = np.frombuffer(assemble((c.params for c in stream), header.params_bytes, header.params_bytes),
-                               dtype=np.float32)
+        if header.personal_bytes and (header.personal_bytes > 4 * self.model_size or header.personal_bytes % 4):
+            raise TaskRefused(f"the server announces a first personal part of {header.personal_bytes} bytes; this "
+                              f"device's model is {4 * self.model_size} bytes")
+        parts = assemble_parts(stream, {"params": header.params_bytes, "personal": header.personal_bytes})
+        params = np.frombuffer(parts["params"], dtype=np.float32)
+        first = np.frombuffer(parts["personal"], dtype=np.float32)
         if header.kind == pb.TaskHeader.EVALUATE:
-            self._evaluate(header, params)
+            self._evaluate(header, params, first)
             return True
         update = pb.UpdateHeader(task_id=header.task_id, round=header.round)
         payload, reply, violated = b"", None, None
         with heartbeats(self.stub, self.metadata, self.heartbeat_s, self.grpc.RpcError):
             try:
-                config = FitConfig(**json.loads(header.fit_config_json))
+                tree = json.loads(header.fit_config_json)
+                personal = tree.pop("personal", None)
+                personal = self._personal(personal, len(params)) if personal is not None else None
+                config = FitConfig(**tree, personal=personal)
                 self._check_task(config)
-                task = Task(header.round, header.client_id, config, state=self.state)
+                state = self._with_personal(personal, params, first) if personal is not None else self.state
+                task = Task(header.round, header.client_id, config, state=state)
                 reply = fit_and_encode(self.trainer, self.pipeline, self.config.seed, task, self.data, params)
                 payload = self._masked(header, task, reply.payload) if self.summing else reply.payload
                 update.num_examples = reply.num_examples
                 update.metrics.update({k: float(v) for k, v in reply.metrics.items()})
+            except TaskRefused as exc:  # the server learns why; the device stops (exit 2)
+                update.error, violated = f"{type(exc).__name__}: {exc}", exc
             except Exception as exc:  # report the failure instead of vanishing: the server counts it
                 update.error = f"{type(exc).__name__}: {exc}"
                 violated = exc if isinstance(exc, PinError) else None

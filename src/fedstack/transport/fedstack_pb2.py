@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedstack/transport/fedstack.proto\x12\x0b\x66\x65\x64stack.v1\"1\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x81\x01\n\tJoinReply\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x13\n\x0binput_shape\x18\x04 \x03(\r\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\"\r\n\x0bPollRequest\"\x06\n\x04\x42\x65\x61t\"\xa1\x02\n\nTaskHeader\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedstack.v1.TaskHeader.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\r\x12\x17\n\x0f\x66it_config_json\x18\x04 \x01(\t\x12\x14\n\x0cparams_bytes\x18\x05 \x01(\x04\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x11\n\tclient_id\x18\x07 \x01(\r\x12\x16\n\x0eprotocol_stage\x18\x08 \x01(\t\x12\x18\n\x10protocol_request\x18\t \x01(\x0c\"?\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\x07\n\x03\x46IT\x10\x01\x12\x08\n\x04STOP\x10\x02\x12\x0c\n\x08PROTOCOL\x10\x03\x12\x0c\n\x08\x45VALUATE\x10\x04\"P\n\tTaskChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedstack.v1.TaskHeaderH\x00\x12\x10\n\x06params\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xd3\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x37\n\x07metrics\x18\x04 \x03(\x0b\x32&.fedstack.v1.UpdateHeader.MetricsEntry\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"U\n\x0bUpdateChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstack.v1.UpdateHeaderH\x00\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xef\x01\n\nFederation\x12\x32\n\x04Join\x12\x12.fedstack.v1.Hello\x1a\x16.fedstack.v1.JoinReply\x12:\n\x04Poll\x12\x18.fedstack.v1.PollRequest\x1a\x16.fedstack.v1.TaskChunk0\x01\x12>\n\x06Submit\x12\x18.fedstack.v1.UpdateChunk\x1a\x18.fedstack.v1.SubmitReply(\x01\x12\x31\n\tHeartbeat\x12\x11.fedstack.v1.Beat\x1a\x11.fedstack.v1.Beatb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fedstack/transport/fedstack.proto\x12\x0b\x66\x65\x64stack.v1\"1\n\x05Hello\x12\x10\n\x08protocol\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x81\x01\n\tJoinReply\x12\x0e\n\x06\x63lient\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_toml\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x13\n\x0binput_shape\x18\x04 \x03(\r\x12\x13\n\x0bnum_classes\x18\x05 \x01(\r\x12\x13\n\x0bheartbeat_s\x18\x06 \x01(\x01\"%\n\x0bPollRequest\x12\x16\n\x0e\x66irst_personal\x18\x01 \x01(\x08\"\x06\n\x04\x42\x65\x61t\"\xd0\x02\n\nTaskHeader\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.fedstack.v1.TaskHeader.Kind\x12\x0f\n\x07task_id\x18\x02 \x01(\x04\x12\r\n\x05round\x18\x03 \x01(\r\x12\x17\n\x0f\x66it_config_json\x18\x04 \x01(\t\x12\x14\n\x0cparams_bytes\x18\x05 \x01(\x04\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x11\n\tclient_id\x18\x07 \x01(\r\x12\x16\n\x0eprotocol_stage\x18\x08 \x01(\t\x12\x18\n\x10protocol_request\x18\t \x01(\x0c\x12\x15\n\rpersonal_json\x18\n \x01(\t\x12\x16\n\x0epersonal_bytes\x18\x0b \x01(\x04\"?\n\x04Kind\x12\x08\n\x04WAIT\x10\x00\x12\x07\n\x03\x46IT\x10\x01\x12\x08\n\x04STOP\x10\x02\x12\x0c\n\x08PROTOCOL\x10\x03\x12\x0c\n\x08\x45VALUATE\x10\x04\"d\n\tTaskChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.fedstack.v1.TaskHeaderH\x00\x12\x10\n\x06params\x18\x02 \x01(\x0cH\x00\x12\x12\n\x08personal\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"\xd3\x01\n\x0cUpdateHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x37\n\x07metrics\x18\x04 \x03(\x0b\x32&.fedstack.v1.UpdateHeader.MetricsEntry\x12\x15\n\rpayload_bytes\x18\x05 \x01(\x04\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"U\n\x0bUpdateChunk\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstack.v1.UpdateHeaderH\x00\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xef\x01\n\nFederation\x12\x32\n\x04Join\x12\x12.fedstack.v1.Hello\x1a\x16.fedstack.v1.JoinReply\x12:\n\x04Poll\x12\x18.fedstack.v1.PollRequest\x1a\x16.fedstack.v1.TaskChunk0\x01\x12>\n\x06Submit\x12\x18.fedstack.v1.UpdateChunk\x1a\x18.fedstack.v1.SubmitReply(\x01\x12\x31\n\tHeartbeat\x12\x11.fedstack.v1.Beat\x1a\x11.fedstack.v1.Beatb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,23 +38,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREPLY']._serialized_start=102
   _globals['_JOINREPLY']._serialized_end=231
   _globals['_POLLREQUEST']._serialized_start=233
-  _globals['_POLLREQUEST']._serialized_end=246
-  _globals['_BEAT']._serialized_start=248
-  _globals['_BEAT']._serialized_end=254
-  _globals['_TASKHEADER']._serialized_start=257
-  _globals['_TASKHEADER']._serialized_end=546
-  _globals['_TASKHEADER_KIND']._serialized_start=483
-  _globals['_TASKHEADER_KIND']._serialized_end=546
-  _globals['_TASKCHUNK']._serialized_start=548
-  _globals['_TASKCHUNK']._serialized_end=628
-  _globals['_UPDATEHEADER']._serialized_start=631
-  _globals['_UPDATEHEADER']._serialized_end=842
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=796
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=842
-  _globals['_UPDATECHUNK']._serialized_start=844
-  _globals['_UPDATECHUNK']._serialized_end=929
-  _globals['_SUBMITREPLY']._serialized_start=931
-  _globals['_SUBMITREPLY']._serialized_end=978
-  _globals['_FEDERATION']._serialized_start=981
-  _globals['_FEDERATION']._serialized_end=1220
+  _globals['_POLLREQUEST']._serialized_end=270
+  _globals['_BEAT']._serialized_start=272
+  _globals['_BEAT']._serialized_end=278
+  _globals['_TASKHEADER']._serialized_start=281
+  _globals['_TASKHEADER']._serialized_end=617
+  _globals['_TASKHEADER_KIND']._serialized_start=554
+  _globals['_TASKHEADER_KIND']._serialized_end=617
+  _globals['_TASKCHUNK']._serialized_start=619
+  _globals['_TASKCHUNK']._serialized_end=719
+  _globals['_UPDATEHEADER']._serialized_start=722
+  _globals['_UPDATEHEADER']._serialized_end=933
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=887
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=933
+  _globals['_UPDATECHUNK']._serialized_start=935
+  _globals['_UPDATECHUNK']._serialized_end=1020
+  _globals['_SUBMITREPLY']._serialized_start=1022
+  _globals['_SUBMITREPLY']._serialized_end=1069
+  _globals['_FEDERATION']._serialized_start=1072
+  _globals['_FEDERATION']._serialized_end=1311
 # @@protoc_insertion_point(module_scope)

@@ -32,15 +32,17 @@ class JoinReply(_message.Message):
     def __init__(self, client: _Optional[str] = ..., config_toml: _Optional[str] = ..., protocol: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., heartbeat_s: _Optional[float] = ...) -> None: ...
 
 class PollRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("first_personal",)
+    FIRST_PERSONAL_FIELD_NUMBER: _ClassVar[int]
+    first_personal: bool
+    def __init__(self, first_personal: _Optional[bool] = ...) -> None: ...
 
 class Beat(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("kind", "task_id", "round", "fit_config_json", "params_bytes", "deadline_s", "client_id", "protocol_stage", "protocol_request")
+    __slots__ = ("kind", "task_id", "round", "fit_config_json", "params_bytes", "deadline_s", "client_id", "protocol_stage", "protocol_request", "personal_json", "personal_bytes")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         WAIT: _ClassVar[TaskHeader.Kind]
@@ -62,6 +64,8 @@ class TaskHeader(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_STAGE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     kind: TaskHeader.Kind
     task_id: int
     round: int
@@ -71,15 +75,19 @@ class TaskHeader(_message.Message):
     client_id: int
     protocol_stage: str
     protocol_request: bytes
-    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., fit_config_json: _Optional[str] = ..., params_bytes: _Optional[int] = ..., deadline_s: _Optional[float] = ..., client_id: _Optional[int] = ..., protocol_stage: _Optional[str] = ..., protocol_request: _Optional[bytes] = ...) -> None: ...
+    personal_json: str
+    personal_bytes: int
+    def __init__(self, kind: _Optional[_Union[TaskHeader.Kind, str]] = ..., task_id: _Optional[int] = ..., round: _Optional[int] = ..., fit_config_json: _Optional[str] = ..., params_bytes: _Optional[int] = ..., deadline_s: _Optional[float] = ..., client_id: _Optional[int] = ..., protocol_stage: _Optional[str] = ..., protocol_request: _Optional[bytes] = ..., personal_json: _Optional[str] = ..., personal_bytes: _Optional[int] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
-    __slots__ = ("header", "params")
+    __slots__ = ("header", "params", "personal")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    PERSONAL_FIELD_NUMBER: _ClassVar[int]
     header: TaskHeader
     params: bytes
-    def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., params: _Optional[bytes] = ...) -> None: ...
+    personal: bytes
+    def __init__(self, header: _Optional[_Union[TaskHeader, _Mapping]] = ..., params: _Optional[bytes] = ..., personal: _Optional[bytes] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
     __slots__ = ("task_id", "round", "num_examples", "metrics", "payload_bytes", "error")

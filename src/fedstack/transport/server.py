@@ -19,6 +19,7 @@ import numpy as np
 
 from ..engine import Engine, EvalTask, FitReply, Outcome, Workload, execute
 from ..errors import FedstackError, brief
+from ..personal import Personalization, to_wire
 from ..sampling import Sampler
 from ..seeding import rng
 from . import PROTOCOL
@@ -69,6 +70,13 @@ class GrpcEngine(Engine):
     client ends its older one; a payload is decoded once, outside the lock; an update's weight is
     bounded by `max_examples` (by client name; a missing or 0 bound weighs every update 1). A client
     that polls while its task is still open never got it, or lost it: the task goes out again.
+
+    Under a personalised algorithm the devices keep their personal parts; the server sends each device the
+    shared part with every task, the algorithm's client half (`to_wire`) with it, and the first personal
+    part once — when a device's Poll says it holds none: the initial model's entries at the personal
+    positions, which the server's vector keeps unchanged (`Personalized.first_state`). The initial model is
+    the run's seeded one (`plan.initial_params` of the workload's trainer factory and seed, as `run_config`
+    starts from).
     """
 
     client_state = "device"
@@ -91,6 +99,8 @@ class GrpcEngine(Engine):
         self._arriving: set[str] = set()  # clients with an update on its way in
         self._handed: dict[str, _Assignment] = {}  # the task each client was last handed
         self._params_payload = b""
+        self._personal: dict[int, tuple[Personalization, str, bytes]] = {}  # by id: (it, its wire JSON, first part)
+        self._initial: np.ndarray | None = None  # the run's initial model, for first personal parts
         self._stopped = False
 
     # --- the Engine side, called by the round loop ---
@@ -112,11 +122,35 @@ class GrpcEngine(Engine):
             # code objects: a device runs only the terms it ships with
             raise FedstackError("FitConfig.terms: a user's own local terms run in simulation; deployed clients "
                                 "apply the built-in terms their config names (client.mu, SCAFFOLD)")
+        for _, task in remote:  # each client half once, here (not in a gRPC thread): encodable, its first part
+            self._prepare(personal_of(task))
         if remote:
             yield from self._run_remote(params, tasks, remote)
         else:
             for task in tasks:
                 yield execute(self.trainer, self.workload, task, params)
+
+    def _prepare(self, personal: Personalization | None) -> None:
+        """Encode a personalised algorithm's client half for the wire, and the first personal part it hands
+        a device that holds none (FedstackError if it cannot travel)."""
+        if personal is None or id(personal) in self._personal:
+            return
+        wire = json.dumps(to_wire(personal))
+        split, first = personal.split, b""
+        if split.personal:  # Ditto's personal model starts as the global model the device receives: none sent
+            if self._initial is None:
+                self._initial = initial_model(self.workload)
+            if self._initial.size != split.size:
+                raise FedstackError(f"{type(personal).__name__} splits {split.size} values, the run's initial model "
+                                    f"has {self._initial.size}")
+            first = np.ascontiguousarray(self._initial[split.mask()], np.float32).tobytes()
+        self._personal[id(personal)] = (personal, wire, first)
+
+    def personal_wire(self, personal: Personalization | None) -> tuple[str, bytes]:
+        """(the client half's wire JSON, the first personal part) of a prepared one; ("", b"") for none."""
+        if personal is None:
+            return "", b""
+        return self._personal[id(personal)][1:]
 
     def evaluators(self, dataset) -> list[int]:
         """Federated evaluation asks the devices connected now: only they know whether they hold data."""
@@ -309,6 +343,26 @@ class GrpcEngine(Engine):
         return pb.SubmitReply(accepted=True)
 
 
+def personal_of(task) -> Personalization | None:
+    """The personalised algorithm's client half a fit or evaluation task carries, if any."""
+    if isinstance(task, EvalTask):
+        return task.personal
+    return getattr(task.config, "personal", None)
+
+
+def initial_model(workload: Workload) -> np.ndarray:
+    """The run's initial model as `run_config` made it (seeded from the run seed), without moving the server's
+    own random state."""
+    from ..plan import initial_params
+
+    try:
+        import torch
+    except ImportError:  # a NumPy model: its get_params is its start
+        return initial_params(workload.trainer_factory, workload.seed)
+    with torch.random.fork_rng(devices=[]):
+        return initial_params(workload.trainer_factory, workload.seed)
+
+
 def round_of(task) -> int:
     """The round a task belongs to (0 for an evaluation, which the loop runs between rounds)."""
     return 0 if isinstance(task, EvalTask) else task.round
@@ -316,10 +370,12 @@ def round_of(task) -> int:
 
 def wire_config(config) -> str:
     """A FitConfig as the JSON a task header carries ("{}" for none); a user's own local terms are code
-    and never travel."""
+    and never travel; a personalised algorithm's client half travels as `to_wire` encodes it."""
     if config is None:
         return "{}"
-    return json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "terms"})
+    wire = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("terms", "personal")}
+    wire["personal"] = None if config.personal is None else to_wire(config.personal)
+    return json.dumps(wire)
 
 
 class FederationService(pb_grpc.FederationServicer):
@@ -382,18 +438,26 @@ class FederationService(pb_grpc.FederationServicer):
                                                     protocol_request=task.task.request, **common))
             return
         payload = self.engine._params_payload
+        personal, first = self.engine.personal_wire(personal_of(task.task))
+        if not request.first_personal:  # the device keeps its own personal part: only it, never the server's
+            first = b""
+        elif first:
+            log.info("%s holds no personal part: its first (%d values) goes with task %d", name, len(first) // 4,
+                     task.task_id)
+        common.update(params_bytes=len(payload), personal_bytes=len(first))
         if isinstance(task.task, EvalTask):  # the client's held-out split, after fine-tuning if asked
             tuning = task.task.finetune
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.EVALUATE, fit_config_json=wire_config(tuning),
-                                                    params_bytes=len(payload), **common))
+                                                    personal_json=personal, **common))
         else:
-            stage, request = task.task.protocol or ("", b"")
+            stage, step = task.task.protocol or ("", b"")
             config = wire_config(task.task.config)
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.FIT, fit_config_json=config,
-                                                    params_bytes=len(payload), protocol_stage=stage,
-                                                    protocol_request=request, **common))
+                                                    protocol_stage=stage, protocol_request=step, **common))
         for piece in chunks(payload):
             yield pb.TaskChunk(params=piece)
+        for piece in chunks(first):
+            yield pb.TaskChunk(personal=piece)
 
     def Submit(self, request_iterator, context):
         name = self._identify(context)

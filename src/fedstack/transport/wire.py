@@ -37,3 +37,20 @@ def assemble(pieces: Iterable[bytes], expected: int, limit: int) -> bytearray:
     if len(out) != expected:
         raise ValueError(f"announced {expected} bytes, received {len(out)}")
     return out
+
+
+def assemble_parts(messages: Iterable, expected: dict[str, int]) -> dict[str, bytearray]:
+    """Join the chunks of a stream whose messages carry one of several byte fields (a oneof `part`: a task's
+    params, then a device's first personal part), refusing a field not in `expected` or more than its bytes."""
+    out = {name: bytearray() for name in expected}
+    for message in messages:
+        name = message.WhichOneof("part")
+        if name not in out:
+            raise ValueError(f"unexpected {name or 'empty'} message in the stream")
+        out[name] += getattr(message, name)
+        if len(out[name]) > expected[name]:
+            raise ValueError(f"more than the announced {expected[name]} bytes of {name}")
+    for name, data in out.items():
+        if len(data) != expected[name]:
+            raise ValueError(f"announced {expected[name]} bytes of {name}, received {len(data)}")
+    return out
