@@ -40,6 +40,12 @@ USER_RUN = ['model.name="userparts:make_model"', 'data.name="userparts:load"', '
             'data.partition="iid"', "data.num_clients=6", "server.clients_per_round=4", "server.rounds=3",
             "client.lr=0.05", 'client.lr_schedule="cosine"', "client.epochs_by_round=[[1, 2]]",
             "eval.federated=true", "engine.workers=2"]
+# Personalised (FedRep: a personal head, alternating frozen parts) and clustered (CFL: a split, each client
+# training its cluster's slice of the stacked models) training on planted label permutations.
+PERSONAL_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=6", "server.rounds=3",
+                "data.partition=clusters", "data.clusters=2", "data.cluster_transform=permute_labels",
+                "model.name=mlp", "personal.head_epochs=2", "personal.cfl_warmup=2", "personal.cfl_eps1=10",
+                "personal.cfl_eps2=0.01", "engine.workers=2"]
 # A run with a deadline, over-selection and dropouts: the round loop that depends on outcomes most.
 KILLED_RUN = ["data.name=digits", "model.name=logreg", "data.num_clients=20", "server.clients_per_round=4",
               "server.rounds=3", "systems.profile=heterogeneous", "systems.dropout=0.2", "server.deadline_s=3",
@@ -218,6 +224,11 @@ def engines(out: Path) -> None:
                        for name in ("local", "pool", "ray")}
     os.chdir(out)
     lap("user parts")
+    # personalised and clustered training (issue 21): personal parts as client state, spans of stacked models
+    results["personal"] = {name: {engine: history_json(run_config(load_config(None, [
+        *PERSONAL_RUN, f"server.strategy={name}", f"engine.name={engine}"]), out / f"{name}-{engine}"))
+        for engine in ("local", "ray")} for name in ("fedrep", "cfl")}
+    lap("personal")
     workload = slow_workload()
     parts = list(workload.dataset.train_idx)
     results["first_examples"] = [float(idx[0]) for idx in parts]

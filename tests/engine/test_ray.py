@@ -73,6 +73,16 @@ def test_a_users_own_regression_metrics_and_lr_schedule_give_the_same_bits_on_ra
 
 
 @needs_namespaces
+def test_personalised_and_clustered_training_give_the_same_bits_on_ray(runs):
+    """FedRep's personal heads (client state through Ray) and CFL's per-cluster slices (task spans)."""
+    for name, engines in runs["personal"].items():
+        np.testing.assert_array_equal(np.array(engines["ray"]["params"]), np.array(engines["local"]["params"]))
+        assert engines["ray"]["rounds"] == engines["local"]["rounds"], name
+        assert engines["local"]["rounds"][-1]["personal"]["clients"] == 6
+    assert max(runs["personal"]["cfl"]["local"]["rounds"][-1]["clusters"]) >= 1  # a split happened
+
+
+@needs_namespaces
 def test_a_killed_actor_loses_only_its_task_and_the_run_ends_with_the_same_bits(cluster):
     """On the two-node cluster: deadline, over-selection, dropouts, and an actor that kills itself (kill -9)."""
     result = cluster.result()
