@@ -2,7 +2,7 @@
 
 Three workloads on Fashion-MNIST, 100 clients (issue 21):
 
-- `shards`: two classes per client, 10 clients per round. Ditto, FedRep and FedPer against global FedAvg,
+- `shards`: two classes per client, 10 clients per round. Ditto, APFL, FedRep and FedPer against global FedAvg,
   FedAvg + fine-tuning (each client fine-tunes the final global model) and local-only training.
   Goal: Ditto and FedRep reach a mean personal held-out accuracy >= 95 % with a 10th percentile >= 90 %.
 - `dirichlet`: Dir(0.1) labels, the same methods. Goal: every personalised method >= FedAvg + fine-tuning
@@ -39,15 +39,17 @@ METHODS = {
     "fedavg+ft": (["server.strategy=fedavg", "eval.finetune_steps=20"], "personalized"),
     "local_only": (["server.strategy=local_only"], "personal"),
     "ditto": (["server.strategy=ditto", "personal.lam=0.1"], "personal"),
+    "apfl": (["server.strategy=apfl", "personal.alpha=0.25"], "personal"),
     "fedrep": (["server.strategy=fedrep", "personal.head_epochs=5"], "personal"),
     "fedper": (["server.strategy=fedper"], "personal"),
     "ifca": (["server.strategy=ifca", "personal.clusters=4"], "personal"),
-    "cfl": (["server.strategy=cfl", "server.clients_per_round=100", "personal.cfl_warmup=5"], "personal"),
+    "cfl": (["server.strategy=cfl", "server.clients_per_round=100", "personal.cfl_warmup=5", "personal.cfl_eps1=0.3",
+             "personal.cfl_eps2=0.5"], "personal"),
 }
 WORKLOADS = {
-    "shards": (["data.partition=shards"], ["fedavg", "fedavg+ft", "local_only", "ditto", "fedrep", "fedper"]),
+    "shards": (["data.partition=shards"], ["fedavg", "fedavg+ft", "local_only", "ditto", "apfl", "fedrep", "fedper"]),
     "dirichlet": (["data.partition=dirichlet", "data.alpha=0.1"],
-                  ["fedavg", "fedavg+ft", "local_only", "ditto", "fedrep", "fedper"]),
+                  ["fedavg", "fedavg+ft", "local_only", "ditto", "apfl", "fedrep", "fedper"]),
     "clusters": (["data.partition=clusters", "data.clusters=4", "data.cluster_transform=rotate"],
                  ["fedavg", "ifca", "cfl"]),
 }
@@ -123,7 +125,7 @@ def check_goals(workload: str, runs: dict) -> None:
                       f"{'met' if ok else 'NOT met'}")
     elif workload == "dirichlet":
         base_mean, base_p10 = spread("fedavg+ft", "mean"), spread("fedavg+ft", "p10")
-        for method in ("local_only", "ditto", "fedrep", "fedper"):
+        for method in ("local_only", "ditto", "apfl", "fedrep", "fedper"):
             mean, p10 = spread(method, "mean"), spread(method, "p10")
             if None not in (mean, p10, base_mean, base_p10):
                 ok = mean >= base_mean - 0.01 and p10 > base_p10

@@ -232,7 +232,7 @@ class CflServer(Strategy):
         by_cluster: dict[int, list[ClientUpdate]] = {}
         for u in updates:  # a split needs every member's update: they are held for the round
             by_cluster.setdefault(int(self.cluster_of[u.client_id]), []).append(u)
-        splits = []
+        splits, norms = [], []
         for j, members in sorted(by_cluster.items()):
             acc = WeightedSum(self.model_size)
             for u in members:
@@ -242,6 +242,7 @@ class CflServer(Strategy):
             everyone = np.flatnonzero(self.cluster_of == j)
             mean_norm = float(np.linalg.norm(mean))
             max_norm = max(float(np.linalg.norm(u.update)) for u in members)
+            norms.append([j, mean_norm, max_norm])
             if (round >= self.warmup and len(everyone) > self.min_size and len(members) == len(everyone)
                     and mean_norm < self.eps1 and max_norm > self.eps2):
                 rows = np.stack([u.update for u in members])
@@ -251,7 +252,8 @@ class CflServer(Strategy):
             self.cluster_of[leaving] = len(models)
             models = np.concatenate([models, models[j:j + 1]])
             log.info("round %d: cluster %d split; %d clients form cluster %d", round, j, len(leaving), len(models) - 1)
-        self._figures = {"clusters": self.cluster_of.tolist(), "cluster_splits": len(splits)}
+        # [cluster, ‖mean update‖, max ‖update‖] of each cluster heard from: what cfl_eps1 and cfl_eps2 compare
+        self._figures = {"clusters": self.cluster_of.tolist(), "cluster_splits": len(splits), "cluster_norms": norms}
         if self.truth is not None:
             self._figures["cluster_ari"] = adjusted_rand_index(self.truth, self.cluster_of)
         return models.reshape(-1)

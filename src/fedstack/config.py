@@ -124,7 +124,7 @@ class ServerConfig(Section):
     strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
                       "fedbuff", "fedasync", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound",
                       "centered_clip", "fltrust", "ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca",
-                      "cfl"] = "fedavg"
+                      "cfl", "apfl"] = "fedavg"
     # a robust rule in front of another synchronous strategy's server step ("" = none)
     aggregator: Literal["", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip",
                         "fltrust"] = ""
@@ -234,9 +234,10 @@ class AttackConfig(Section):
 
 class PersonalConfig(Section):
     """The personalised and clustered algorithms' own keys (server.strategy = ditto | fedper | fedrep | fedbn |
-    local_only | ifca | cfl)."""
+    local_only | apfl | ifca | cfl)."""
 
     lam: float = Field(0.1, ge=0)  # ditto: λ, the pull of each personal model towards the global one
+    alpha: float = Field(0.25, ge=0, le=1)  # apfl: the mixing weight α a client starts with (then learned)
     head_layers: int = Field(1, ge=1)  # fedper, fedrep: the last layers that stay on each client
     head_epochs: int = Field(10, ge=1)  # fedrep: local epochs on the head (body frozen) before the body's
     clusters: int = Field(2, ge=1)  # ifca: how many models (clusters of clients) the server keeps

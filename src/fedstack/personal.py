@@ -160,6 +160,16 @@ class Personalization:
         """The model a fit starts from: what the client received, with its personal part."""
         return self.split.join(received, personal)
 
+    def needs(self) -> frozenset[str]:
+        """What the trainer must be able to do (`Trainer.capabilities`): "terms" to apply the local terms
+        this client half adds (FedRep's `Freeze`, Ditto's `Anchor`)."""
+        return frozenset()
+
+    def first(self, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        """The personal part of a client that has never trained: the initial model's (`initial`, the server's
+        whole vector, whose personal entries the server never changes)."""
+        return initial[self.split.mask()].astype(np.float32)
+
     def own_model(self, trainer, received: np.ndarray, data, personal: np.ndarray) -> np.ndarray:
         """The client's own model, which its held-out data judges (`data`: the client's data, `trainer` to
         evaluate with, for a rule that picks among models)."""
@@ -184,6 +194,9 @@ class FedRep(Personalization):
 
     head_epochs: int = 10
 
+    def needs(self) -> frozenset[str]:
+        return frozenset({"terms"})
+
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
         start = self.start(received, personal)
         head = replace(config, epochs=self.head_epochs, local_steps=0, terms=(*config.terms, Freeze(self.split, False)))
@@ -202,8 +215,14 @@ class Ditto(Personalization):
 
     lam: float = 0.1
 
+    def needs(self) -> frozenset[str]:
+        return frozenset({"terms"})
+
+    def first(self, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        return np.array(received, np.float32)  # v_k starts as the global model the client received
+
     def own_model(self, trainer, received: np.ndarray, data, personal: np.ndarray) -> np.ndarray:
-        return personal  # v_k (a client that never trained starts from the global model: `first_personal`)
+        return personal  # v_k
 
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
         result = trainer.fit(received, data, config)
@@ -212,12 +231,49 @@ class Ditto(Personalization):
         return FitResult(result.update, result.num_examples, result.metrics, state=own.astype(np.float32))
 
 
+@dataclass(frozen=True)
+class APFL(Personalization):
+    """APFL's client (Deng et al. 2020, "Adaptive Personalized Federated Learning", Algorithm 1): beside the
+    global model's local training w, a personal model v and a mixing weight α, the client's own model being
+    v̄ = α·v + (1 − α)·w. At every local step, on the same batch: w ← w − η∇f(w); v ← v − η·α∇f(v̄);
+    α ← α − η⟨v − w, ∇f(v̄)⟩, clipped to [0, 1]. The global model's update is sent; [v; α] is kept. Each
+    step is one `trainer.fit` of one batch (the trainer's plain SGD step gives −η∇f), the batch drawn from
+    the task's seed and the step's index, so every engine takes the same steps. `split`: all shared."""
+
+    alpha: float = 0.25  # α of a client that has never trained
+
+    def first(self, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        return np.append(np.asarray(received, np.float32), np.float32(self.alpha))
+
+    def own_model(self, trainer, received: np.ndarray, data, personal: np.ndarray) -> np.ndarray:
+        alpha = personal[-1]
+        return (alpha * personal[:-1] + (1 - alpha) * received).astype(np.float32)
+
+    def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
+        w = np.array(received, np.float32)
+        v, alpha = np.array(personal[:-1], np.float32), float(personal[-1])
+        examples = len(data.train_idx)
+        steps = config.local_steps or config.epochs * -(-examples // max(1, config.step_samples(examples)))
+        losses = []
+        for t in range(steps if examples else 0):
+            seed = int(np.random.SeedSequence([config.seed, t]).generate_state(1)[0])  # step t's own batch
+            step = replace(config, local_steps=1, seed=seed)
+            mixed = (alpha * v + (1 - alpha) * w).astype(np.float32)
+            global_step = trainer.fit(w, data, step)
+            mixed_step = trainer.fit(mixed, data, step).update  # −η∇f(v̄)
+            # every right-hand side at the step's start: w, v and α of the previous step
+            v, alpha, w = ((v + np.float32(alpha) * mixed_step).astype(np.float32),
+                           float(np.clip(alpha + float(np.dot(v - w, mixed_step)), 0.0, 1.0)),  # α − η⟨v − w, ∇f(v̄)⟩
+                           (w + global_step.update).astype(np.float32))
+            losses.append(global_step.metrics.get("train_loss", float("nan")))
+        update = (w - received).astype(np.float32)
+        metrics = {"train_loss": float(np.nanmean(losses)) if losses else float("nan"), "alpha": alpha}
+        return FitResult(update, int(data.num_examples), metrics, state=np.append(v, np.float32(alpha)))
+
+
 def first_personal(personal: Personalization, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
-    """The personal part of a client that has never trained: Ditto's v_k starts as the global model it
-    received; a split model's personal part as the initial model's (`initial`, the server's whole vector)."""
-    if isinstance(personal, Ditto):
-        return np.array(received, np.float32)
-    return initial[personal.split.mask()].astype(np.float32)
+    """The personal part of a client that has never trained (`Personalization.first`)."""
+    return personal.first(received, initial)
 
 
 # --- the wire: a client half as a deployed server sends it to devices with each personalised task ---
@@ -249,6 +305,7 @@ def register(kind: str, cls: type) -> type:
 register("partial", Personalization)  # FedPer, FedBN, local-only: the split says which
 register("fedrep", FedRep)
 register("ditto", Ditto)
+register("apfl", APFL)
 
 
 def to_wire(personal: Personalization) -> dict:

@@ -131,10 +131,10 @@ def personalization_of(config: Config, trainer):
     """The client half of the personalised algorithm `server.strategy` names (fedstack.personal), for the
     model `trainer` trains, or None for any other strategy."""
     from .client import TorchTrainer
-    from .personal import Ditto, FedRep, Personalization, Split, batchnorm_split, everything, head_split
+    from .personal import APFL, Ditto, FedRep, Personalization, Split, batchnorm_split, everything, head_split
 
     name, p = config.server.strategy, config.personal
-    if name not in ("ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca"):
+    if name not in ("ditto", "apfl", "fedper", "fedrep", "fedbn", "local_only", "ifca"):
         return None
     size = trainer.get_params().size
     if name == "ifca":
@@ -143,6 +143,8 @@ def personalization_of(config: Config, trainer):
         return ifca(p.clusters, size)
     if name == "ditto":
         return Ditto(Split(size), lam=p.lam)
+    if name == "apfl":
+        return APFL(Split(size), alpha=p.alpha)
     if name in ("fedper", "fedrep", "fedbn") and not isinstance(trainer, TorchTrainer):
         raise ConfigError("server.strategy", f"{name} splits the model by its layers' names, which only a "
                           f"torch.nn.Module model has (this one is a {type(trainer).__name__})")

@@ -9,7 +9,7 @@ from .robust import RULES, Robust, RootUpdate
 from .personal import Personalized
 from .scaffold import Scaffold
 
-PERSONALIZED = ("ditto", "fedper", "fedrep", "fedbn", "local_only")
+PERSONALIZED = ("ditto", "apfl", "fedper", "fedrep", "fedbn", "local_only")
 CLUSTERED = ("ifca", "cfl")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", *ADAPTIVE, "fedbuff", "fedasync", *RULES, *PERSONALIZED,
               *CLUSTERED)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..client import FitConfig
 from ..errors import FedstackError
-from ..personal import STATE_KEY, Ditto, FedRep, Personalization, first_personal
+from ..personal import STATE_KEY, Personalization, first_personal
 from .base import ClientUpdate, Strategy, Task, example_weighted
 
 
@@ -42,7 +42,7 @@ class Personalized(Strategy):
         return [Task(round, cid, fit) for cid in sampled_ids]
 
     def client_needs(self) -> frozenset[str]:
-        return frozenset({"terms"}) if isinstance(self.personal, (FedRep, Ditto)) else frozenset()
+        return self.personal.needs()
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         split = self.personal.split
