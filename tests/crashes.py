@@ -11,3 +11,15 @@ def crash_after(round_):
         if record["round"] == round_:
             raise Crash()
     return callback
+
+
+def straight_and_resumed(config, tmp_path, crash_round: int = 2):
+    """(the run of `config` straight through, the same run crashed after `crash_round` and resumed)."""
+    import pytest
+
+    from fedstack.experiment import run_config
+
+    straight = run_config(config, tmp_path / "straight")
+    with pytest.raises(Crash):
+        run_config(config, tmp_path / "broken", on_round=[crash_after(crash_round)])
+    return straight, run_config(config, tmp_path / "broken")

@@ -4,7 +4,7 @@ and runs that recover planted groups with the same bits on local and pool."""
 import numpy as np
 import pytest
 
-from crashes import Crash, crash_after
+from crashes import straight_and_resumed
 from fedstack.client import EvalResult, FitConfig, FitResult
 from fedstack.clustered import IfcaServer, ifca
 from fedstack.data import ClientData
@@ -74,11 +74,7 @@ def test_ifca_recovers_planted_groups_with_the_same_bits_on_local_and_pool(tmp_p
 
 
 def test_a_resumed_ifca_run_keeps_its_clusters(tmp_path):
-    config = load_config(None, [*RUN, "server.rounds=3", "engine.name=local"])
-    straight = run_config(config, tmp_path / "straight")
-    with pytest.raises(Crash):
-        run_config(config, tmp_path / "broken", on_round=[crash_after(2)])
-    resumed = run_config(config, tmp_path / "broken")
+    straight, resumed = straight_and_resumed(load_config(None, [*RUN, "server.rounds=3"]), tmp_path)
     assert np.array_equal(resumed.params, straight.params) and resumed.rounds[-1] == {
         **straight.rounds[-1], "wall_time_s": resumed.rounds[-1]["wall_time_s"]}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from crashes import Crash, crash_after
+from crashes import straight_and_resumed
 from fedstack.client import FitConfig, FitResult, TorchTrainer
 from fedstack.data import ClientData
 from fedstack.errors import ConfigError
@@ -204,11 +204,7 @@ def test_personalised_runs_give_the_same_bits_on_local_and_pool_and_judge_each_c
 
 
 def test_a_resumed_personalised_run_keeps_each_clients_personal_part(tmp_path):
-    config = load_config(None, [*RUN, "server.strategy=fedper", "engine.name=local"])
-    straight = run_config(config, tmp_path / "straight")
-    with pytest.raises(Crash):
-        run_config(config, tmp_path / "broken", on_round=[crash_after(2)])
-    resumed = run_config(config, tmp_path / "broken")
+    straight, resumed = straight_and_resumed(load_config(None, [*RUN, "server.strategy=fedper"]), tmp_path)
     assert np.array_equal(resumed.params, straight.params)
     assert resumed.rounds[-1]["personal"] == straight.rounds[-1]["personal"]
 
