@@ -6,7 +6,8 @@ models, stacked in one vector, and sends all k to each sampled client (k× FedAv
 such); the client estimates its cluster as the model with the lowest loss on its training data, trains
 that one and sends its update with the cluster's index; the server averages each model over the
 clients that chose it. Each client's own model is its cluster's; there is no one global model
-(`Strategy.one_model` False), so evaluation judges each client's own model only.
+(`Strategy.one_model` False), so evaluation judges each client's own model only. IFCA's client half is
+`fedstack.personal.IFCA` (with the other client halves, so devices can rebuild it by its kind).
 
 The k models must start apart — from one initial model, every client would pick the first —, so each
 starts from its own seeded initialisation (`plan.client_side`).
@@ -20,49 +21,13 @@ from typing import Iterable
 
 import numpy as np
 
-from .client import FitConfig, FitResult
+from .client import FitConfig
 from .clustering import adjusted_rand_index
 from .errors import FedstackError
-from .personal import Personalization, Split
+from .personal import IFCA, Split
 from .strategy.base import ClientUpdate, Strategy, Task, WeightedSum
 
 log = logging.getLogger(__name__)
-
-
-def cluster_losses(trainer, models: np.ndarray, data) -> np.ndarray:
-    """Each model's mean loss on the client's training split (IFCA's cluster-identity estimate)."""
-    idx = data.train_idx
-    x, y = data.x[idx], data.y[idx]
-    losses = []
-    for model in models:
-        result = trainer.evaluate(model, x, y)
-        losses.append(result.loss if result.examples else 0.0)
-    return np.array(losses)
-
-
-@dataclass(frozen=True)
-class IFCA(Personalization):
-    """IFCA's client (Ghosh et al. 2020, Algorithm 2, model averaging): pick the cluster whose model has
-    the lowest loss on the training split (ties: the lowest index), train it with the task's local work,
-    send its update; the cluster's index goes with the fit metrics ("cluster"). `split`: the k stacked
-    models, all shared."""
-
-    clusters: int = 2
-
-    def models(self, received: np.ndarray) -> np.ndarray:
-        return received.reshape(self.clusters, -1)
-
-    def choose(self, trainer, received: np.ndarray, data) -> int:
-        return int(np.argmin(cluster_losses(trainer, self.models(received), data)))
-
-    def own_model(self, trainer, received: np.ndarray, data, personal) -> np.ndarray:
-        return self.models(received)[self.choose(trainer, received, data)]
-
-    def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal) -> FitResult:
-        j = self.choose(trainer, received, data)
-        result = trainer.fit(self.models(received)[j], data, config)
-        return FitResult(result.update, result.num_examples, {**result.metrics, "cluster": j},
-                         state=np.array([j], np.float32))
 
 
 @dataclass
@@ -105,7 +70,7 @@ class IfcaServer(Strategy):
         return frozenset()
 
     def update_size(self, received: int) -> int:
-        return received // self.personal.clusters
+        return self.personal.sent_size(received)
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         k = self.personal.clusters

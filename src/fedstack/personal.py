@@ -14,6 +14,8 @@ the run store during a simulation and on the device when deployed — and never 
 - **A personal model with a global anchor.** Ditto (Li et al. 2021, "Ditto: Fair and Robust Federated
   Learning Through Personalization") trains the global model as FedAvg does and, beside it, a personal
   model v_k on F_k(v_k) + λ/2·‖v_k − w‖² (`Ditto`).
+- **Clusters**: IFCA's client (Ghosh et al. 2020) picks, of the k models it receives, the one with the lowest
+  loss on its data and trains it (`IFCA`; the server halves of clustered training: fedstack.clustered).
 - **Local-only training**, the baseline every personalised method must beat: everything is personal,
   nothing travels (`everything`).
 
@@ -165,6 +167,10 @@ class Personalization:
         this client half adds (FedRep's `Freeze`, Ditto's `Anchor`)."""
         return frozenset()
 
+    def sent_size(self, received: int) -> int:
+        """How many values the client sends back, given how many it received (IFCA: one of the k models)."""
+        return received
+
     def first(self, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
         """The personal part of a client that has never trained: the initial model's (`initial`, the server's
         whole vector, whose personal entries the server never changes)."""
@@ -271,6 +277,45 @@ class APFL(Personalization):
         return FitResult(update, int(data.num_examples), metrics, state=np.append(v, np.float32(alpha)))
 
 
+def cluster_losses(trainer, models: np.ndarray, data) -> np.ndarray:
+    """Each model's mean loss on the client's training split (IFCA's cluster-identity estimate)."""
+    idx = data.train_idx
+    x, y = data.x[idx], data.y[idx]
+    losses = []
+    for model in models:
+        result = trainer.evaluate(model, x, y)
+        losses.append(result.loss if result.examples else 0.0)
+    return np.array(losses)
+
+
+@dataclass(frozen=True)
+class IFCA(Personalization):
+    """IFCA's client (Ghosh et al. 2020, Algorithm 2, model averaging): pick the cluster whose model has
+    the lowest loss on the training split (ties: the lowest index), train it with the task's local work,
+    send its update; the cluster's index goes with the fit metrics ("cluster"). `split`: the k stacked
+    models, all shared."""
+
+    clusters: int = 2
+
+    def models(self, received: np.ndarray) -> np.ndarray:
+        return received.reshape(self.clusters, -1)
+
+    def sent_size(self, received: int) -> int:
+        return received // self.clusters
+
+    def choose(self, trainer, received: np.ndarray, data) -> int:
+        return int(np.argmin(cluster_losses(trainer, self.models(received), data)))
+
+    def own_model(self, trainer, received: np.ndarray, data, personal) -> np.ndarray:
+        return self.models(received)[self.choose(trainer, received, data)]
+
+    def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal) -> FitResult:
+        j = self.choose(trainer, received, data)
+        result = trainer.fit(self.models(received)[j], data, config)
+        # nothing personal to keep: the cluster is chosen afresh every round, and the server learns it here
+        return FitResult(result.update, result.num_examples, {**result.metrics, "cluster": j}, state=personal)
+
+
 def first_personal(personal: Personalization, received: np.ndarray, initial: np.ndarray) -> np.ndarray:
     """The personal part of a client that has never trained (`Personalization.first`)."""
     return personal.first(received, initial)
@@ -306,6 +351,7 @@ register("partial", Personalization)  # FedPer, FedBN, local-only: the split say
 register("fedrep", FedRep)
 register("ditto", Ditto)
 register("apfl", APFL)
+register("ifca", IFCA)
 
 
 def to_wire(personal: Personalization) -> dict:

@@ -190,3 +190,33 @@ def test_a_device_sent_an_unknown_kind_tells_the_server_and_stops_with_one_line(
     assert device.returncode == 2 and len(lines) == 1, device.stderr
     assert lines[0].startswith("error: the server's task: personal.kind: unknown 'nope'"), lines
     assert len(service.replies) == 1 and "personal.kind: unknown 'nope'" in service.replies[0].error
+
+
+def test_deployed_ifca_ends_with_a_simulations_bits(tmp_path):
+    """IFCA deployed: each device receives the k models, trains the one it picks and sends it alone, naming
+    its cluster; the server's clusters, models and each device's own-model figures are the simulation's."""
+    overrides = ["data.name=digits", "data.num_clients=4", "data.partition=clusters", "data.clusters=2",
+                 "data.cluster_transform=permute_labels", "model.name=logreg", "server.rounds=2",
+                 "server.clients_per_round=4", "server.min_clients=4", "server.strategy=ifca", "personal.clusters=2",
+                 "server.max_examples=100000", "seed=3"]
+    creds = make_credentials(tmp_path / "certs", 4)
+    server, port = start_server(tmp_path, creds, overrides, "--share-seed")
+    clients = [start_client(port, creds, i + 1, "--partition", str(i)) for i in range(4)]
+    try:
+        _, err = server.communicate(timeout=240)
+        assert server.returncode == 0, err
+        for c in clients:
+            assert c.wait(timeout=60) == 0, c.stderr.read()
+    finally:
+        for p in [server, *clients]:
+            p.kill()
+    store = RunStore(tmp_path / "run" / "store.sqlite")
+    _, deployed = store.checkpoint()
+    store.close()
+    simulated = run_config(load_config(None, [*overrides, "engine.name=local"]), tmp_path / "sim")
+    assert np.array_equal(deployed, simulated.params)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for got, want in zip(rounds, simulated.rounds, strict=True):
+        for key in ("personal", "clusters", "cluster_ari", "test_accuracy", "bytes_down", "bytes_up"):
+            assert got.get(key) == want.get(key), key
+        assert got["bytes_down"] == 2 * got["bytes_up"]  # k = 2 models down, one up

@@ -331,7 +331,10 @@ class GrpcEngine(Engine):
                 return self.refuse(name, result[1], result[0])
             outcome = Outcome(task, result)
         else:
-            reply = self.rules.fit_reply(name, task, header, payload, len(self._params_payload) // 4, self.workload)
+            received = len(self._params_payload) // 4
+            personal = task.config.personal  # IFCA's client sends one of the k models it received
+            size = personal.sent_size(received) if personal is not None else received
+            reply = self.rules.fit_reply(name, task, header, payload, size, self.workload)
             if isinstance(reply, tuple):
                 return self.refuse(name, reply[1], reply[0])
             outcome = Outcome(task, reply)
