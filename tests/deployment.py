@@ -23,3 +23,15 @@ def start_client(port, creds, i, *options, cwd=None):
     return subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
                              "--token-file", str(creds / f"client-{i}.token"), "--ca", str(creds / "ca.pem"),
                              *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+
+
+def run_to_end(server, clients, timeout=240):
+    """Wait for a deployed run: the server exits 0, then every client does; every process is killed after."""
+    try:
+        _, err = server.communicate(timeout=timeout)
+        assert server.returncode == 0, err
+        for c in clients:
+            assert c.wait(timeout=60) == 0, c.stderr.read()
+    finally:
+        for p in [server, *clients]:
+            p.kill()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from deployment import start_client, start_server
+from deployment import run_to_end, start_client, start_server
 from fedstack.client import FitConfig
 from fedstack.errors import FedstackError
 from fedstack.experiment import run_config
@@ -56,13 +56,11 @@ def test_deployed_fedper_ends_with_a_simulations_bits_and_each_device_keeps_its_
         clients[0].kill()
         clients[0].wait()
         clients[0] = device(0)
-        _, err = server.communicate(timeout=240)
-        assert server.returncode == 0, err
-        for c in clients:
-            assert c.wait(timeout=60) == 0, c.stderr.read()
-    finally:
+    except BaseException:
         for p in [server, *clients]:
             p.kill()
+        raise
+    run_to_end(server, clients)
     store = RunStore(tmp_path / "run" / "store.sqlite")
     last, deployed = store.checkpoint()
     assert all(store.get(cid) is None for cid in range(3))  # the server holds no personal part: the devices do
@@ -201,15 +199,7 @@ def test_deployed_ifca_ends_with_a_simulations_bits(tmp_path):
                  "server.max_examples=100000", "seed=3"]
     creds = make_credentials(tmp_path / "certs", 4)
     server, port = start_server(tmp_path, creds, overrides, "--share-seed")
-    clients = [start_client(port, creds, i + 1, "--partition", str(i)) for i in range(4)]
-    try:
-        _, err = server.communicate(timeout=240)
-        assert server.returncode == 0, err
-        for c in clients:
-            assert c.wait(timeout=60) == 0, c.stderr.read()
-    finally:
-        for p in [server, *clients]:
-            p.kill()
+    run_to_end(server, [start_client(port, creds, i + 1, "--partition", str(i)) for i in range(4)])
     store = RunStore(tmp_path / "run" / "store.sqlite")
     _, deployed = store.checkpoint()
     store.close()
