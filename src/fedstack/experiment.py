@@ -287,9 +287,6 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
                               personal=personalization_of(config, model), groups=dataset.groups,
                               clustering=config.personal, model_size=model.get_params().size)
-    if remote and strategy.sends_own_model:  # the gRPC engine sends every task the same vector
-        raise ConfigError("server.strategy", f"{config.server.strategy} sends each client its own cluster's model, "
-                          "which a deployed server does not do yet: it runs in simulation")
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
     engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,

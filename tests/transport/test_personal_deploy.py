@@ -190,12 +190,15 @@ def test_a_device_sent_an_unknown_kind_tells_the_server_and_stops_with_one_line(
     assert len(service.replies) == 1 and "personal.kind: unknown 'nope'" in service.replies[0].error
 
 
-def test_deployed_ifca_ends_with_a_simulations_bits(tmp_path):
-    """IFCA deployed: each device receives the k models, trains the one it picks and sends it alone, naming
-    its cluster; the server's clusters, models and each device's own-model figures are the simulation's."""
+@pytest.mark.parametrize("strategy", ["ifca", "cfl"])
+def test_deployed_clustered_training_ends_with_a_simulations_bits(tmp_path, strategy):
+    """IFCA deployed: each device receives the k models, trains the one it picks and sends it alone, naming its
+    cluster. CFL deployed: each device receives only its own cluster's model, and a split happens. Either
+    way the server's clusters, models and each device's own-model figures are the simulation's."""
     overrides = ["data.name=digits", "data.num_clients=4", "data.partition=clusters", "data.clusters=2",
-                 "data.cluster_transform=permute_labels", "model.name=logreg", "server.rounds=2",
-                 "server.clients_per_round=4", "server.min_clients=4", "server.strategy=ifca", "personal.clusters=2",
+                 "data.cluster_transform=permute_labels", "model.name=logreg", "server.rounds=3",
+                 "server.clients_per_round=4", "server.min_clients=4", f"server.strategy={strategy}",
+                 "personal.clusters=2", "personal.cfl_warmup=1", "personal.cfl_eps1=100", "personal.cfl_eps2=0.001",
                  "server.max_examples=100000", "seed=3"]
     creds = make_credentials(tmp_path / "certs", 4)
     server, port = start_server(tmp_path, creds, overrides, "--share-seed")
@@ -209,4 +212,7 @@ def test_deployed_ifca_ends_with_a_simulations_bits(tmp_path):
     for got, want in zip(rounds, simulated.rounds, strict=True):
         for key in ("personal", "clusters", "cluster_ari", "test_accuracy", "bytes_down", "bytes_up"):
             assert got.get(key) == want.get(key), key
-        assert got["bytes_down"] == 2 * got["bytes_up"]  # k = 2 models down, one up
+        # IFCA: k = 2 models down, one up; CFL: each device its own cluster's model, each way
+        assert got["bytes_down"] == (2 if strategy == "ifca" else 1) * got["bytes_up"]
+    if strategy == "cfl":
+        assert max(rounds[-1]["clusters"]) == 1 and deployed.size == 2 * rounds[0]["bytes_up"] // 16

@@ -274,13 +274,19 @@ class GrpcEngine(Engine):
                     return None
                 self._lock.wait(left)
 
+    def received(self, task) -> bytes:
+        """What a task's client receives: the params as float32 bytes, or its slice of them (`span`: CFL's
+        cluster model, one of those the server stacks)."""
+        span = None if isinstance(task, ProtocolTask) else task.span
+        return self._params_payload if span is None else self._params_payload[4 * span[0]:4 * span[1]]
+
     def reply_limit(self, assignment: _Assignment) -> int:
         """The most bytes a reply to this task may announce (`ReplyRules.limit`)."""
         task = assignment.task
         if isinstance(task, EvalTask):
             return 0  # its figures travel in the header
         protected = isinstance(task, ProtocolTask) or task.protocol is not None
-        return self.rules.limit(len(self._params_payload) // 4, None if protected else self.workload.pipeline)
+        return self.rules.limit(len(self.received(task)) // 4, None if protected else self.workload.pipeline)
 
     @contextlib.contextmanager
     def arriving(self, name: str):
@@ -331,7 +337,7 @@ class GrpcEngine(Engine):
                 return self.refuse(name, result[1], result[0])
             outcome = Outcome(task, result)
         else:
-            received = len(self._params_payload) // 4
+            received = len(self.received(task)) // 4
             personal = task.config.personal  # IFCA's client sends one of the k models it received
             size = personal.sent_size(received) if personal is not None else received
             reply = self.rules.fit_reply(name, task, header, payload, size, self.workload)
@@ -440,7 +446,7 @@ class FederationService(pb_grpc.FederationServicer):
             yield pb.TaskChunk(header=pb.TaskHeader(kind=pb.TaskHeader.PROTOCOL, protocol_stage=task.task.stage,
                                                     protocol_request=task.task.request, **common))
             return
-        payload = self.engine._params_payload
+        payload = self.engine.received(task.task)
         personal, first = self.engine.personal_wire(personal_of(task.task))
         if not request.first_personal:  # the device keeps its own personal part: only it, never the server's
             first = b""
