@@ -19,9 +19,50 @@ def fedstack(*args, **kw):
                           timeout=300, **kw)
 
 
-def test_run_writes_metrics_summary_report_and_store(tmp_path):
-    out = tmp_path / "run"
-    proc = fedstack("run", *SMALL, "--set", "server.rounds=2", "--out", str(out), "--quiet")
+class Runs:
+    """`fedstack run`s started side by side (each is mostly one process's start-up, and there are two cores);
+    `result(name)` waits for one: (its completed process, its run directory)."""
+
+    def __init__(self, root, commands: dict):
+        self.root, self.done = root, {}
+        self.procs = {name: subprocess.Popen([sys.executable, "-m", "fedstack.cli", "run", *args, "--out",
+                                              str(root / name), "--quiet"], stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True)
+                      for name, args in commands.items()}
+
+    def result(self, name):
+        if name not in self.done:
+            proc = self.procs[name]
+            stdout, stderr = proc.communicate(timeout=300)
+            self.done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return self.done[name], self.root / name
+
+    def close(self):
+        for proc in self.procs.values():
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The runs of the tests named below, all started at the first test that asks for one."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "run.toml").write_text('[server]\nrounds = 1\n[data]\nname = "digits"\nnum_clients = 5\n')
+    started = Runs(root, {
+        # test_run_writes_metrics_summary_report_and_store
+        "small": [*SMALL, "--set", "server.rounds=2"],
+        # test_config_file_and_overrides
+        "config": [str(root / "run.toml"), "--set", "engine.name=local", "--set", "model.name=logreg",
+                   "--set", "server.clients_per_round=2"],
+        # test_digits_works_with_nothing_but_its_name
+        "digits": ["--set", "data.name=digits", "--set", "server.rounds=3", "--set", "engine.name=local"],
+    })
+    yield started
+    started.close()
+
+
+def test_run_writes_metrics_summary_report_and_store(runs):
+    proc, out = runs.result("small")  # SMALL, server.rounds=2
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2]
@@ -36,13 +77,10 @@ def test_run_writes_metrics_summary_report_and_store(tmp_path):
     assert again.returncode == 0 and "final test accuracy" in again.stdout
 
 
-def test_config_file_and_overrides(tmp_path):
-    cfg = tmp_path / "run.toml"
-    cfg.write_text('[server]\nrounds = 1\n[data]\nname = "digits"\nnum_clients = 5\n')
-    proc = fedstack("run", str(cfg), "--set", "engine.name=local", "--set", "model.name=logreg",
-                    "--set", "server.clients_per_round=2", "--out", str(tmp_path / "o"), "--quiet")
+def test_config_file_and_overrides(runs):
+    proc, out = runs.result("config")  # rounds = 1 in the file, model.name=logreg on the command line
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 1 and summary["config"]["model"]["name"] == "logreg"
 
 
@@ -169,11 +207,9 @@ def test_a_toml_value_of_the_wrong_type_is_named_not_coerced(tmp_path):
     assert proc.returncode == 2 and "server.rounds" in err and "'2'" in err and "\n" not in err, err
 
 
-def test_digits_works_with_nothing_but_its_name(tmp_path):
+def test_digits_works_with_nothing_but_its_name(runs):
     """`--set data.name=digits` alone failed (a Dirichlet split of 100 clients), and the CNN stayed at 10%."""
-    out = tmp_path / "o"
-    proc = fedstack("run", "--set", "data.name=digits", "--set", "server.rounds=3", "--set", "engine.name=local",
-                    "--out", str(out), "--quiet")
+    proc, out = runs.result("digits")  # data.name=digits, server.rounds=3, engine.name=local
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["data"]["num_clients"] == 10 and summary["config"]["model"]["name"] == "mlp"

@@ -99,9 +99,16 @@ def test_your_own_regression_model_from_toml_exports_to_onnx(tmp_path):
     args = [a for s in sets for a in ("--set", s)]
     assert subprocess.run([*cli, "run", *args, "--out", "run", "--quiet"], cwd=tmp_path, capture_output=True,
                           text=True).returncode == 0
-    proc = subprocess.run([*cli, "export", "run", "--format", "onnx", "--out", "model.onnx"], cwd=tmp_path,
-                          capture_output=True, text=True)
-    assert proc.returncode == 0 and "ONNX Runtime reproduces" in proc.stdout, proc.stderr
     np.savez(tmp_path / "x.npz", x=np.ones((3, 4), np.float32))
-    proc = subprocess.run([*cli, "predict", "run", "x.npz"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0 and len(proc.stdout.split()) == 3  # one value per input row
+    # export and predict each read the run: side by side
+    exporting, predicting = (subprocess.Popen([*cli, *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                                              stderr=subprocess.PIPE, text=True)
+                             for command in (["export", "run", "--format", "onnx", "--out", "model.onnx"],
+                                             ["predict", "run", "x.npz"]))
+    try:
+        exported, predicted = exporting.communicate(timeout=300), predicting.communicate(timeout=300)
+    finally:
+        exporting.kill()
+        predicting.kill()
+    assert exporting.returncode == 0 and "ONNX Runtime reproduces" in exported[0], exported[1]
+    assert predicting.returncode == 0 and len(predicted[0].split()) == 3  # one value per input row

@@ -58,14 +58,29 @@ def fedstack_run(cwd, *args):
                           text=True, timeout=300)
 
 
+def fedstack_runs(cwd, runs):
+    """`fedstack run` with each list of arguments in `runs`, side by side (each is one process most of the
+    time, and there are two cores); their completed processes, in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", "fedstack.cli", "run", *args], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in runs]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+
+
 def test_an_own_model_and_loader_named_in_toml_run_with_the_same_bits_on_local_and_pool(tmp_path):
     write_package(tmp_path, "userpkg")
     finals = {}
-    for engine in ("local", "pool"):
+    engines = ("local", "pool")
+    runs = [[*own("userpkg", "--set", f"engine.name={engine}", "--set", "engine.workers=2",
+                  "--set", 'client.lr_schedule="step"', "--set", "client.lr_step_rounds=1",
+                  "--set", "client.epochs_by_round=[[2, 2]]"), "--out", str(tmp_path / engine)] for engine in engines]
+    procs = fedstack_runs(tmp_path, runs)
+    for engine, proc in zip(engines, procs):
         out = tmp_path / engine
-        proc = fedstack_run(tmp_path, *own("userpkg", "--set", f"engine.name={engine}", "--set", "engine.workers=2",
-                                           "--set", 'client.lr_schedule="step"', "--set", "client.lr_step_rounds=1",
-                                           "--set", "client.epochs_by_round=[[2, 2]]"), "--out", str(out))
         assert proc.returncode == 0, proc.stderr
         summary = json.loads((out / "summary.json").read_text())
         finals[engine] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -149,9 +164,10 @@ def test_a_regression_with_its_own_metrics_runs_from_toml_with_the_same_bits_on_
               "--set", "data.num_clients=8", "--set", "server.clients_per_round=4", "--set", "server.rounds=4",
               "--set", "client.lr=0.05", "--set", 'client.lr_schedule="cosine"', "--set", "eval.federated=true"]
     rounds = {}
-    for engine in ("local", "pool"):
-        proc = fedstack_run(tmp_path, *common, "--set", f"engine.name={engine}", "--set", "engine.workers=2",
-                            "--out", str(tmp_path / engine))
+    engines = ("local", "pool")
+    procs = fedstack_runs(tmp_path, [[*common, "--set", f"engine.name={engine}", "--set", "engine.workers=2",
+                                      "--out", str(tmp_path / engine)] for engine in engines])
+    for engine, proc in zip(engines, procs):
         assert proc.returncode == 0, proc.stderr
         rounds[engine] = [json.loads(line) for line in (tmp_path / engine / "metrics.jsonl").read_text().splitlines()]
     first, last = rounds["local"][0], rounds["local"][-1]

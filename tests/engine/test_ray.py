@@ -1,8 +1,8 @@
 """RayEngine on a real Ray: the same bits as local and pool, killed actors, two nodes.
 
-Each Ray runs in network namespaces of its own (see tests/ray_runs.py): one subprocess on a local
-Ray, and meanwhile one on a two-node cluster (most of a Ray's start is waiting); tests read their
-reports.
+Each Ray runs in network namespaces of its own (see tests/ray_runs.py): two subprocesses on local
+Rays (one the engine starts, one of our own), and meanwhile one on a two-node cluster (most of a Ray's
+start is waiting); tests read their reports.
 """
 
 from concurrent.futures import ThreadPoolExecutor

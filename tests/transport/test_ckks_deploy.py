@@ -268,16 +268,16 @@ def _finish(tmp_path, server, clients):
 
 
 def test_a_deployed_encrypted_run_ends_where_the_simulation_does(tmp_path, keys):
-    creds, overrides, server_keys = _deployment(tmp_path, keys, 4)
+    creds, overrides, server_keys = _deployment(tmp_path, keys, 3)  # three devices: each a process
     server, port = start_server(tmp_path, creds, [*overrides, server_keys], "--share-seed")
     # client 1 is also the key holder: it trains like the others and decrypts each round's sum
     clients = [start_client(port, creds, 1, "--partition", "0", "--ckks-secret", str(keys / he.SECRET_FILE)),
-               *(start_client(port, creds, i, "--partition", str(i - 1)) for i in range(2, 5))]
+               *(start_client(port, creds, i, "--partition", str(i - 1)) for i in range(2, 4))]
     _, rounds, (last, deployed) = _finish(tmp_path, server, clients)
-    assert [r["clients"] for r in rounds] == [4, 4] and all(r["ckks_rejected"] == 0 for r in rounds)
+    assert [r["clients"] for r in rounds] == [3, 3] and all(r["ckks_rejected"] == 0 for r in rounds)
     # the public context (~465 kB) went to each client in round 1 only
     sent_once = rounds[0]["bytes_down"] - rounds[1]["bytes_down"]
-    assert sent_once == pytest.approx(4 * (keys / he.PUBLIC_FILE).stat().st_size, rel=0.01)
+    assert sent_once == pytest.approx(3 * (keys / he.PUBLIC_FILE).stat().st_size, rel=0.01)
     simulated = run_config(load_config(None, [*overrides, f"codec.ckks_keys={str(keys)!r}", "engine.name=local"]),
                            tmp_path / "sim")
     # the devices encrypt the very vectors the simulated ones do; CKKS adds ~1e-8 of noise per value

@@ -8,8 +8,8 @@ import pytest
 
 from fedstack.transport.security import make_credentials
 
-RUN = ["--set", "data.name=digits", "--set", "data.num_clients=5", "--set", "model.name=mlp",
-       "--set", "server.rounds=3", "--set", "server.clients_per_round=5", "--set", "server.min_clients=5",
+RUN = ["--set", "data.name=digits", "--set", "data.num_clients=3", "--set", "model.name=mlp",
+       "--set", "server.rounds=3", "--set", "server.clients_per_round=3", "--set", "server.min_clients=3",
        "--set", "client.lr=0.1", "--set", "client.epochs=2"]
 
 
@@ -30,20 +30,23 @@ def start_client(port, creds, i, *extra):
 
 @pytest.fixture
 def creds(tmp_path):
-    return make_credentials(tmp_path / "certs", 6)
+    return make_credentials(tmp_path / "certs", 4)
 
 
 def test_tls_and_tokens_end_to_end(tmp_path, creds):
+    # --heartbeat 1: the server's goodbye to polling clients at the end takes 1 s, not the default's 2
     server, port = start_server(tmp_path, creds, "--tls-cert", str(creds / "server.pem"),
-                                "--tls-key", str(creds / "server.key"))
+                                "--tls-key", str(creds / "server.key"), "--heartbeat", "1")
     tls = ["--ca", str(creds / "ca.pem")]
     forged = tmp_path / "forged.token"
     forged.write_text("not-a-registered-token")
-    intruder = subprocess.run([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
-                               "--token-file", str(forged), "--partition", "0", *tls],
-                              capture_output=True, text=True, timeout=60)
-    clients = [start_client(port, creds, i, *tls) for i in range(1, 6)]
+    # the intruder knocks while the registered clients start
+    intruder = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "client", "--server", f"127.0.0.1:{port}",
+                                 "--token-file", str(forged), "--partition", "0", *tls],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    clients = [start_client(port, creds, i, *tls) for i in range(1, 4)]
     try:
+        _, intruder_err = intruder.communicate(timeout=60)
         out, err = server.communicate(timeout=240)
         assert server.returncode == 0, err
         for c in clients:
@@ -51,11 +54,11 @@ def test_tls_and_tokens_end_to_end(tmp_path, creds):
             assert c.returncode == 0, c_err
             assert "3 updates accepted" in c_out
     finally:
-        for p in [server, *clients]:
+        for p in [server, intruder, *clients]:
             p.kill()
-    assert intruder.returncode == 2 and "unknown or missing client token" in intruder.stderr
+    assert intruder.returncode == 2 and "unknown or missing client token" in intruder_err
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["clients"] for r in rounds] == [5, 5, 5]
+    assert [r["clients"] for r in rounds] == [3, 3, 3]
     assert rounds[-1]["test_accuracy"] > rounds[0]["test_accuracy"] and rounds[-1]["test_accuracy"] > 0.5
     assert (tmp_path / "run" / "report.png").exists()
     # A deployed run declares itself: no simulated time; each kind of refusal on a line that says what it is.

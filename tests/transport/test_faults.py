@@ -16,8 +16,9 @@ from fedstack.experiment import run_config
 from fedstack.store import RunStore
 from fedstack.transport.security import make_credentials
 
-# server.max_examples: deployed updates keep the weights a simulation gives them (bounded, not equal)
-BASE = ["data.name=digits", "data.num_clients=5", "model.name=mlp", "server.clients_per_round=5",
+# server.max_examples: deployed updates keep the weights a simulation gives them (bounded, not equal).
+# Three devices: enough for a run that goes on without one of them (each a process that imports PyTorch).
+BASE = ["data.name=digits", "data.num_clients=3", "model.name=mlp", "server.clients_per_round=3",
         "client.lr=0.1", "client.epochs=2", "server.max_examples=100000"]
 
 
@@ -52,15 +53,15 @@ def wait_for_rounds(metrics, n, proc, timeout=180):
 
 @pytest.fixture
 def creds(tmp_path):
-    return make_credentials(tmp_path / "certs", 5)
+    return make_credentials(tmp_path / "certs", 3)
 
 
 def test_server_killed_mid_run_resumes_and_ends_with_the_bits_of_a_simulation(tmp_path, creds):
-    overrides = [*BASE, "server.rounds=4", "server.min_clients=5"]
+    overrides = [*BASE, "server.rounds=4", "server.min_clients=3"]
     port, out = free_port(), tmp_path / "run"
     server = subprocess.Popen(server_cmd(creds, port, out, overrides), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    clients = [client(creds, port, i) for i in range(1, 6)]
+    clients = [client(creds, port, i) for i in range(1, 4)]
     try:
         wait_for_rounds(out / "metrics.jsonl", 1, server)
         os.kill(server.pid, signal.SIGKILL)
@@ -81,27 +82,27 @@ def test_server_killed_mid_run_resumes_and_ends_with_the_bits_of_a_simulation(tm
 
 
 def test_a_client_killed_mid_run_is_a_dropout_and_the_run_completes(tmp_path, creds):
-    overrides = [*BASE, "server.rounds=3", "server.min_clients=4"]
+    overrides = [*BASE, "server.rounds=3", "server.min_clients=2"]
     port, out = free_port(), tmp_path / "run"
     server = subprocess.Popen(server_cmd(creds, port, out, overrides, "--heartbeat", "1"), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)  # the default 600 s deadline: loss of contact counts
-    clients = [client(creds, port, i) for i in range(1, 6)]
+    clients = [client(creds, port, i) for i in range(1, 4)]
     try:
         wait_for_rounds(out / "metrics.jsonl", 1, server)
-        clients[4].kill()
+        clients[2].kill()
         killed = time.time()
         stdout, stderr = server.communicate(timeout=240)
         assert time.time() - killed < 60  # noticed by three missed 1 s heartbeats, not the deadline
         assert server.returncode == 0, stderr
-        for c in clients[:4]:
+        for c in clients[:2]:
             assert c.wait(timeout=60) == 0
     finally:
         for p in [server, *clients]:
             p.kill()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
-    assert all(r["clients"] >= 4 for r in records)
+    assert all(r["clients"] >= 2 for r in records)
     # The dead client was sampled and lost (a dropout), or the server saw its connection close before the last
-    # round began and sampled among the four left: which comes first is the kernel's timing, not the test's.
+    # round began and sampled among the two left: which comes first is the kernel's timing, not the test's.
     # (Round 2 may have begun, and the client answered it, before the kill.)
-    assert sum(r["failures"] for r in records) >= 1 or records[-1]["sampled"] == 4
+    assert sum(r["failures"] for r in records) >= 1 or records[-1]["sampled"] == 2

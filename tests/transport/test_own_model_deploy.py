@@ -96,9 +96,10 @@ def project(tmp_path):
 
 
 def test_own_package_runs_deploys_over_tls_and_exports_to_onnx(project):
-    simulated = fedstack(project, "run", "own.toml", "--out", str(project / "sim"))
-    assert simulated.returncode == 0, simulated.stderr
-    check_learned(rounds_of(project / "sim"), clients=2)
+    # `fedstack run` of the TOML, in its own process while the deployment below starts and runs
+    simulated = subprocess.Popen([sys.executable, "-m", "fedstack.cli", "run", "own.toml", "--out",
+                                  str(project / "sim")], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
 
     # The first device brings its own file: real-valued targets and held-out rows; the second a partition.
     sys.path.insert(0, str(project))
@@ -109,18 +110,23 @@ def test_own_package_runs_deploys_over_tls_and_exports_to_onnx(project):
     x, y = ownpkg.samples(300, 1)
     np.savez(project / "device.npz", x=x[:240], y=y[:240], x_test=x[240:], y_test=y[240:])
     creds = make_credentials(project / "certs", 2)
-    server, port = start_server(project, creds, [], "--config", str(project / "own.toml"), cwd=project)
+    # --heartbeat 1: the server's goodbye to polling clients at the end takes 1 s, not the default's 2
+    server, port = start_server(project, creds, [], "--config", str(project / "own.toml"), "--heartbeat", "1",
+                                cwd=project)
     clients = [start_client(port, creds, 1, "--data", str(project / "device.npz"), cwd=project),
                start_client(port, creds, 2, "--partition", "1", cwd=project)]
     try:
+        _, err = simulated.communicate(timeout=240)
+        assert simulated.returncode == 0, err
         _, err = server.communicate(timeout=240)
         assert server.returncode == 0, err
         for client in clients:
             out, err = client.communicate(timeout=60)
             assert client.returncode == 0 and "4 updates accepted" in out, err
     finally:
-        for proc in (server, *clients):
+        for proc in (simulated, server, *clients):
             proc.kill()
+    check_learned(rounds_of(project / "sim"), clients=2)
     check_learned(rounds_of(project / "run"), clients=2)
 
     exported = fedstack(project, "export", str(project / "run"), "--format", "onnx", "--out", "model.onnx")
