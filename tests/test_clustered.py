@@ -71,6 +71,10 @@ def test_ifca_recovers_planted_groups_with_the_same_bits_on_local_and_pool(tmp_p
     assert last["test_accuracy"] > 0.8  # each client's own cluster model, summed over the clients
     size = local.params.size // 2
     assert all(r["bytes_down"] == 8 * 4 * 2 * size and r["bytes_up"] == 8 * 4 * size for r in local.rounds)
+    # the Python API: each client's cluster, and its own model is that cluster's
+    assert local.clusters == dict(enumerate(last["clusters"])) and sorted(local.personal) == list(range(8))
+    models = local.params.reshape(2, size)
+    assert all(np.array_equal(local.personal[i], models[c]) for i, c in local.clusters.items())
 
 
 def test_a_resumed_ifca_run_keeps_its_clusters(tmp_path):

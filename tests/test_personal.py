@@ -198,6 +198,14 @@ def test_personalised_runs_give_the_same_bits_on_local_and_pool_and_judge_each_c
     size = local.params.size
     personal_size = {"ditto": size, "apfl": size + 1}.get(strategy, 200 * 10 + 10)  # mlp's head: 200 → 10
     assert all(s[STATE_KEY].shape == (personal_size,) for s in kept if s is not None)
+    # the Python API: each client's own model, by client id (FedPer, FedRep: the global body with its head)
+    assert sorted(local.personal) == list(range(8)) and not local.clusters
+    for cid, state in enumerate(kept):
+        if state is not None and strategy in ("fedper", "fedrep"):
+            assert np.array_equal(local.personal[cid][-personal_size:], state[STATE_KEY])
+            assert np.array_equal(local.personal[cid][:-personal_size], local.params[:-personal_size])
+        elif state is not None and strategy == "ditto":
+            assert np.array_equal(local.personal[cid], state[STATE_KEY])
     # only the shared part travels, each way
     shared = size if strategy in ("ditto", "apfl") else size - personal_size
     assert last["bytes_down"] == last["sampled"] * 4 * shared and last["bytes_up"] == last["clients"] * 4 * shared
@@ -237,3 +245,49 @@ def test_local_only_sends_nothing_and_fedbn_keeps_batchnorm_on_each_client(tmp_p
 def test_bad_personal_settings_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run_config(load_config(None, [*RUN, *overrides]), None)
+
+
+def test_the_shared_part_alone_is_clipped_noised_and_securely_summed(tmp_path):
+    """Client DP and secure aggregation act on what is sent: the shared part (the personal part never leaves)."""
+    fedper = [*RUN, "server.strategy=fedper", "server.rounds=2", "privacy.clip_norm=100"]
+    clipped = run_config(load_config(None, [*fedper, 'codec.pipeline=["clip"]']), tmp_path / "clip")
+    secure = run_config(load_config(None, [*fedper, 'codec.pipeline=["clip", "secagg"]']), tmp_path / "secagg")
+    # the same mean of the shared part, but for secure aggregation's fixed-point rounding (2**-16)
+    assert np.allclose(secure.params, clipped.params, atol=1e-3) and not np.array_equal(secure.params, clipped.params)
+    shared = clipped.params.size - (200 * 10 + 10)
+    last = clipped.rounds[-1]
+    assert last["bytes_up"] == last["clients"] * 4 * shared
+    noised = run_config(load_config(None, [*RUN, "server.strategy=fedrep", "server.rounds=2", "privacy.mode=local",
+                                           "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0",
+                                           'codec.pipeline=["clip", "gaussian"]']), tmp_path / "dp")
+    assert np.isfinite(noised.rounds[-1]["epsilon"]) and noised.rounds[-1]["bytes_up"] == last["clients"] * 4 * shared
+
+
+@pytest.mark.parametrize("strategy, pipeline", [("ifca", '["clip", "secagg"]'), ("cfl", '["clip"]')])
+def test_clustered_training_refuses_a_server_that_sees_only_a_sum(strategy, pipeline):
+    with pytest.raises(ConfigError, match=r"server\.strategy.*reads each client's update"):
+        run_config(load_config(None, [*RUN, f"server.strategy={strategy}", "server.clients_per_round=8",
+                                      "privacy.clip_norm=1.0", f"codec.pipeline={pipeline}"]), None)
+
+
+def test_the_local_only_baseline_is_each_client_trained_alone_from_the_initial_model(tmp_path):
+    """eval.local_only: after the last round, client i trains alone from the initial model for its share of
+    the run (⌈3 rounds · 4 clients / 8⌉ = 2 epochs) and is judged on its held-out split — recomputed here."""
+    from dataclasses import replace
+
+    from fedstack.engine.base import evaluate_held_out
+    from fedstack.plan import client_side, dataset_of
+    from fedstack.seeding import int_seed
+
+    config = load_config(None, [*RUN, "server.strategy=fedper", "eval.local_only=true"])
+    history = run_config(config, tmp_path / "run")
+    last = history.rounds[-1]
+    assert all("local_only" not in r for r in history.rounds[:-1]) and last["local_only"]["clients"] == 8
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final"]["local_only"] == last["local_only"]
+    dataset = dataset_of(config)
+    factory, params, fit, _ = client_side(config, dataset)
+    for cid in (0, 5):
+        alone = replace(fit, epochs=2, seed=int_seed(config.seed, "client", 0, cid))
+        result = evaluate_held_out(factory(), dataset.client(cid), params, finetune=alone)
+        assert last["local_only"]["by_client"][str(cid)] == result.accuracy

@@ -47,6 +47,7 @@ class IfcaServer(Strategy):
     broadcasts = True  # the k models
     stateful = True  # each client's last cluster
     one_model = False
+    needs_each_update = True  # each update moves the model its client chose
 
     def __post_init__(self):
         if not isinstance(self.personal, IFCA):
@@ -171,6 +172,7 @@ class CflServer(Strategy):
     broadcasts = True  # the stacked cluster models
     stateful = True  # which cluster each client is in
     one_model = False
+    needs_each_update = True  # a split compares each member's update
     sends_own_model = True
 
     def __post_init__(self):

@@ -252,6 +252,11 @@ class EvalConfig(Section):
     federated: bool = True  # evaluate on every client's held-out split after the last round
     federated_every: int = Field(0, ge=0)  # also every N rounds; 0 = only after the last
     finetune_steps: int = Field(0, ge=0)  # > 0: also evaluate each client after this many local steps
+    # after the last round, also judge local-only training: each client alone, from the initial model, for
+    # local_only_epochs epochs (0: its expected share of the run, ⌈rounds · clients_per_round / clients⌉ ·
+    # client.epochs), on its held-out split — the baseline a personalised model must beat
+    local_only: bool = False
+    local_only_epochs: int = Field(0, ge=0)
     # "package.module:function" of (summed metrics, examples) -> metrics (default: each sum per example)
     metrics_aggregation: str = ""
     # "package.module:function" of [(a client's fit metrics, its examples), ...] -> the round's fit metrics

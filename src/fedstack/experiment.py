@@ -19,13 +19,14 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import (check_parts, client_side, codec_options, dataset_of, evaluation_of, personalization_of, rules_of,
-                   schedule_of)
+from .plan import (check_parts, client_side, codec_options, dataset_of, evaluation_of, local_only_of,
+                   personalization_of, rules_of, schedule_of)
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
 from .seeding import rng
 from .loop import Evaluation, Parts, Rules, schedule_for
+from .loop.evaluate import own_params
 from .store import RunStore
 from .strategy import FedAvg, Strategy, build_strategy, restore_strategy_state, strategy_state
 from .dp.accounting import RecordLevelLedger
@@ -76,6 +77,7 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
                                   client_states=store, profile=Profile() if parts.profile else None)
     try:
         history.params = loop.run(params, start_round, sim_time)
+        _keep_own_models(history, loop, dataset, trainer_factory, deployed=engine.exchanges)
         if loop.stopped:
             history.status, history.stopped = "stopped", loop.stopped
         elif history.rounds and not any(r.get("clients", 0) >= max(rules.min_clients, 1) for r in history.rounds):
@@ -90,6 +92,16 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         if store is not None:
             _close_store(store, history, seed, parts.config, deployed=engine.exchanges)
     return history
+
+
+def _keep_own_models(history: History, loop, dataset, trainer_factory, deployed: bool) -> None:
+    """Under personalised or clustered training, each client's own model and cluster into the History (a
+    simulation's: deployed, the personal parts never left the devices)."""
+    clusters = history.rounds[-1].get("clusters") if history.rounds else None
+    history.clusters = {i: int(c) for i, c in enumerate(clusters or []) if c >= 0}
+    own = loop.evaluator.own
+    if own is not None and not deployed and history.params is not None:
+        history.personal = own_params(own, history.params, dataset, trainer_factory())
 
 
 def _open_store(out, history: History, strategy: Strategy, parts: Parts, initial_params: np.ndarray, dataset,
@@ -287,6 +299,9 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
                               personal=personalization_of(config, model), groups=dataset.groups,
                               clustering=config.personal, model_size=model.get_params().size)
+    if strategy.needs_each_update and private(config):  # DP's server step and secure sums leave one sum
+        raise ConfigError("server.strategy", f"{config.server.strategy} reads each client's update; differential "
+                          "privacy and secure aggregation give the server only their (noised) sum")
     write_atomic(run_dir / "config.toml", to_toml(config).encode())
     engine = engine or make_engine(config.engine.name, config.engine.workers, config.engine.address)
     return simulate(factory, dataset, params, strategy=strategy, rounds=config.server.rounds,
@@ -299,7 +314,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                 if config.client.dp_sgd else None,
                                 callbacks=list(on_round), profile=profile, config=config.model_dump()),
                     rules=rules_of(config),
-                    evaluation=evaluation_of(config, finetune))
+                    evaluation=replace(evaluation_of(config, finetune), local_only=local_only_of(config, fit),
+                                       local_start=params[:model.get_params().size]))  # IFCA stacks k models
 
 
 def transforms_of(config: Config, num_clients: int, remote: bool = False) -> list:

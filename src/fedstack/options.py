@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from .client import FitConfig
 from .errors import ConfigError
 
@@ -53,7 +55,9 @@ class Evaluation:
     """Central evaluation on the server's test set every `every` rounds and after the last (0: only after
     the last); federated evaluation on each client's held-out split every `federated_every` rounds and
     after the last (`federated=False`: never); with `finetune`, federated evaluation also judges each
-    client's model after that local training (personalisation). The test set is cut in `test_shard`s.
+    client's model after that local training (personalisation), and with `local_only`, after the last
+    round, each client's model trained alone from `local_start` (the local-only baseline). The test set
+    is cut in `test_shard`s.
     A trainer's own metrics (`EvalResult.sums`) are recorded as `test_metrics`, each sum's mean per
     example, or what `finish_metrics(sums, examples)` makes of them (an F1 score, an AUC). The clients' fit
     metrics are example-weighted means unless `fit_metrics_aggregation(pairs)` says otherwise."""
@@ -63,6 +67,9 @@ class Evaluation:
     federated_every: int = 0
     test_shard: int = 1000
     finetune: FitConfig | None = None
+    # local-only training, judged after the last round: each client trains `local_only` alone from `local_start`
+    local_only: FitConfig | None = None
+    local_start: np.ndarray | None = field(default=None, repr=False)
     finish_metrics: Callable[[dict, int], dict] | None = None  # (summed metrics, examples) -> the metrics
     # [(a client's fit metrics, its examples), ...] -> the round's fit metrics (default: example-weighted means)
     fit_metrics_aggregation: Callable[[list], dict] | None = None

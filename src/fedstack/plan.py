@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -80,6 +81,17 @@ def evaluation_of(config: Config, finetune: FitConfig | None) -> Evaluation:
         if e.fit_metrics_aggregation else None
     return Evaluation(every=e.every, federated=e.federated, federated_every=e.federated_every,
                       finetune=finetune, finish_metrics=finish, fit_metrics_aggregation=fit)
+
+
+def local_only_of(config: Config, fit: FitConfig) -> FitConfig | None:
+    """The local-only baseline's training (`eval.local_only`): the run's local work, for the epochs (or steps)
+    a client's expected share of the run comes to unless `eval.local_only_epochs` says."""
+    if not config.eval.local_only:
+        return None
+    share = -(-config.server.rounds * config.server.clients_per_round // config.data.num_clients)
+    epochs = config.eval.local_only_epochs or share * fit.epochs
+    steps = 0 if config.eval.local_only_epochs else share * fit.local_steps  # local_steps wins where set
+    return replace(fit, epochs=epochs, local_steps=steps, mu=0.0, scaffold=False, dp_sgd=False, personal=None)
 
 
 def schedule_of(config: Config):

@@ -26,6 +26,11 @@ class History:
     stopped: str | None = None  # why a run ended early (the privacy budget)
     profile: dict | None = None  # where the time went, with `profile` (fedstack.profiling.Profile)
     trainer_factory: Callable | None = field(default=None, repr=False)  # what trained it (simulate sets it)
+    # Personalised and clustered training (a simulation's: deployed, they stay on the devices): each client's
+    # own model's parameters, the model its held-out split judges (FedPer: the global body with its head;
+    # Ditto: v_k; IFCA, CFL: its cluster's model), and under clustered training each client's cluster.
+    personal: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    clusters: dict[int, int] = field(default_factory=dict)
 
     def __call__(self, record: dict, params=None) -> None:
         self.rounds.append(record)
@@ -60,6 +65,7 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
     federated = next((r["federated"] for r in reversed(rounds) if r.get("federated")), None)
     personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
     personal = next((r["personal"] for r in reversed(rounds) if r.get("personal")), None)
+    local_only = next((r["local_only"] for r in reversed(rounds) if r.get("local_only")), None)
     summary = {
         "run_dir": str(history.run_dir),
         "status": history.status,
@@ -81,6 +87,7 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
             "federated": federated,
             "personalized": personalized,  # the global model fine-tuned on each client (eval.finetune_steps)
             "personal": personal,  # each client's own model (a personalised algorithm: fedstack.personal)
+            "local_only": local_only,  # each client trained alone from the initial model (eval.local_only)
         },
         "best_test_accuracy": max(accuracies) if accuracies else None,
         "profile": history.profile,

@@ -253,10 +253,11 @@ def _draw_accuracy(acc_ax, metrics: list[dict], evaluated: list[dict]) -> None:
 
 
 def _client_distributions(metrics: list[dict]) -> dict[str, list[float]]:
-    """Each client's accuracy under the global model, fine-tuned and personal, from the last round that has
-    each (losses, a task without classes, are left out: they share no axis with accuracies)."""
+    """Each client's accuracy under the global model, fine-tuned, personal and local-only, from the last
+    round that has each (losses, a task without classes, are left out: they share no axis with accuracies)."""
     found = {}
-    for key, label in (("federated", "global model"), ("personalized", "fine-tuned"), ("personal", "personal")):
+    for key, label in (("federated", "global model"), ("personalized", "fine-tuned"), ("personal", "personal"),
+                       ("local_only", "local only")):
         last = next((m[key] for m in reversed(metrics) if m.get(key) and m[key].get("by_client")), None)
         if last is not None and last.get("of") != "loss":
             found[label] = list(last["by_client"].values())
@@ -420,7 +421,8 @@ def summary_table(summary: dict, metrics: list[dict]) -> Table:
     train_loss = next((m["train_loss"] for m in reversed(metrics) if m.get("train_loss") is not None), None)
     if train_loss is not None:
         table.add_row("last train loss (clients' mean)", f"{train_loss:.4f}")
-    for key, label in (("federated", "federated"), ("personalized", "fine-tuned"), ("personal", "personal")):
+    for key, label in (("federated", "federated"), ("personalized", "fine-tuned"), ("personal", "personal"),
+                       ("local_only", "local-only")):
         fed = final.get(key)
         if fed:
             of_loss = fed.get("of") == "loss"  # a task without classes: the spread of the clients' losses

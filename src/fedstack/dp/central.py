@@ -88,10 +88,12 @@ class CentralDP(Transform):
     def server_step(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> list[ClientUpdate]:
         """[(Σ clipped updates + noise) / expected clients] as one update of weight 1 (none if no update
         came); then account, and move the clip norm (adaptive clipping)."""
-        total = np.zeros(params.size, dtype=np.float64)
+        total = None  # the updates' size: the shared part's, where personalised training keeps the rest
         ids, unclipped = [], 0
         for u in updates:
             members = u.members or (u.client_id,)  # a secure sum stands for several clients
+            if total is None:
+                total = np.zeros(u.update.size, dtype=np.float64)
             total += u.update.astype(np.float64) * len(members)
             ids.extend(members)
             if self.target_quantile:  # adaptive clipping counts the updates left unclipped

@@ -12,6 +12,7 @@ from .. import evaluation
 from ..client import EvalResult, FitConfig
 from ..profiling import Profile
 from ..options import Evaluation
+from ..personal import STATE_KEY
 
 
 @dataclass
@@ -24,6 +25,20 @@ class OwnModels:
     state: Callable[[int, np.ndarray], Any]
     one_model: bool = True  # the strategy's params are one model every client could use (Strategy.one_model)
     span_of: Callable[[int], tuple[int, int] | None] | None = None  # client i's slice of them (Strategy.model_of)
+
+
+def own_params(own: OwnModels, params: np.ndarray, dataset, trainer) -> dict[int, np.ndarray]:
+    """Each client's own model's parameters, by client id: what `Evaluator.own_models` judges (`trainer`
+    evaluates where a client half picks among models, IFCA's)."""
+    received = own.received(params)
+    models = {}
+    for i in range(dataset.num_clients):
+        got = received if own.span_of is None else received[slice(*own.span_of(i))]
+        state = own.state(i, params) if own.personal is not None else None
+        models[i] = np.array(got if own.personal is None
+                             else own.personal.own_model(trainer, got, dataset.client(i), (state or {}).get(STATE_KEY)),
+                             np.float32)
+    return models
 
 
 class Evaluator:
@@ -76,6 +91,8 @@ class Evaluator:
                 figures.update(test_figures(sum(results.values(), EvalResult()), self.plan.finish_metrics))
             if self.plan.finetune is not None:
                 figures["personalized"] = evaluation.spread(self.clients(own, self.plan.finetune, span_of))
+        if rnd == self.rounds and self.plan.local_only is not None:  # the baseline: each client alone
+            figures["local_only"] = evaluation.spread(self.clients(self.plan.local_start, self.plan.local_only))
         if self.own is not None and (self.federated_due(rnd) or self._scheduled(rnd, self.plan.every)):
             results = self.own_models(params)
             figures["personal"] = evaluation.spread(results)

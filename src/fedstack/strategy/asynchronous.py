@@ -37,6 +37,7 @@ class FedBuff(Strategy):
     staleness_exponent: float = 0.5
     asynchronous = True  # run by the asynchronous loop, not in rounds
     buffered = True  # its buffer holds server.buffer_size updates (FedAsync's holds one)
+    needs_each_update = True  # each update's staleness weighs it
 
     def client_needs(self) -> frozenset[str]:
         return self.fit.needs()
@@ -67,6 +68,7 @@ class FedAsync(Strategy):
     alpha: float = 0.6
     staleness_exponent: float = 0.5
     asynchronous = True
+    needs_each_update = True  # each client model is mixed in as it arrives
 
     def client_needs(self) -> frozenset[str]:
         return self.fit.needs()

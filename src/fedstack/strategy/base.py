@@ -52,6 +52,9 @@ class Strategy:
     one_model: bool = True  # its params are one model every client could use (clustered training: k models)
     models: int = 1  # how many models its params stack (clustered training: k)
     sends_own_model: bool = False  # each client receives only its own of the stacked models (`model_of`)
+    # its server step reads each client's update and who sent it: a sum will not do (secure aggregation and
+    # differential privacy's noised mean are refused)
+    needs_each_update: bool = False
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         raise NotImplementedError(f"{type(self).__name__} configures no clients")

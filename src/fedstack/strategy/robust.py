@@ -200,6 +200,7 @@ class Robust(Strategy):
     """
 
     stateful = True  # centered clipping's previous aggregate, the inner strategy's state
+    needs_each_update = True  # the rules compare updates with each other
 
     def __init__(self, inner: Strategy, rule: str, *, capacity: int = 10, byzantine: float = 0.2,
                  krum_m: int = 0, trim_beta: float = 0.2, norm_bound: float = 0.0, clip_tau: float = 0.0,

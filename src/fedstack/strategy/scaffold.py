@@ -41,6 +41,7 @@ class Scaffold(Strategy):
     control: np.ndarray | None = field(default=None, repr=False)
 
     needs_client_state = True
+    needs_each_update = True  # each client's control variate change
     broadcasts = True  # [x; c]: the global control variate travels with the model
     stateful = True  # c: a checkpoint keeps it
 
