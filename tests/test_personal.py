@@ -16,7 +16,7 @@ from fedstack.experiment import run_config
 from fedstack.params import spec_of
 from fedstack.personal import (APFL, STATE_KEY, Ditto, FedRep, Freeze, Personalization, Split, batchnorm_split,
                                everything, first_personal, head_split)
-from fedstack.plan import load_config
+from fedstack.plan import load_config, personalization_of
 from fedstack.store import RunStore
 from fedstack.strategy import ClientUpdate, Personalized
 
@@ -291,3 +291,30 @@ def test_the_local_only_baseline_is_each_client_trained_alone_from_the_initial_m
         alone = replace(fit, epochs=2, seed=int_seed(config.seed, "client", 0, cid))
         result = evaluate_held_out(factory(), dataset.client(cid), params, finetune=alone)
         assert last["local_only"]["by_client"][str(cid)] == result.accuracy
+
+
+@pytest.mark.parametrize("strategy", ["fedper", "ditto"])
+def test_the_personal_part_is_in_no_payload_a_client_sends(strategy):
+    """What a client sends is its encoded update; its trained personal part (FedPer's head, Ditto's v_k) is
+    kept as state and appears nowhere in the payload's bytes."""
+    from fedstack.client import Task
+    from fedstack.codec import build_pipeline
+    from fedstack.engine.base import fit_and_encode
+    from fedstack.plan import client_side, dataset_of
+
+    config = load_config(None, [*RUN, f"server.strategy={strategy}"])
+    dataset = dataset_of(config)
+    factory, params, fit, _ = client_side(config, dataset)
+    trainer = factory()
+    server = Personalized(personalization_of(config, trainer), fit)
+    task = server.configure(1, params, [2])[0]
+    task = Task(task.round, task.client_id, task.config, state=server.first_state(params))
+    reply = fit_and_encode(trainer, build_pipeline([]), config.seed, task, dataset.client(2), server.broadcast(params))
+    kept = reply.state[STATE_KEY]
+    assert len(reply.payload) == 4 * server.personal.split.shared_size
+    moved = np.flatnonzero(kept != task.state[STATE_KEY])  # what training changed in the personal part
+    assert moved.size > 100
+    change = (kept - task.state[STATE_KEY]).astype(np.float32)
+    for sent_as in (kept, change):  # neither the trained weights nor their change, anywhere in the bytes
+        window = sent_as[moved[0]:moved[0] + 8].tobytes()  # 32 bytes of the trained personal part
+        assert window not in reply.payload
