@@ -48,7 +48,7 @@ METHODS = {
     "apfl": (["server.strategy=apfl", "personal.alpha=0.25"], "personal"),
     "fedrep": (["server.strategy=fedrep", "personal.head_epochs=5"], "personal"),
     "fedper": (["server.strategy=fedper"], "personal"),
-    "ifca": (["server.strategy=ifca", "personal.clusters=4"], "personal"),
+    "ifca": (["server.strategy=ifca", "personal.clusters=4", "personal.ifca_revive=3"], "personal"),
     "cfl": (["server.strategy=cfl", "server.clients_per_round=100", "personal.cfl_warmup=5", "personal.cfl_eps1=0.3",
              "personal.cfl_eps2=0.5"], "personal"),
 }

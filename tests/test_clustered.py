@@ -53,6 +53,30 @@ def test_each_model_moves_by_the_mean_update_of_the_clients_that_chose_it_and_ba
         IfcaServer(object(), num_clients=4)
 
 
+
+def test_a_model_no_client_chose_for_revive_rounds_becomes_the_farthest_clients_trained_model():
+    """personal.ifca_revive = 2: model 1 goes unchosen in rounds 1 and 2; in round 2 it is revived as
+    model 0 + the update of the client farthest (cosine) from model 0's mean update, and the idle count
+    survives a checkpoint."""
+    server = IfcaServer(ifca(2, 2), num_clients=3, revive=2)
+    params = np.array([1, 1, 5, 5], np.float32)
+    updates = [ClientUpdate(0, np.array([1, 0], np.float32), 1, {"cluster": 0}),
+               ClientUpdate(1, np.array([1, 0.2], np.float32), 1, {"cluster": 0}),
+               ClientUpdate(2, np.array([-1, 2], np.float32), 1, {"cluster": 0})]  # mean (1/3, 2.2/3)
+    once = server.aggregate(1, params, updates)
+    assert once.tolist() == pytest.approx([1 + 1 / 3, 1 + 2.2 / 3, 5, 5])
+    assert "cluster_revived" not in server.round_figures()
+    saved = server.state()
+    again = IfcaServer(ifca(2, 2), num_clients=3, revive=2)
+    again.load_state(saved)
+    twice = again.aggregate(2, once, updates)
+    # cosines with the mean (1/3, 2.2/3): client 0 0.41, client 1 0.58, client 2 0.63 -> client 0 is the farthest
+    assert twice.tolist() == pytest.approx([1 + 2 / 3, 1 + 4.4 / 3, 1 + 1 / 3 + 1, 1 + 2.2 / 3])
+    assert again.round_figures()["cluster_revived"] == [1, 0] and again.idle.tolist() == [0, 0]
+    never = IfcaServer(ifca(2, 2), num_clients=3)  # revive = 0, the paper's IFCA: a dead model stays dead
+    assert never.aggregate(2, never.aggregate(1, params, updates), updates)[2:].tolist() == [5, 5]
+
+
 RUN = ["data.name=digits", "data.num_clients=8", "server.clients_per_round=8", "server.rounds=4",
        "data.partition=clusters", "data.clusters=2", "data.cluster_transform=permute_labels", "model.name=logreg",
        "client.epochs=2", "server.strategy=ifca", "personal.clusters=2"]

@@ -35,14 +35,23 @@ class IfcaServer(Strategy):
     """IFCA's server (Ghosh et al. 2020): the k models stacked in `params`; each model moves by the
     example-weighted mean update of the clients that chose it. It records each client's last cluster
     (`clusters`, −1: not seen yet) and, where the data has planted groups (`truth`), their agreement with
-    them (`cluster_ari`: the adjusted Rand index over the clients seen)."""
+    them (`cluster_ari`: the adjusted Rand index over the clients seen).
+
+    Random models can leave one unchosen for good: on rotated images, say, two random models may each
+    be nearest for two of the four groups from round 1 on, the other two never trained. With `revive` = r
+    > 0 (not in the paper: k-means' fix for a dead centroid), a model no client chose for r rounds in a row
+    is replaced, at most one a round, by the trained model of the client whose update lies farthest (lowest
+    cosine similarity) from its cluster's mean update, in the round's most chosen cluster (of two clients
+    or more); that client's group then finds it nearer than the model it shared (`cluster_revived`)."""
 
     personal: IFCA
     num_clients: int
     fit: FitConfig = FitConfig()
     server_lr: float = 1.0
     truth: np.ndarray | None = None
+    revive: int = 0
     assignments: np.ndarray = field(default=None, repr=False)
+    idle: np.ndarray = field(default=None, repr=False)  # rounds in a row each model went unchosen
 
     broadcasts = True  # the k models
     stateful = True  # each client's last cluster
@@ -54,7 +63,9 @@ class IfcaServer(Strategy):
             raise FedstackError(f"IfcaServer needs an IFCA client half, got {self.personal!r}")
         if self.assignments is None:
             self.assignments = np.full(self.num_clients, -1, np.int64)
-        self._refused = 0
+        if self.idle is None:
+            self.idle = np.zeros(self.personal.clusters, np.int64)
+        self._refused, self._revived = 0, None
 
     @property
     def models(self) -> int:
@@ -77,7 +88,8 @@ class IfcaServer(Strategy):
         k = self.personal.clusters
         models = params.reshape(k, -1)
         sums = [WeightedSum(models.shape[1]) for _ in range(k)]
-        self._refused = 0
+        chose: dict[int, list[ClientUpdate]] = {j: [] for j in range(k)}
+        self._refused, self._revived = 0, None
         for u in updates:
             j = u.metrics.get("cluster")
             if not isinstance(j, (int, np.integer, float)) or j != int(j) or not 0 <= int(j) < k:
@@ -87,31 +99,52 @@ class IfcaServer(Strategy):
                 self._refused += 1
                 continue
             sums[int(j)].add(u.update, u.num_examples)
+            chose[int(j)].append(u)
             self.assignments[u.client_id] = int(j)
         new = models.copy()
         for j, acc in enumerate(sums):
             if acc.weight > 0:
                 new[j] += np.float32(self.server_lr) * acc.mean()
+        self.idle = np.where([bool(chose[j]) for j in range(k)], 0, self.idle + 1)
+        dead = [j for j in range(k) if self.revive and self.idle[j] >= self.revive]
+        busiest = max(range(k), key=lambda j: len(chose[j]))
+        if dead and len(chose[busiest]) >= 2:
+            outlier = farthest_from_mean([u.update for u in chose[busiest]])
+            new[dead[0]] = models[busiest] + chose[busiest][outlier].update  # that client's trained model
+            self.idle[dead[0]] = 0
+            self._revived = [dead[0], chose[busiest][outlier].client_id]
         return new.reshape(-1)
 
     def round_figures(self) -> dict:
         figures = {"clusters": self.assignments.tolist(), "cluster_refused": self._refused}
+        if self._revived is not None:
+            figures["cluster_revived"] = self._revived  # [the model revived, the client whose model it became]
         seen = self.assignments >= 0
         if self.truth is not None and seen.any():
             figures["cluster_ari"] = adjusted_rand_index(self.truth[seen], self.assignments[seen])
         return figures
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"assignments": self.assignments.copy()}
+        return {"assignments": self.assignments.copy(), "idle": self.idle.copy()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "assignments" in state:
             self.assignments = state["assignments"].astype(np.int64).copy()
+        if "idle" in state:
+            self.idle = state["idle"].astype(np.int64).copy()
 
 
 def ifca(clusters: int, model_size: int) -> IFCA:
     """IFCA's client half for k = `clusters` models of `model_size` parameters each."""
     return IFCA(Split(clusters * model_size), clusters=clusters)
+
+
+def farthest_from_mean(updates: list[np.ndarray]) -> int:
+    """The index of the update least similar (cosine) to the mean of `updates` (ties: the first)."""
+    stacked = np.stack(updates).astype(np.float64)
+    mean = stacked.mean(axis=0)
+    norms = np.linalg.norm(stacked, axis=1) * (np.linalg.norm(mean) or 1.0)
+    return int(np.argmin(stacked @ mean / np.where(norms > 0, norms, 1.0)))
 
 
 def complete_linkage_bipartition(similarity: np.ndarray) -> np.ndarray:

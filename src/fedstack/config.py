@@ -241,6 +241,9 @@ class PersonalConfig(Section):
     head_layers: int = Field(1, ge=1)  # fedper, fedrep: the last layers that stay on each client
     head_epochs: int = Field(10, ge=1)  # fedrep: local epochs on the head (body frozen) before the body's
     clusters: int = Field(2, ge=1)  # ifca: how many models (clusters of clients) the server keeps
+    # ifca: a model no client chose for this many rounds in a row is revived as the trained model of the
+    # client farthest from its cluster's mean update (k-means' dead-centroid fix; 0 = never, as in the paper)
+    ifca_revive: int = Field(0, ge=0)
     # cfl: split a cluster when its mean update's norm < cfl_eps1 and some member's > cfl_eps2, from round cfl_warmup
     cfl_eps1: float = Field(0.4, gt=0)
     cfl_eps2: float = Field(1.6, gt=0)

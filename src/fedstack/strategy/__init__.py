@@ -36,7 +36,8 @@ def build_strategy(server, fit, num_clients: int, root=None, personal=None, grou
     if server.strategy == "ifca":
         from ..clustered import IfcaServer
 
-        return IfcaServer(personal, num_clients, fit, server_lr=server.server_lr, truth=groups)
+        return IfcaServer(personal, num_clients, fit, server_lr=server.server_lr, truth=groups,
+                          revive=clustering.ifca_revive if clustering is not None else 0)
     if server.strategy in PERSONALIZED:
         return Personalized(personal, fit, server_lr=server.server_lr)
     rule = server.strategy if server.strategy in RULES else server.aggregator
