@@ -133,3 +133,45 @@ def test_batchnorm_statistics_travel_in_the_vector_and_decide_evaluation():
     shifted = start.copy()
     shifted[weights:weights + 4] = 100.0  # another running mean: evaluation must use the vector's
     assert trainer.evaluate(start, x, y).loss_sum != trainer.evaluate(shifted, x, y).loss_sum
+
+
+def _head_case(*body):
+    torch.manual_seed(0)
+    from fedstack.personal import head_split
+
+    trainer = TorchTrainer(torch.nn.Sequential(*body, torch.nn.Linear(5, 3)))
+    head = head_split(trainer.spec).mask()  # the last Linear's weight and bias
+    assert head.sum() == 5 * 3 + 3
+    rng = np.random.default_rng(0)
+    data = ClientData(rng.normal(size=(40, 4)).astype(np.float32), rng.integers(0, 3, 40), np.arange(30),
+                      np.arange(30, 40))
+    return trainer, head, data
+
+
+def test_fit_head_trains_the_head_on_features_computed_once_as_a_frozen_body_would():
+    from fedstack.personal import Freeze, head_split
+
+    trainer, head, data = _head_case(torch.nn.Linear(4, 5), torch.nn.ReLU())
+    start = trainer.get_params()
+    config = FitConfig(epochs=3, batch_size=8, lr=0.3, seed=5)
+    fast = trainer.fit_head(start, data, config, head)
+    split = head_split(trainer.spec)
+    frozen = trainer.fit(start, data, FitConfig(epochs=3, batch_size=8, lr=0.3, seed=5,
+                                                terms=(Freeze(split, personal=False),)))
+    assert np.all(fast.update[~head] == 0) and np.any(fast.update[head] != 0)
+    np.testing.assert_allclose(fast.update, frozen.update, rtol=1e-6, atol=1e-7)
+    assert fast.metrics["steps"] == frozen.metrics["steps"] == 3 * 4
+    assert fast.metrics["train_loss"] == pytest.approx(frozen.metrics["train_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["dropout", "batchnorm", "not_trailing", "proximal", "adam"])
+def test_fit_head_declines_where_features_computed_once_would_differ(case):
+    body = {"dropout": (torch.nn.Linear(4, 5), torch.nn.Dropout(0.5)),
+            "batchnorm": (torch.nn.Linear(4, 5), torch.nn.BatchNorm1d(5))}.get(case, (torch.nn.Linear(4, 5),))
+    trainer, head, data = _head_case(*body)
+    config = FitConfig(epochs=1, batch_size=8, lr=0.3, mu=0.1 if case == "proximal" else 0.0)
+    if case == "not_trailing":
+        head = ~head
+    if case == "adam":
+        trainer.optimizer = "adam"
+    assert trainer.fit_head(trainer.get_params(), data, config, head) is None

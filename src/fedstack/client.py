@@ -207,6 +207,12 @@ class Trainer:
         vector's length is not checked before training)."""
         return None
 
+    def fit_head(self, params: np.ndarray, data: Any, config: FitConfig, head: np.ndarray) -> FitResult | None:
+        """Train only the parameters where the mask `head` is True, the rest frozen, as `fit` would with a
+        frozen body (FedRep's head epochs) — but faster, or None: this trainer cannot here, and the caller
+        takes `fit` with a `Freeze` term. TorchTrainer computes a Sequential body's features once."""
+        return None
+
 
 def capabilities(trainer) -> frozenset[str]:
     """What a trainer declares it can apply (nothing, for an object that is not a fedstack.Trainer)."""
@@ -401,6 +407,60 @@ class TorchTrainer(DPSGDSteps, Trainer):
                     loss_sum += loss.item() * len(y)
                     seen += len(y)
         return steps, loss_sum, seen
+
+    def fit_head(self, params: np.ndarray, data, config: FitConfig, head: np.ndarray) -> FitResult | None:
+        """The head's training with the body frozen, on the body's features computed once: a frozen body
+        computes the same features in every epoch, so its forward pass need not be repeated (and nothing
+        flows back through it). Possible for a Sequential model whose head is its trailing modules, whose body
+        behaves alike in training and evaluation (no dropout, no batch statistics), with plain SGD and no
+        local term, DP-SGD or proximal weight; None otherwise. The batches, loss and steps are `fit`'s."""
+        cut = self._head_start(head)
+        if cut is None or config.dp_sgd or config.mu or config.scaffold or config.terms or config.personal \
+                or config.flip_labels or self.optimizer != "sgd":
+            return None
+        torch = self.torch
+        self.set_params(params)
+        body, top = self.model[:cut], self.model[cut:]
+        idx = np.asarray(data.train_idx)
+        with torch.no_grad():
+            features = torch.cat([body(torch.from_numpy(data.x[idx[i:i + 1000]]))
+                                  for i in range(0, len(idx), 1000)]) if len(idx) else None
+        row = np.zeros(len(data.x), np.int64)
+        row[idx] = np.arange(len(idx))  # where each training example's features are
+        top.train()
+        opt = _PlainSGD(list(top.parameters()), config.lr)
+        steps, loss_sum, seen = 0, 0.0, 0
+        for batch in batch_order(idx, config):
+            out, y = _predictions(top(features[torch.from_numpy(row[batch])]), torch.from_numpy(data.y[batch]))
+            if len(y) == 0:
+                continue
+            opt.zero_grad()
+            loss = self.loss_fn(out, y)
+            loss.backward()
+            opt.step()
+            steps += 1
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+        metrics = {"train_loss": loss_sum / seen if seen else float("nan"), "steps": steps}
+        return FitResult(update=self._flat.numpy() - params, num_examples=int(data.num_examples), metrics=metrics)
+
+    def _head_start(self, head: np.ndarray) -> int | None:
+        """The index of the first module of the head in a Sequential model, if the mask `head` is exactly
+        the parameters of its trailing modules and its body holds no dropout or batch statistics."""
+        nn = self.torch.nn
+        if not isinstance(self.model, nn.Sequential) or self.spec.size != len(head) or not head.any():
+            return None
+        parts = [head[a:b] for a, b in self.spec.offsets()]
+        if any(part.any() and not part.all() for part in parts):
+            return None
+        modules = [int(name.split(".")[0]) for name in self.spec.names]  # a Sequential's "2.weight"
+        cut = min(m for m, part in zip(modules, parts) if part.all())
+        if any((m >= cut) != bool(part.all()) for m, part in zip(modules, parts)):
+            return None  # the head is not exactly the trailing modules
+        if any(isinstance(m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase))
+               for m in self.model[:cut].modules()):
+            return None  # the body would compute other features in training than once, here
+        return cut
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> EvalResult:
         """Summed loss and correct predictions of `params` on (x, y), in fixed-size batches."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 
 import numpy as np
 
-from .client import FitConfig, FitResult
+from .client import FitConfig, FitResult, Trainer
 from .errors import FedstackError
 from .local_terms import LocalTerm
 from .params import ParamSpec
@@ -205,8 +205,11 @@ class FedRep(Personalization):
 
     def fit(self, trainer, received: np.ndarray, data, config: FitConfig, personal: np.ndarray) -> FitResult:
         start = self.start(received, personal)
-        head = replace(config, epochs=self.head_epochs, local_steps=0, terms=(*config.terms, Freeze(self.split, False)))
-        tuned = start + trainer.fit(start, data, head).update
+        head = replace(config, epochs=self.head_epochs, local_steps=0)
+        # the trainer's fast way (TorchTrainer: a Sequential body's features computed once), else a frozen body
+        fast = trainer.fit_head(start, data, head, self.split.mask()) if isinstance(trainer, Trainer) else None
+        tuned = start + (fast or trainer.fit(start, data, replace(head, terms=(*config.terms,
+                                                                              Freeze(self.split, False))))).update
         body = replace(config, terms=(*config.terms, Freeze(self.split, True)))
         result = trainer.fit(tuned, data, body)
         return self._result(start, tuned + result.update, result)
