@@ -36,6 +36,8 @@ class FitConfig:
     # a personalised algorithm's client half (fedstack.personal.Personalization): it runs the fit, keeps the
     # client's personal part and says what is sent
     personal: Any = None
+    # coded training's round 0 (fedstack.coded.ParityRequest): the client sends its parity set, not an update
+    parity: Any = None
 
     def __post_init__(self):
         """The same checks as the config's client.* keys, so the Python API cannot train with lr = −1."""

@@ -23,7 +23,7 @@ class Section(BaseModel):
 # A part of the user's own, named "package.module:function" (importable from the working directory).
 REFERENCE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 BUILTIN_DATASETS = ("fashion_mnist", "digits", "synthetic", "shakespeare")
-BUILTIN_MODELS = ("logreg", "mlp", "cnn", "char_lstm", "word_lstm")
+BUILTIN_MODELS = ("logreg", "mlp", "cnn", "char_lstm", "word_lstm", "rff")  # rff: fedstack.coded.RffTrainer
 
 
 def is_reference(name: str) -> bool:
@@ -124,7 +124,7 @@ class ServerConfig(Section):
     strategy: Literal["fedavg", "fedprox", "scaffold", "fedavgm", "fedadagrad", "fedadam", "fedyogi",
                       "fedbuff", "fedasync", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound",
                       "centered_clip", "fltrust", "ditto", "fedper", "fedrep", "fedbn", "local_only", "ifca",
-                      "cfl", "apfl"] = "fedavg"
+                      "cfl", "apfl", "coded"] = "fedavg"
     # a robust rule in front of another synchronous strategy's server step ("" = none)
     aggregator: Literal["", "median", "trimmed_mean", "krum", "multi_krum", "norm_bound", "centered_clip",
                         "fltrust"] = ""
@@ -250,6 +250,17 @@ class PersonalConfig(Section):
     cfl_warmup: int = Field(20, ge=1)
 
 
+class CodedConfig(Section):
+    """Coded federated learning (server.strategy = "coded", fedstack.coded) and its model (model.name =
+    "rff": linear regression on random Fourier features, which any strategy can train)."""
+
+    features: int = Field(500, ge=1)  # q, the embedding's dimension
+    gamma: float = Field(0.01, gt=0)  # the RBF kernel exp(−γ‖x − x'‖²) the features approximate
+    redundancy: float = Field(0.1, ge=0, lt=1)  # parity rows u as a fraction of all training points (0: none)
+    parity_noise: float = Field(0.0, ge=0)  # std of the Gaussian noise a device adds to its parity set
+    server_speed: float = Field(10_000.0, gt=0)  # points per second the server processes its parity at
+
+
 class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
@@ -283,6 +294,7 @@ class Config(Section):
     codec: CodecConfig = CodecConfig()
     eval: EvalConfig = EvalConfig()
     personal: PersonalConfig = PersonalConfig()
+    coded: CodedConfig = CodedConfig()
     decentralized: DecentralizedConfig = DecentralizedConfig()
     systems: SystemsConfig = SystemsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
@@ -399,6 +411,7 @@ def validate(tree: dict) -> Config:
         raise ConfigError("server.clients_per_round", "cfl splits a cluster by comparing all its clients' updates, so "
                           f"every client takes part in every round: set it to data.num_clients = "
                           f"{config.data.num_clients}")
+    _validate_coded(config)
     if config.server.strategy == "fedprox" and config.client.mu == 0:
         raise ConfigError("client.mu", "fedprox needs a proximal weight > 0 (with 0 it is fedavg)")
     sequence = {"char_lstm": "char", "word_lstm": "word"}.get(config.model.name)
@@ -414,6 +427,27 @@ def validate(tree: dict) -> Config:
     if config.client.epochs == 0 and config.client.local_steps == 0:
         raise ConfigError("client.epochs", "0 epochs and 0 local_steps: clients would do no work")
     return config
+
+
+def _validate_coded(config: Config) -> None:
+    """Coded training: its own model, every client every round, raw gradients, a trusted server."""
+    if config.server.strategy != "coded":
+        return
+    if config.model.name != "rff":
+        raise ConfigError("model.name", "coded training is linear regression on random Fourier features: set "
+                          f"model.name = \"rff\", not {config.model.name!r}")
+    if config.server.clients_per_round != config.data.num_clients:
+        raise ConfigError("server.clients_per_round", "coded training asks every client every round: set it to "
+                          f"data.num_clients = {config.data.num_clients}")
+    if not config.privacy.trusted_server:
+        raise ConfigError("privacy.trusted_server", "coded training uploads parity data, a linear function of the "
+                          "raw data, which does not keep the privacy of federated learning (Kumar et al. 2021): "
+                          "it needs a trusted server")
+    if config.codec.pipeline or config.codec.download:
+        raise ConfigError("codec.pipeline", "coded training combines exact gradients with the parity gradient: "
+                          "no codec may change them")
+    if config.server.deadline_s or config.server.overselect:
+        raise ConfigError("server.deadline_s", "coded training's load allocation sets the deadline itself")
 
 
 def _validate_clusters(config: Config) -> None:

@@ -19,8 +19,8 @@ from .data.csr import Partition
 from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
-from .plan import (check_parts, client_side, codec_options, dataset_of, evaluation_of, local_only_of,
-                   personalization_of, rules_of, schedule_of)
+from .plan import (check_parts, client_side, coded_server, codec_options, dataset_of, evaluation_of,
+                   local_only_of, personalization_of, rules_of, schedule_of)
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -296,9 +296,17 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     model = factory()
-    strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
-                              personal=personalization_of(config, model), groups=dataset.groups,
-                              clustering=config.personal, model_size=model.get_params().size)
+    rules = rules_of(config)
+    if config.server.strategy == "coded":  # its load allocation reads the fleet and sets the deadline
+        if remote and engine.exchanges:
+            raise ConfigError("server.strategy", "coded training runs in simulation only for now (its parity "
+                              "upload has no message of the deployed protocol yet)")
+        strategy = coded_server(config, dataset, system, fit, model.get_params().size)
+        rules = replace(rules, deadline_s=strategy.allocation.deadline)
+    else:
+        strategy = build_strategy(config.server, fit, dataset.num_clients, root=root,
+                                  personal=personalization_of(config, model), groups=dataset.groups,
+                                  clustering=config.personal, model_size=model.get_params().size)
     if strategy.needs_each_update and private(config):  # DP's server step and secure sums leave one sum
         raise ConfigError("server.strategy", f"{config.server.strategy} reads each client's update; differential "
                           "privacy and secure aggregation give the server only their (noised) sum")
@@ -313,7 +321,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                 record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
                                 if config.client.dp_sgd else None,
                                 callbacks=list(on_round), profile=profile, config=config.model_dump()),
-                    rules=rules_of(config),
+                    rules=rules,
                     evaluation=replace(evaluation_of(config, finetune), local_only=local_only_of(config, fit),
                                        local_start=params[:model.get_params().size]))  # IFCA stacks k models
 

@@ -66,6 +66,9 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
     personalized = next((r["personalized"] for r in reversed(rounds) if r.get("personalized")), None)
     personal = next((r["personal"] for r in reversed(rounds) if r.get("personal")), None)
     local_only = next((r["local_only"] for r in reversed(rounds) if r.get("local_only")), None)
+    parity = next(({"bytes_up": r["parity_bytes_up"], "clients": r["parity_clients"],
+                    "rows_per_client": r["parity_rows"],
+                    "refused": r["parity_refused"]} for r in rounds if "parity_bytes_up" in r), None)
     summary = {
         "run_dir": str(history.run_dir),
         "status": history.status,
@@ -88,6 +91,7 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
             "personalized": personalized,  # the global model fine-tuned on each client (eval.finetune_steps)
             "personal": personal,  # each client's own model (a personalised algorithm: fedstack.personal)
             "local_only": local_only,  # each client trained alone from the initial model (eval.local_only)
+            "parity": parity,  # coded training: the parity sets uploaded before round 1 (fedstack.coded)
         },
         "best_test_accuracy": max(accuracies) if accuracies else None,
         "profile": history.profile,

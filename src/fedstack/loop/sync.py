@@ -88,12 +88,18 @@ class Synchronous(RoundLoop):
         self._ride: Ride | None = None  # a finished round whose central evaluation rides with the next round
 
     def schedule(self, params: np.ndarray, start_round: int, sim_time: float) -> np.ndarray:
+        prepared = self.prepare(params) if self.strategy.prepares and start_round == 1 else None
         for rnd in range(start_round, self.rounds + 1):
             if self.over_budget(rnd):
                 break
             before = self.snapshot()
             clip_norm = self.clip_norm()
             params, record = self.round_with_retries(rnd, params, sim_time)
+            if prepared is not None:  # round 0's uploads and time are booked to round 1
+                record.tally.bytes_up += prepared[0]
+                record.tally.sim_s += prepared[1]
+                record.extra.update(prepared[2])
+                prepared = None
             if self._ride is not None:  # the round ran no task to carry it: evaluate on its own
                 ride, self._ride = self._ride, None
                 self._land(ride, self.engine.run(ride.params, ride.tasks))
@@ -108,6 +114,39 @@ class Synchronous(RoundLoop):
             record.evaluation = self.evaluator.figures(rnd, params)
             self.close_round(record, params, before)
         return params
+
+    def prepare(self, params: np.ndarray) -> tuple[int, float, dict] | None:
+        """Round 0 of a strategy that `prepares` (coded training's parity sets): every client's task run
+        once; each reply checked for its size and finite values (refused, counted and logged otherwise) and
+        handed to the strategy in client order. (bytes uploaded, simulated seconds, figures), or None."""
+        tasks = self.strategy.prepare_tasks(params, list(range(self.dataset.num_clients)), self.workload.seed)
+        if not tasks:
+            return None
+        size = self.strategy.prepared_size(params)
+        replies: dict[int, np.ndarray] = {}
+        uploaded, seconds, refused, failed = 0, 0.0, 0, 0
+        for outcome in self.engine.run(params, tasks):
+            cid = outcome.task.client_id
+            if outcome.error is not None:
+                failed += 1
+                log.warning("round 0: client %d failed: %s", cid, outcome.error)
+                continue
+            reply = outcome.value
+            vector = reply.update if reply.update is not None else np.frombuffer(reply.payload, np.float32) \
+                if len(reply.payload) % 4 == 0 else np.zeros(0, np.float32)
+            if vector.size != size or not np.all(np.isfinite(vector)):
+                refused += 1
+                log.warning("round 0: client %d sent %d values (%s), expected %d finite ones: refused", cid,
+                            vector.size, "finite" if np.all(np.isfinite(vector)) else "not finite", size)
+                continue
+            replies[cid] = vector
+            uploaded += len(reply.payload)
+            device = self.system.device(cid)
+            seconds = max(seconds, device.task_seconds(reply.num_examples, 0, len(reply.payload)))
+        self.strategy.prepared([replies[cid] for cid in sorted(replies)])
+        return uploaded, seconds, {"parity_bytes_up": uploaded, "parity_clients": len(replies),
+                                   "parity_refused": refused, "parity_failed": failed,
+                                   **self.strategy.prepared_figures()}
 
     def _rides(self, rnd: int) -> bool:
         """Whether round `rnd`'s central evaluation can run in the same engine batch as round `rnd + 1`'s
@@ -186,7 +225,8 @@ class Synchronous(RoundLoop):
         tally.overselected = clock.overselected
         tally.bytes_down = download * len(reached) // share + collection.bytes_down
         tally.bytes_down_raw = sent.nbytes * len(reached) // share
-        tally.sim_s = waited + (clock.last if clock.full or not clock.late else self.rules.deadline_s)
+        tally.sim_s = waited + max(clock.last if clock.full or not clock.late else self.rules.deadline_s,
+                                   self.strategy.server_seconds(rnd))  # the server works while it waits
         return np.ascontiguousarray(new_params, dtype=np.float32), tally, figures
 
     def _tasks(self, rnd: int, attempt: int, params: np.ndarray, ids: list[int], now: float,

@@ -55,9 +55,30 @@ class Strategy:
     # its server step reads each client's update and who sent it: a sum will not do (secure aggregation and
     # differential privacy's noised mean are refused)
     needs_each_update: bool = False
+    prepares: bool = False  # it gathers something from the clients once, before round 1 (`prepare_tasks`)
 
     def configure(self, round: int, params: np.ndarray, sampled_ids: list[int]) -> list[Task]:
         raise NotImplementedError(f"{type(self).__name__} configures no clients")
+
+    def prepare_tasks(self, params: np.ndarray, ids: list[int], seed: int) -> list[Task]:
+        """`prepares`: the tasks of round 0 for clients `ids`, run once before round 1 (coded training's
+        parity uploads); `seed`: the run's, whose streams seed the tasks."""
+        return []
+
+    def prepared_size(self, params: np.ndarray) -> int:
+        """How many values each reply to a round-0 task holds (checked like an update's size)."""
+        return 0
+
+    def prepared(self, replies) -> None:
+        """Round 0's checked replies (flat float32 vectors), in client order."""
+
+    def prepared_figures(self) -> dict:
+        """What round 0 gathered, for round 1's record."""
+        return {}
+
+    def server_seconds(self, round: int) -> float:
+        """Simulated seconds the server's own work takes in a round, while it waits for the clients."""
+        return 0.0
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} aggregates nothing")
