@@ -49,6 +49,9 @@ PERSONAL_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_ro
                 "data.partition=clusters", "data.clusters=2", "data.cluster_transform=permute_labels",
                 "model.name=mlp", "personal.head_epochs=2", "personal.cfl_warmup=2", "personal.cfl_eps1=10",
                 "personal.cfl_eps2=0.01", "engine.workers=2"]
+CODED_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=6", "server.rounds=3",
+             "data.partition=iid", "model.name=rff", "server.strategy=coded", "coded.features=50",
+             "coded.redundancy=0.2", "systems.profile=heterogeneous", "engine.workers=2"]
 # A run with a deadline, over-selection and dropouts: the round loop that depends on outcomes most.
 KILLED_RUN = ["data.name=digits", "model.name=logreg", "data.num_clients=20", "server.clients_per_round=4",
               "server.rounds=3", "systems.profile=heterogeneous", "systems.dropout=0.2", "server.deadline_s=3",
@@ -243,6 +246,10 @@ def own(out: Path) -> None:
         *PERSONAL_RUN, f"server.strategy={name}", f"engine.name={engine}"]), out / f"{name}-{engine}"))
         for engine in ("local", "ray")} for name in ("fedrep", "cfl")}
     lap("personal")
+    # coded training (issue 22): parity sets in round 0, a deadline from the load allocation
+    results["coded"] = {engine: history_json(run_config(load_config(None, [*CODED_RUN, f"engine.name={engine}"]),
+                                                        out / f"coded-{engine}")) for engine in ("local", "ray")}
+    lap("coded")
     workload = slow_workload()
     parts = list(workload.dataset.train_idx)
     results["first_examples"] = [float(idx[0]) for idx in parts]

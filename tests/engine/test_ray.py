@@ -82,6 +82,14 @@ def test_personalised_and_clustered_training_give_the_same_bits_on_ray(runs):
     assert max(runs["personal"]["cfl"]["local"]["rounds"][-1]["clusters"]) >= 1  # a split happened
 
 
+def test_coded_training_gives_the_same_bits_on_ray(runs):
+    """Coded training's round 0 (each client's parity set) and its deadline-cut rounds, through Ray."""
+    engines = runs["coded"]
+    np.testing.assert_array_equal(np.array(engines["ray"]["params"]), np.array(engines["local"]["params"]))
+    assert engines["ray"]["rounds"] == engines["local"]["rounds"]
+    assert engines["local"]["rounds"][0]["parity_clients"] == 6
+
+
 @needs_namespaces
 def test_a_killed_actor_loses_only_its_task_and_the_run_ends_with_the_same_bits(cluster):
     """On the two-node cluster: deadline, over-selection, dropouts, and an actor that kills itself (kill -9)."""
