@@ -261,6 +261,10 @@ def test_the_shared_part_alone_is_clipped_noised_and_securely_summed(tmp_path):
                                            "privacy.noise_multiplier=0.5", "privacy.clip_norm=1.0",
                                            'codec.pipeline=["clip", "gaussian"]']), tmp_path / "dp")
     assert np.isfinite(noised.rounds[-1]["epsilon"]) and noised.rounds[-1]["bytes_up"] == last["clients"] * 4 * shared
+    # a compression codec shrinks what is sent of the shared part: 8-bit QSGD, about a quarter of its bytes
+    squeezed = run_config(load_config(None, [*fedper, 'codec.pipeline=["qsgd"]']), tmp_path / "qsgd").rounds[-1]
+    assert squeezed["bytes_up_raw"] == squeezed["clients"] * 4 * shared
+    assert squeezed["bytes_up"] < 0.3 * squeezed["bytes_up_raw"] and squeezed["personal"]["mean"] > 0.3
 
 
 @pytest.mark.parametrize("strategy, pipeline", [("ifca", '["clip", "secagg"]'), ("cfl", '["clip"]')])
