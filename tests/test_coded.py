@@ -18,15 +18,18 @@ from fedstack.experiment import run_config
 from fedstack.plan import load_config
 
 
-def test_the_combined_gradient_is_the_full_gradient_in_expectation():
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_the_combined_gradient_is_the_full_gradient_in_expectation(noise):
     """Two clients (6 and 4 points, processing 4 and 2 of them, arriving with probability 0.7 and 0.5), 5
     parity rows: over 20 000 draws of the encodings and the arrivals, the mean of the server's gradient
-    is the full gradient, within 4 standard errors in every coordinate — and one draw is not."""
+    is the full gradient, within 4 standard errors in every coordinate — and one draw is not. With noise
+    on each parity set, the server's correction keeps it so."""
     draw = np.random.default_rng(0)
     xs = [draw.normal(size=(6, 3)), draw.normal(size=(4, 3))]
     ys = [one_hot(draw.integers(0, 2, 6), 2), one_hot(draw.integers(0, 2, 4), 2)]
     theta = draw.normal(size=(3, 2))
-    requests = [ParityRequest(rows=5, load=4, arrival=0.7), ParityRequest(rows=5, load=2, arrival=0.5)]
+    requests = [ParityRequest(rows=5, load=4, arrival=0.7, noise=noise),
+                ParityRequest(rows=5, load=2, arrival=0.5, noise=noise)]
     full = sum(gradient(theta, x, y) for x, y in zip(xs, ys))
     samples = []
     for _ in range(20_000):
@@ -34,7 +37,7 @@ def test_the_combined_gradient_is_the_full_gradient_in_expectation():
                      for x, y, r in zip(xs, ys, requests))
         arrived = [gradient(theta, x[:r.load], y[:r.load]) for x, y, r in zip(xs, ys, requests)
                    if draw.random() < r.arrival]
-        samples.append(combined_gradient(theta, arrived, parity[:, :3], parity[:, 3:]))
+        samples.append(combined_gradient(theta, arrived, parity[:, :3], parity[:, 3:], 2 * noise ** 2))
     samples = np.array(samples)
     error = np.abs(samples.mean(axis=0) - full)
     standard_error = samples.std(axis=0) / math.sqrt(len(samples))

@@ -23,7 +23,8 @@ processes itself, cover all m points. On the simulated fleet a client's time is 
 Privacy: the parity set is a linear function of the raw (embedded) data, and Kumar et al. (2021, arXiv
 2109.15226) show that such a scheme does not keep the privacy of ordinary federated learning: a server
 that sees parity data learns more than from updates. `parity_noise` adds Gaussian noise of that standard
-deviation to each parity entry on the device, at a cost in accuracy; coded training is refused when the
+deviation to each parity entry on the device (the server subtracts the bias it adds to the parity
+gradient, u·Σσ²·θ, so it costs variance), at a cost in accuracy; coded training is refused when the
 server is not trusted (`privacy.trusted_server = false`).
 """
 
@@ -103,13 +104,15 @@ def gradient(theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def combined_gradient(theta: np.ndarray, arrived: Iterable[np.ndarray], parity_x: np.ndarray | None,
-                      parity_y: np.ndarray | None) -> np.ndarray:
-    """The server's gradient: the arrived clients' gradients plus the parity set's (none without parity)."""
+                      parity_y: np.ndarray | None, noise_variance: float = 0.0) -> np.ndarray:
+    """The server's gradient: the arrived clients' gradients plus the parity set's (none without parity).
+    Noise of variance `noise_variance` in each entry of the summed parity (Σⱼ σⱼ²) adds u·σ²·θ to the parity
+    gradient in expectation (E[NᵀN] = u·σ²·I): subtracted, so that noise costs variance, not bias."""
     total = np.zeros(theta.shape, np.float64)
     for g in arrived:
         total += g
     if parity_x is not None:
-        total += gradient(theta, parity_x, parity_y)
+        total += gradient(theta, parity_x, parity_y) - len(parity_x) * noise_variance * theta
     return total
 
 
@@ -228,6 +231,7 @@ class CodedServer(Strategy):
     noise: float = 0.0
     server_speed: float = 10_000.0
     parity: np.ndarray | None = field(default=None, repr=False)  # Σⱼ [X̃ⱼ | Ỹⱼ], u × (q + c)
+    senders: int = 0  # the parity sets summed (their noise adds up)
 
     stateful = True  # the parity set a checkpoint keeps
     needs_each_update = True  # each arrived gradient is scaled back from its client's step
@@ -255,9 +259,10 @@ class CodedServer(Strategy):
 
     def prepared(self, parities: Iterable[np.ndarray]) -> None:
         """The parity sets that arrived, summed into the global one."""
-        total = np.zeros(0)
+        total, self.senders = np.zeros(0), 0
         for p in parities:
             total = p.astype(np.float64) if not total.size else total + p
+            self.senders += 1
         self.parity = total.astype(np.float32) if total.size else None
 
     def prepared_figures(self) -> dict:
@@ -281,7 +286,7 @@ class CodedServer(Strategy):
         if self.parity is not None:
             table = self.parity.reshape(self.rows, -1).astype(np.float64)
             parity_x, parity_y = table[:, :theta.shape[0]], table[:, theta.shape[0]:]
-        total = combined_gradient(theta, arrived, parity_x, parity_y)
+        total = combined_gradient(theta, arrived, parity_x, parity_y, self.senders * self.noise ** 2)
         denominator = self.points if self.parity is not None else points
         self._figures = {"coded_points_arrived": points}
         if not denominator:
@@ -295,11 +300,12 @@ class CodedServer(Strategy):
         return dict(self._figures)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {} if self.parity is None else {"parity": self.parity.copy()}
+        return {} if self.parity is None else {"parity": self.parity.copy(), "senders": np.array(self.senders)}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         if "parity" in state:
             self.parity = state["parity"].copy()
+            self.senders = int(state.get("senders", 0))
 
 
 def check_parity(vector: np.ndarray, size: int) -> None:
