@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--data", default="digits", choices=list(DATA))
     parser.add_argument("--fleets", default=",".join(FLEETS))
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--redundancy", type=float, default=0.1)
+    parser.add_argument("--redundancy", default="0.1", help='a fraction, or "auto": the allocation chooses')
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noises", default="", help="also coded runs with these coded.parity_noise values")
     parser.add_argument("--out", default="runs/bench-coded")

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from crashes import straight_and_resumed
 from fedstack.client import FitConfig
-from fedstack.coded import (FourierFeatures, ParityRequest, RffTrainer, allocate, combined_gradient, encode_parity,
-                            gradient, one_hot)
+from fedstack.coded import (FourierFeatures, ParityRequest, RffTrainer, allocate, choose_rows, combined_gradient,
+                            encode_parity, gradient, one_hot)
 from fedstack.data import ClientData
 from fedstack.errors import ConfigError
 from fedstack.experiment import run_config
@@ -28,8 +28,8 @@ def test_the_combined_gradient_is_the_full_gradient_in_expectation(noise):
     xs = [draw.normal(size=(6, 3)), draw.normal(size=(4, 3))]
     ys = [one_hot(draw.integers(0, 2, 6), 2), one_hot(draw.integers(0, 2, 4), 2)]
     theta = draw.normal(size=(3, 2))
-    requests = [ParityRequest(rows=5, load=4, arrival=0.7, noise=noise),
-                ParityRequest(rows=5, load=2, arrival=0.5, noise=noise)]
+    requests = [ParityRequest(rows=5, width=5, load=4, arrival=0.7, noise=noise),
+                ParityRequest(rows=5, width=5, load=2, arrival=0.5, noise=noise)]
     full = sum(gradient(theta, x, y) for x, y in zip(xs, ys))
     samples = []
     for _ in range(20_000):
@@ -61,6 +61,22 @@ def test_the_load_allocation_by_hand():
     assert allocate([100, 100], [0.01, 0.04], [1.0, 2.0], [0.5, 0.5], rows=10).deadline == pytest.approx(6.0)
 
 
+def test_the_allocation_chooses_the_redundancy_by_hand():
+    """The two clients above, choosing among no parity, 50 rows (t* = 4) and 100 rows (t* = 2: client 0's
+    100 points alone). Without parity a round lasts 6 s (client 1's 2 + 4). Uploading a row takes 0.01 s
+    and 0.05 s: one round favours no parity (6 s against 2.5 + 4 and 5 + 2), ten rounds the most parity
+    (60, 42.5, 25 s); a server that computes 10 rows a second makes 100 rows cost 10 s a round (50.1 s
+    for 50 rows, 100.2 s for 100)."""
+    fleet = ([100, 100], [0.01, 0.04], [1.0, 2.0], [1.0, 1.0])
+    fractions = (0.0, 0.25, 0.5)
+    rows, allocation, seconds = choose_rows(*fleet, [0.01, 0.05], 1000.0, 1, fractions)
+    assert rows == 0 and seconds == pytest.approx(6.0) and allocation.deadline == 0
+    rows, allocation, seconds = choose_rows(*fleet, [0.01, 0.05], 1000.0, 10, fractions)
+    assert rows == 100 and seconds == pytest.approx(25.0) and allocation.deadline == pytest.approx(2.0)
+    rows, allocation, seconds = choose_rows(*fleet, [0.001, 0.002], 10.0, 10, fractions)
+    assert rows == 50 and seconds == pytest.approx(50.1) and allocation.loads == (100, 50)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 50), st.floats(0.01, 1), st.floats(0, 5), st.floats(0.5, 1)),
                 min_size=1, max_size=6), st.floats(0.05, 0.9))
@@ -80,13 +96,13 @@ def test_the_allocation_is_the_earliest_deadline_that_covers_the_points(clients,
 def test_a_parity_set_leaves_the_client_encoded_never_as_its_data():
     """The bytes a client sends in round 0: u × (q + c) float32 values, in which no embedded example and
     no target row of its own appears (each is mixed with every other by G before anything is sent)."""
-    features = FourierFeatures.drawn(4, 6, gamma=0.5, seed=1)
+    features = FourierFeatures.drawn(4, 6, gamma=0.5, map_seed=1)
     trainer = RffTrainer(features, classes=3)
     draw = np.random.default_rng(2)
     data = ClientData(draw.normal(size=(12, 4)).astype(np.float32), draw.integers(0, 3, 12), np.arange(10),
                       np.arange(10, 12))
     result = trainer.fit(np.zeros(18, np.float32), data,
-                         FitConfig(seed=5, parity=ParityRequest(rows=20, load=6, arrival=0.9)))
+                         FitConfig(seed=5, parity=ParityRequest(rows=20, width=9, load=6, arrival=0.9)))
     payload = np.ascontiguousarray(result.update, np.float32).tobytes()
     assert len(payload) == 20 * (6 + 3) * 4
     embedded = features(data.x[:10])
@@ -94,13 +110,35 @@ def test_a_parity_set_leaves_the_client_encoded_never_as_its_data():
         for value in (embedded[row], embedded[row] * math.sqrt(0.1), embedded[row, :2]):
             assert np.ascontiguousarray(value, np.float32).tobytes() not in payload
     # the same draw from the same seed: every engine sends the same bits; another seed, other bits
-    again = trainer.fit(np.zeros(18, np.float32), data, FitConfig(seed=5, parity=ParityRequest(20, 6, 0.9)))
-    other = trainer.fit(np.zeros(18, np.float32), data, FitConfig(seed=6, parity=ParityRequest(20, 6, 0.9)))
+    again = trainer.fit(np.zeros(18, np.float32), data, FitConfig(seed=5, parity=ParityRequest(20, 9, 6, 0.9)))
+    other = trainer.fit(np.zeros(18, np.float32), data, FitConfig(seed=6, parity=ParityRequest(20, 9, 6, 0.9)))
     assert np.array_equal(again.update, result.update) and not np.array_equal(other.update, result.update)
+    # a deployed device draws its encoding from the operating system: the seed no longer decides it
+    trainer.on_device()
+    drawn = trainer.fit(np.zeros(18, np.float32), data, FitConfig(seed=5, parity=ParityRequest(20, 9, 6, 0.9)))
+    assert drawn.update.size == result.update.size and not np.array_equal(drawn.update, result.update)
+
+
+def test_a_parity_request_travels_as_json_and_a_bad_one_is_refused_by_its_field():
+    from fedstack.errors import FedstackError
+    from fedstack.transport.server import reply_size, wire_config
+    from fedstack.client import Task
+
+    request = ParityRequest(rows=20, width=9, load=6, arrival=0.9, noise=0.01)
+    tree = json.loads(wire_config(FitConfig(seed=5, parity=request)))
+    assert ParityRequest.from_wire(tree["parity"]) == request
+    assert reply_size(Task(0, 1, FitConfig(parity=request)), 18) == 180  # the parity set's size, not the model's
+    bad = [({**tree["parity"], "rows": -1}, "rows"), ({**tree["parity"], "width": 2.5}, "width"),
+           ({**tree["parity"], "arrival": 1.5}, "arrival"), ({**tree["parity"], "noise": float("nan")}, "noise"),
+           ({**tree["parity"], "rows": 1 << 20, "width": 1 << 20}, "values"), ({"rows": 3}, "fields"),
+           ({**tree["parity"], "load": True}, "load")]
+    for wire, field in bad:
+        with pytest.raises(FedstackError, match=field):
+            ParityRequest.from_wire(wire)
 
 
 def test_the_rff_trainer_takes_full_batch_gradient_steps_on_its_load():
-    features = FourierFeatures.drawn(4, 6, gamma=0.5, seed=1)
+    features = FourierFeatures.drawn(4, 6, gamma=0.5, map_seed=1)
     trainer = RffTrainer(features, classes=3)
     draw = np.random.default_rng(3)
     data = ClientData(draw.normal(size=(12, 4)).astype(np.float32), draw.integers(0, 3, 12), np.arange(10),
@@ -148,6 +186,18 @@ def test_coded_runs_give_the_same_bits_on_local_and_pool_and_beat_waiting_for_al
     assert coded > 0.6 and full > 0.6 and abs(coded - full) < 0.1, (coded, full)  # 10 classes: chance is 0.1
 
 
+def test_an_auto_redundancy_run_records_the_rows_its_allocation_chose(tmp_path):
+    """On the straggler-heavy fleet the allocation picks some parity (a fraction it searches), which every
+    client uploads: the rows it chose, u × (q + c) values each."""
+    from fedstack.coded import REDUNDANCIES
+
+    summary = run_config(load_config(None, [*RUN, "server.rounds=2", "coded.redundancy=auto"]), tmp_path / "auto")
+    first = summary.rounds[0]
+    rows = first["parity_rows"]
+    assert rows > 0 and rows in [round(f * first["coded_points"]) for f in REDUNDANCIES]
+    assert first["parity_bytes_up"] == 10 * rows * (100 + 10) * 4
+
+
 def test_a_resumed_coded_run_keeps_its_parity(tmp_path):
     straight, resumed = straight_and_resumed(load_config(None, [*RUN, "server.rounds=3"]), tmp_path)
     assert np.array_equal(resumed.params, straight.params)
@@ -160,6 +210,7 @@ def test_a_resumed_coded_run_keeps_its_parity(tmp_path):
     (['codec.pipeline=["qsgd"]'], "codec.pipeline"),
     (["server.deadline_s=3"], "server.deadline_s"),
     (["coded.redundancy=1"], "coded.redundancy"),
+    (["coded.redundancy=most"], "coded.redundancy"),
     (["coded.features=0"], "coded.features"),
     (["coded.gamma=0"], "coded.gamma"),
 ])
@@ -202,3 +253,18 @@ def test_a_parity_set_that_is_not_finite_is_refused_counted_and_the_run_goes_on(
     first = history.rounds[0]
     assert first["parity_refused"] == 1 and first["parity_clients"] == 9
     assert np.all(np.isfinite(history.params)) and np.all(np.isfinite(strategy.parity))
+
+
+def test_a_device_shares_the_servers_feature_map_without_learning_the_run_seed():
+    import tomllib
+
+    from fedstack.config import validate
+    from fedstack.plan import trainer_factory
+    from fedstack.transport.server import client_view
+
+    config = load_config(None, [*RUN, "seed=7"])
+    view = validate(tomllib.loads(client_view(config)))
+    assert view.seed != config.seed and view.coded.map_seed
+    server = trainer_factory(config, (8, 8), 10)()
+    device = trainer_factory(view, (8, 8), 10)()
+    assert np.array_equal(server.map.omega, device.map.omega) and np.array_equal(server.map.phase, device.map.phase)

@@ -209,6 +209,11 @@ class Trainer:
         vector's length is not checked before training)."""
         return None
 
+    def on_device(self) -> None:
+        """Called once on a deployed device, before its first task: from now on draw the secrets this party
+        must keep (DP noise, a parity encoding) from the operating system's entropy, not from the run seed,
+        which would let another party recompute them. Simulations never call it (they replay bit for bit)."""
+
     def fit_head(self, params: np.ndarray, data: Any, config: FitConfig, head: np.ndarray) -> FitResult | None:
         """Train only the parameters where the mask `head` is True, the rest frozen, as `fit` would with a
         frozen body (FedRep's head epochs) — but faster, or None: this trainer cannot here, and the caller
@@ -309,6 +314,10 @@ class TorchTrainer(DPSGDSteps, Trainer):
             self._flat[a:b].copy_(buffer.reshape(-1))
             owner, _, attr = name.rpartition(".")
             model.get_submodule(owner)._buffers[attr] = self._flat[a:b].view(buffer.shape)
+
+    def on_device(self) -> None:
+        """DP-SGD noise on a device: seeded from the operating system, which no other party can recompute."""
+        self.dp_seeded_noise = False
 
     def get_params(self) -> np.ndarray:
         """The model's current parameters as a new flat float32 vector."""

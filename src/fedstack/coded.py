@@ -38,7 +38,7 @@ import numpy as np
 
 from .client import EvalResult, FitConfig, FitResult, Task, Trainer
 from .errors import FedstackError
-from .seeding import int_seed, rng
+from .seeding import int_seed
 from .strategy.base import ClientUpdate, Strategy
 
 
@@ -50,9 +50,9 @@ class FourierFeatures:
     phase: np.ndarray  # q
 
     @classmethod
-    def drawn(cls, inputs: int, features: int, gamma: float, seed: int) -> "FourierFeatures":
-        """The map every client shares, drawn from the run seed: ω ~ N(0, 2γ), b ~ U[0, 2π)."""
-        draw = rng(seed, "coded", 1)
+    def drawn(cls, inputs: int, features: int, gamma: float, map_seed: int) -> "FourierFeatures":
+        """The map every party shares, drawn from `map_seed` (`map_seed_of`): ω ~ N(0, 2γ), b ~ U[0, 2π)."""
+        draw = np.random.default_rng(map_seed)
         omega = draw.normal(0.0, math.sqrt(2 * gamma), (inputs, features)).astype(np.float32)
         return cls(omega, draw.uniform(0, 2 * math.pi, features).astype(np.float32))
 
@@ -68,15 +68,48 @@ class FourierFeatures:
         return (math.sqrt(2.0 / self.features) * torch.cos(z)).numpy()
 
 
+def map_seed_of(coded_map_seed: int, run_seed: int) -> int:
+    """The feature map's seed: `coded.map_seed`, or one derived from the run seed (a one-way function of it,
+    which a deployed server can send its devices without telling them the run seed)."""
+    return coded_map_seed or int_seed(run_seed, "coded", 1)
+
+
+MAX_PARITY_VALUES = 1 << 28  # a parity set a device agrees to build (1 GiB of float32)
+
+
 @dataclass(frozen=True)
 class ParityRequest:
-    """What a client needs to encode its parity set: `rows` (u), its `load` (ℓ̃ⱼ, the points it processes
-    each round: the first of its training split), `arrival` (pⱼ) and the device's `noise` std."""
+    """What a client needs to encode its parity set: `rows` (u), `width` (q + c: the embedding's dimension
+    plus the classes), its `load` (ℓ̃ⱼ, the points it processes each round: the first of its training
+    split), `arrival` (pⱼ) and the device's `noise` std. Deployed, it travels in a task's JSON."""
 
     rows: int
+    width: int
     load: int
     arrival: float
     noise: float = 0.0
+
+    @property
+    def size(self) -> int:
+        """The values of the parity set that answers it: u × (q + c)."""
+        return self.rows * self.width
+
+    @classmethod
+    def from_wire(cls, tree: dict) -> "ParityRequest":
+        """A request as a task's JSON carries it, checked: FedstackError naming the field at fault."""
+        if not isinstance(tree, dict) or set(tree) != {f for f in cls.__dataclass_fields__}:
+            raise FedstackError(f"a parity request needs exactly the fields {sorted(cls.__dataclass_fields__)}")
+        rows, width, load, arrival, noise = (tree[k] for k in ("rows", "width", "load", "arrival", "noise"))
+        for key, value in (("rows", rows), ("width", width), ("load", load)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise FedstackError(f"parity request: {key} must be a whole number >= 0, not {value!r}")
+        if rows * width > MAX_PARITY_VALUES or rows == 0 or width == 0:
+            raise FedstackError(f"parity request: {rows} x {width} values, outside 1..{MAX_PARITY_VALUES}")
+        for key, value, high in (("arrival", arrival, 1.0), ("noise", noise, math.inf)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= high \
+                    or not math.isfinite(value):
+                raise FedstackError(f"parity request: {key} must be a finite number in 0..{high:g}, not {value!r}")
+        return cls(rows, width, load, float(arrival), float(noise))
 
 
 def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
@@ -88,6 +121,9 @@ def one_hot(y: np.ndarray, classes: int) -> np.ndarray:
 def encode_parity(x: np.ndarray, y: np.ndarray, request: ParityRequest, draw: np.random.Generator) -> np.ndarray:
     """A client's parity set [X̃ | Ỹ] (u × (q + c), flattened): G·W·[X | Y] with G ~ N(0, 1/u) drawn by
     `draw` and W = √(1 − p) on the first `load` rows (those the client processes), 1 on the rest."""
+    if x.shape[1] + y.shape[1] != request.width:
+        raise FedstackError(f"a parity request for {request.width} columns, but this model has "
+                            f"{x.shape[1] + y.shape[1]} (features and classes)")
     weights = np.ones(len(x), np.float64)
     weights[:request.load] = math.sqrt(max(0.0, 1.0 - request.arrival))
     data = np.concatenate([x, y], axis=1).astype(np.float64) * weights[:, None]
@@ -163,12 +199,36 @@ def allocate(sizes, seconds_per_point, fixed_seconds, stays, rows: int) -> Alloc
     return Allocation(float(t), tuple(int(n) for n in chosen), arrival, float((stays * chosen).sum()))
 
 
+REDUNDANCIES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # the fractions "auto" chooses among
+
+
+def choose_rows(sizes, seconds_per_point, fixed_seconds, stays, parity_seconds_per_row, server_speed: float,
+                rounds: int, fractions=REDUNDANCIES) -> tuple[int, Allocation, float]:
+    """The parity rows (and their allocation) that finish `rounds` rounds soonest, by the fleet's figures:
+    the parity upload first (the slowest client's u rows, `parity_seconds_per_row[j]` each), then each
+    round the later of the deadline and the server's parity gradient (u / `server_speed`); without parity
+    a round lasts until every client is done. More parity shortens the deadline but costs upload and server
+    time: CodedFedL's trade-off, here searched over `fractions` of the data. (rows, allocation, seconds)."""
+    sizes = np.asarray(sizes, np.int64)
+    per_point, fixed = np.asarray(seconds_per_point, np.float64), np.asarray(fixed_seconds, np.float64)
+    upload = np.asarray(parity_seconds_per_row, np.float64)
+    best = None
+    for fraction in fractions:
+        rows = int(round(fraction * sizes.sum()))
+        allocation = allocate(sizes, per_point, fixed, stays, rows)
+        round_s = allocation.deadline if rows else float((fixed + per_point * sizes).max())
+        total = (float(upload.max()) * rows if rows else 0.0) + rounds * max(round_s, rows / server_speed)
+        if best is None or total < best[2] - 1e-9:
+            best = (rows, allocation, total)
+    return best
+
+
 class RffTrainer(Trainer):
     """Linear regression of one-hot targets on random Fourier features, by full-batch gradient descent:
     a fit takes `local_steps` (or `epochs`) steps θ ← θ − lr·∇/n on the first `batch_size` points of the
     client's training split (all of them when it has fewer: CodedFedL's load ℓ̃ⱼ), and sends the change of
     θ. With `FitConfig.parity` it sends its parity set instead (`encode_parity`, drawn from the task's
-    seed; a deployed device draws from the operating system). Evaluation: accuracy of argmax φ(x)θ and
+    seed; a deployed device draws from the operating system: `on_device`). Evaluation: accuracy of argmax φ(x)θ and
     the squared error ½‖φ(x)θ − y‖² as the loss."""
 
     capabilities = frozenset({"parity"})
@@ -179,6 +239,10 @@ class RffTrainer(Trainer):
 
     def get_params(self) -> np.ndarray:
         return np.zeros(self.map.features * self.classes, np.float32)
+
+    def on_device(self) -> None:
+        """A device's encoding matrix is its own secret: from the operating system, never the seed."""
+        self.seeded_parity = False
 
     def _embedded(self, x: np.ndarray) -> np.ndarray:
         """φ(x) of a whole data set, computed once per worker (clients index rows of the same array)."""
@@ -249,7 +313,8 @@ class CodedServer(Strategy):
         if not self.rows:
             return []
         return [Task(0, cid, FitConfig(local_steps=1, batch_size=1, lr=self.lr, seed=int_seed(seed, "coded", 2, cid),
-                                       parity=ParityRequest(self.rows, self.allocation.loads[cid],
+                                       parity=ParityRequest(self.rows, self.prepared_size(params) // self.rows,
+                                                            self.allocation.loads[cid],
                                                             self.allocation.arrival[cid], self.noise)))
                 for cid in ids]
 
@@ -277,11 +342,13 @@ class CodedServer(Strategy):
 
     def aggregate(self, round: int, params: np.ndarray, updates: Iterable[ClientUpdate]) -> np.ndarray:
         theta = params.reshape(-1, self.classes).astype(np.float64)
-        # a client's change is −lr·g/n after one step from θ: its gradient sum g = −change·n/lr
+        # a client's change is −lr·g/n after one step from θ, n its load: its gradient sum g = −change·n/lr.
+        # (n is the load the server gave it, not the count it claims: a deployed claim may be bounded to 1.)
         arrived, points = [], 0
         for u in updates:
-            arrived.append(-u.update.reshape(theta.shape).astype(np.float64) * u.num_examples / self.lr)
-            points += u.num_examples
+            n = self.allocation.loads[u.client_id]
+            arrived.append(-u.update.reshape(theta.shape).astype(np.float64) * n / self.lr)
+            points += n
         parity_x = parity_y = None
         if self.parity is not None:
             table = self.parity.reshape(self.rows, -1).astype(np.float64)

@@ -256,9 +256,21 @@ class CodedConfig(Section):
 
     features: int = Field(500, ge=1)  # q, the embedding's dimension
     gamma: float = Field(0.01, gt=0)  # the RBF kernel exp(−γ‖x − x'‖²) the features approximate
-    redundancy: float = Field(0.1, ge=0, lt=1)  # parity rows u as a fraction of all training points (0: none)
+    # parity rows u as a fraction of all training points (0: none), or "auto": the allocation picks the
+    # fraction whose parity upload plus server.rounds rounds take the least simulated time (coded.choose_rows)
+    redundancy: float | str = 0.1
+
+    @field_validator("redundancy")
+    @classmethod
+    def _fraction(cls, value):
+        if value != "auto" and (isinstance(value, str) or not 0 <= value < 1):
+            raise ValueError('a fraction in [0, 1), or "auto"')
+        return value
     parity_noise: float = Field(0.0, ge=0)  # std of the Gaussian noise a device adds to its parity set
     server_speed: float = Field(10_000.0, gt=0)  # points per second the server processes its parity at
+    # the feature map's seed (0: derived from the run seed). A deployed server sends devices the derived one:
+    # the map is shared by every party, while the run seed stays the server's
+    map_seed: int = Field(0, ge=0)
 
 
 class EvalConfig(Section):

@@ -298,9 +298,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     model = factory()
     rules = rules_of(config)
     if config.server.strategy == "coded":  # its load allocation reads the fleet and sets the deadline
-        if remote and engine.exchanges:
-            raise ConfigError("server.strategy", "coded training runs in simulation only for now (its parity "
-                              "upload has no message of the deployed protocol yet)")
+        # (deployed, the fleet is the uniform profile: devices are taken as alike, and --deadline is the wait)
         strategy = coded_server(config, dataset, system, fit, model.get_params().size)
         rules = replace(rules, deadline_s=strategy.allocation.deadline)
     else:

@@ -110,35 +110,43 @@ def trainer_factory(config: Config, input_shape: tuple[int, ...], num_classes: i
     m = config.model
     if m.name == "rff":  # linear regression on random Fourier features (fedstack.coded), seeded by the run
         c = config.coded
-        return functools.partial(make_rff_trainer, int(np.prod(input_shape)), c.features, c.gamma, config.seed,
-                                 num_classes)
+        from .coded import map_seed_of
+
+        return functools.partial(make_rff_trainer, int(np.prod(input_shape)), c.features, c.gamma,
+                                 map_seed_of(c.map_seed, config.seed), num_classes)
     # The directory the run starts in goes with the factory: a Ray worker starts elsewhere, and must import
     # the user's package from the same place (on a cluster of several machines, install the package instead).
     return functools.partial(make_trainer, m.name, tuple(input_shape), num_classes, config.client.optimizer, m.task,
                              m.metrics, os.getcwd() if keys.is_reference(m.name) or m.metrics else "")
 
 
-def make_rff_trainer(inputs: int, features: int, gamma: float, seed: int, classes: int,
+def make_rff_trainer(inputs: int, features: int, gamma: float, map_seed: int, classes: int,
                      seeded_parity: bool = True):
     """fedstack.coded's RffTrainer with the run's shared feature map (picklable through functools.partial)."""
     from .coded import FourierFeatures, RffTrainer
 
-    return RffTrainer(FourierFeatures.drawn(inputs, features, gamma, seed), classes, seeded_parity)
+    return RffTrainer(FourierFeatures.drawn(inputs, features, gamma, map_seed), classes, seeded_parity)
 
 
 def coded_server(config: Config, dataset, system, fit: FitConfig, model_size: int):
     """CodedFedL's server half: the load allocation from the fleet (each client's speed, and its download and
     upload of the model) and the parity rows `coded.redundancy` asks for."""
-    from .coded import CodedServer, allocate
+    from .coded import CodedServer, allocate, choose_rows
 
     sizes = [len(dataset.client(i).train_idx) for i in range(dataset.num_clients)]
-    rows = int(round(config.coded.redundancy * sum(sizes)))
     devices = [system.device(i) for i in range(dataset.num_clients)]
     nbytes = 4 * model_size
     per_point = [d.task_seconds(1, 0, 0) for d in devices]
     fixed = [d.task_seconds(0, nbytes, nbytes) for d in devices]
     stays = [1.0 - config.systems.dropout] * dataset.num_clients
-    allocation = allocate(sizes, per_point, fixed, stays, rows)
+    if config.coded.redundancy == "auto":  # one parity row: q + c float32 values, uploaded by every client
+        row_bytes = 4 * (model_size // dataset.num_classes + dataset.num_classes)
+        rows, allocation, _ = choose_rows(sizes, per_point, fixed, stays,
+                                          [d.task_seconds(0, 0, row_bytes) for d in devices],
+                                          config.coded.server_speed, config.server.rounds)
+    else:
+        rows = int(round(config.coded.redundancy * sum(sizes)))
+        allocation = allocate(sizes, per_point, fixed, stays, rows)
     return CodedServer(allocation, dataset.num_classes, sum(sizes), rows=rows, lr=fit.lr,
                        noise=config.coded.parity_noise, server_speed=config.coded.server_speed)
 

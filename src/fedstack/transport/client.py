@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..client import FitConfig, Task, TorchTrainer
+from ..client import FitConfig, Task, Trainer
 from ..codec import CodecContext, build_pipeline
 from ..config import validate
 from ..data import ClientData
@@ -350,8 +350,8 @@ class Client:
                 # the key holder decrypts only sums of at least --min-members, and of the run's min_clients
                 self.ckks = CKKSDevice(self.key_holder, key_id=self.ckks_key_id,
                                        min_members=max(self.min_members, self.config.server.min_clients))
-            if isinstance(self.trainer, TorchTrainer):  # DP-SGD noise the server cannot recompute from the seed
-                self.trainer.dp_seeded_noise = False
+            if isinstance(self.trainer, Trainer):  # DP noise, parity encodings: secrets no other party can recompute
+                self.trainer.on_device()
         log.info("joined as %s", self.name)
 
     def _load_data(self) -> ClientData:
@@ -495,6 +495,11 @@ class Client:
                 tree = json.loads(header.fit_config_json)
                 personal = tree.pop("personal", None)
                 personal = self._personal(personal, len(params)) if personal is not None else None
+                parity = tree.pop("parity", None)
+                if parity is not None:  # coded training's round 0 (fedstack.coded): checked before it is built
+                    from ..coded import ParityRequest
+
+                    tree["parity"] = ParityRequest.from_wire(parity)
                 config = FitConfig(**tree, personal=personal)
                 self._check_task(config)
                 state = self._with_personal(personal, params, first) if personal is not None else self.state

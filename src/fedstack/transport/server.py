@@ -286,7 +286,8 @@ class GrpcEngine(Engine):
         if isinstance(task, EvalTask):
             return 0  # its figures travel in the header
         protected = isinstance(task, ProtocolTask) or task.protocol is not None
-        return self.rules.limit(len(self.received(task)) // 4, None if protected else self.workload.pipeline)
+        return self.rules.limit(reply_size(task, len(self.received(task)) // 4),
+                                None if protected else self.workload.pipeline)
 
     @contextlib.contextmanager
     def arriving(self, name: str):
@@ -337,9 +338,7 @@ class GrpcEngine(Engine):
                 return self.refuse(name, result[1], result[0])
             outcome = Outcome(task, result)
         else:
-            received = len(self.received(task)) // 4
-            personal = task.config.personal  # IFCA's client sends one of the k models it received
-            size = personal.sent_size(received) if personal is not None else received
+            size = reply_size(task, len(self.received(task)) // 4)
             reply = self.rules.fit_reply(name, task, header, payload, size, self.workload)
             if isinstance(reply, tuple):
                 return self.refuse(name, reply[1], reply[0])
@@ -350,6 +349,17 @@ class GrpcEngine(Engine):
             del self._open[header.task_id]
             assignment.results.put((assignment.index, outcome))
         return pb.SubmitReply(accepted=True)
+
+
+def reply_size(task, received: int) -> int:
+    """The values a fit task's reply holds, for a client sent `received`: the model, or the part of it a
+    personalised client sends back (IFCA: one of the k models), or coded training's parity set."""
+    if isinstance(task, ProtocolTask):
+        return received
+    if task.config.parity is not None:
+        return task.config.parity.size
+    personal = task.config.personal
+    return personal.sent_size(received) if personal is not None else received
 
 
 def personal_of(task) -> Personalization | None:
@@ -382,8 +392,11 @@ def wire_config(config) -> str:
     and never travel; a personalised algorithm's client half travels as `to_wire` encodes it."""
     if config is None:
         return "{}"
-    wire = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in ("terms", "personal")}
+    wire = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in ("terms", "personal", "parity")}
     wire["personal"] = None if config.personal is None else to_wire(config.personal)
+    if config.parity is not None:  # coded training's round 0: the device encodes its parity set
+        wire["parity"] = dataclasses.asdict(config.parity)
     return json.dumps(wire)
 
 
@@ -567,8 +580,12 @@ def client_view(config, share_seed: bool = False) -> str:
     seed = config.seed
     if not share_seed:
         seed = int.from_bytes(hashlib.sha256(f"fedstack client view {config.seed}".encode()).digest()[:4], "little")
+    from ..coded import map_seed_of
+
     view = config.model_copy(update={
         "seed": seed,
+        # coded training's feature map is every party's: the devices get its seed, not the run's
+        "coded": config.coded.model_copy(update={"map_seed": map_seed_of(config.coded.map_seed, config.seed)}),
         "data": config.data.model_copy(update={"path": ""}),
         "codec": config.codec.model_copy(update={"ckks_keys": ""}),
         "systems": config.systems.model_copy(update={"trace": ""}),
