@@ -13,12 +13,12 @@ STAMP   := $(VENV)/.fedstack-installed
 RAY_STAMP := $(VENV)/.fedstack-ray-installed
 ARGS    ?=
 
-.PHONY: run test data setup ray lock clean proto
+.PHONY: run test data browser setup ray lock clean proto
 
 run: setup data
 	$(VENV)/bin/fedstack run $(ARGS)
 
-test: setup ray data
+test: setup ray data browser
 	$(PY) -m pytest tests
 
 setup: $(STAMP)
@@ -61,6 +61,16 @@ data: setup
 	    echo "installing Debian's dataset-fashion-mnist"; \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	  else $(VENV)/bin/fedstack data fashion_mnist; fi; }
+
+# The dashboard's browser tests drive a real headless Chromium through Playwright: Debian's chromium package
+# (Playwright's own browser download needs a host it may not reach), installed when missing and apt-get exists.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    echo "installing Debian's chromium"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	  else echo "the dashboard's browser tests need chromium on PATH"; fi; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     # In this order: `fedstack --help` lists the commands as they are added.
     for add_command in (_add_run_command, _add_report_command, _add_server_command, _add_client_command,
                         _add_certs_command, _add_keys_command, _add_data_command, _add_export_command,
-                        _add_predict_command):
+                        _add_predict_command, _add_dashboard_command, _add_status_command):
         add_command(sub)
     return parser
 
@@ -109,11 +109,40 @@ def _add_run_command(sub) -> None:
                      help="override a config key, e.g. --set server.rounds=5 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     run.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    _add_dashboard_flags(run)
     run.add_argument("--profile", action="store_true", help="record where each round's time goes (training, "
                      "codecs, aggregation, evaluation, waiting, idle workers) in metrics.jsonl, summary.json "
                      "and the report")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+
+
+def _add_dashboard_flags(command) -> None:
+    command.add_argument("--dashboard", metavar="[HOST:]PORT", help="serve a live dashboard of the run here (HOST "
+                         "127.0.0.1 unless given; PORT 0: any free one); off loopback it needs --dashboard-token-file")
+    command.add_argument("--dashboard-token-file", metavar="FILE", help="a file holding the token the dashboard "
+                         "(and `fedstack status`) asks for")
+
+
+def _add_dashboard_command(sub) -> None:
+    """`fedstack dashboard`: browse and compare finished runs."""
+    dashboard = sub.add_parser("dashboard", help="browse and compare finished runs in a web page")
+    dashboard.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    dashboard.add_argument("--listen", default="127.0.0.1:8050", metavar="[HOST:]PORT",
+                           help="where to serve the page (default 127.0.0.1:8050)")
+    dashboard.add_argument("--dashboard-token-file", metavar="FILE", help="a file holding the token the page asks "
+                           "for (needed off loopback)")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+
+def _add_status_command(sub) -> None:
+    """`fedstack status`: what a live dashboard shows, in the terminal."""
+    status = sub.add_parser("status", help="print what a running server's (or run's) dashboard shows")
+    status.add_argument("--server", required=True, metavar="HOST:PORT", help="the address its --dashboard serves")
+    status.add_argument("--token-file", help="the file holding its --dashboard-token-file token")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    status.set_defaults(func=cmd_status)
 
 
 def _add_report_command(sub) -> None:
@@ -141,6 +170,10 @@ def _add_server_command(sub) -> None:
                         "--partition data and codec randomness then match a simulation's bit for bit)")
     server.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     server.add_argument("--quiet", action="store_true", help="plain log lines instead of a progress bar")
+    _add_dashboard_flags(server)
+    server.add_argument("--metrics-port", metavar="[HOST:]PORT", help="serve Prometheus metrics here (HOST "
+                        "127.0.0.1 unless given): rounds, round duration, connected clients, updates accepted and "
+                        "refused by reason, bytes, secure-aggregation aborts")
     server.add_argument("--profile", action="store_true", help="record where each round's time goes (waiting "
                         "for clients, decoding, aggregation, evaluation)")
     server.set_defaults(func=cmd_server)
@@ -224,17 +257,23 @@ def cmd_run(args) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = Path(args.out) if args.out else default_run_dir()
     console = Console()
+    live = _live_dashboard(args, config, run_dir, "simulation")  # a busy port is refused before any work
+    if live is not None:
+        print(f"dashboard: {live.url}", flush=True)
     progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
                         started=args.started)
     try:
         with RunLog(run_dir), progress:
             log.info("fedstack run: %s rounds into %s", config.server.rounds, run_dir)
-            run_config(config, run_dir, on_round=[progress], profile=args.profile)
+            run_config(config, run_dir, on_round=[progress, *([live] if live else [])], profile=args.profile)
     except KeyboardInterrupt:
         finish_summary(run_dir, args)
         print(f"interrupted: finished rounds are saved in {run_dir}; the same command with "
               f"--out {run_dir} resumes", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if live is not None:
+            live.close()
     finish_summary(run_dir, args)
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
@@ -248,6 +287,8 @@ def cmd_server(args) -> int:
     from .records import default_run_dir
     from .report import print_summary
     from .transport.security import ClientRegistry
+    from .dashboard.live import server_info
+    from .transport.operator import OperatorMetrics
     from .transport.server import FederationService, GrpcEngine, client_view
 
     config = load_config(args.config, args.overrides)
@@ -261,9 +302,18 @@ def cmd_server(args) -> int:
     engine = GrpcEngine(registry.names, deadline_s=args.deadline, poll_s=args.heartbeat, max_examples=bounds)
     service = FederationService(engine, registry, client_view(config, args.share_seed), tuple(dataset.x.shape[1:]),
                                 dataset.num_classes)
+    # Both bind their ports now, before the gRPC server: a busy one is refused before any client waits.
+    live = _live_dashboard(args, config, run_dir, "deployed", server_info(engine))
+    metrics = OperatorMetrics(engine, args.metrics_port) if args.metrics_port else None
     server, port = _start_grpc_server(service, args, len(registry.names))
     host = args.listen.rsplit(":", 1)[0]
     print(f"listening on {host}:{port}", flush=True)
+    if live is not None:
+        live.start()  # no worker processes to fork here: the operator watches clients join
+        print(f"dashboard: {live.url}", flush=True)
+    if metrics is not None:
+        print(f"Prometheus metrics on http://{metrics.host}:{metrics.port}/metrics", flush=True)
+    watchers = [w for w in (live, metrics) if w is not None]
     console = Console()
     completed = False
     run_log = RunLog(run_dir)
@@ -273,7 +323,7 @@ def cmd_server(args) -> int:
                      run_dir)
             need = max(config.server.min_clients, 1)
             _wait_for_clients(engine, need, len(registry.names))
-            _run_deployed(config, run_dir, engine, dataset, need, console, args)
+            _run_deployed(config, run_dir, engine, dataset, need, console, args, watchers)
             completed = True
     except KeyboardInterrupt:
         print(f"interrupted: finished rounds are saved in {run_dir}; clients wait for the server to come back "
@@ -281,11 +331,77 @@ def cmd_server(args) -> int:
         return EXIT_INTERRUPTED
     finally:
         _stop_server(server, engine, completed)
+        for watcher in watchers:
+            watcher.close()
         finish_summary(run_dir, args)
     print_summary(run_dir, console)
     console.print(f"results in {run_dir}")
     for line in refusal_lines(engine.refused):
         console.print(line, highlight=False)
+    return 0
+
+
+def _live_dashboard(args, config, run_dir: Path, mode: str, info=None):
+    """The run's LiveDashboard when --dashboard asks for one (its port bound now), else None."""
+    if not args.dashboard:
+        return None
+    from .dashboard.live import LiveDashboard, run_feed
+    from .transport.security import read_token
+
+    token = read_token(args.dashboard_token_file) if args.dashboard_token_file else None
+    return LiveDashboard(args.dashboard, run_feed(config, run_dir, mode, info), token)
+
+
+def cmd_dashboard(args) -> int:
+    """Serve finished runs (one RunFeed each) until Ctrl-C."""
+    from .dashboard import Dashboard, RunFeed
+    from .transport.security import read_token
+
+    feeds = [RunFeed.from_run_dir(path) for path in args.run_dirs]
+    token = read_token(args.dashboard_token_file) if args.dashboard_token_file else None
+    dashboard = Dashboard(args.listen, feeds, token)
+    dashboard.start()
+    print(f"dashboard: {dashboard.url}  (Ctrl-C stops it)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        dashboard.close()
+
+
+def cmd_status(args) -> int:
+    """Print a dashboard's /api/state: each run's progress and figures, a deployed server's clients."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .transport.security import read_token
+
+    address = args.server if "://" in args.server else f"http://{args.server}"
+    request = urllib.request.Request(address.rstrip("/") + "/api/state")
+    if args.token_file:
+        request.add_header("Authorization", f"Bearer {read_token(args.token_file)}")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as answer:
+            state = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        why = "the token is missing or wrong (--token-file)" if exc.code == 401 else f"HTTP {exc.code}"
+        raise FedstackError(f"--server {args.server}: {why}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FedstackError(f"--server {args.server}: no dashboard answers there ({reason})") from None
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    from rich.console import Console
+
+    from .report import status_tables
+
+    console = Console()
+    for table in status_tables(state):
+        console.print(table)
     return 0
 
 
@@ -329,15 +445,15 @@ def _wait_for_clients(engine, need: int, registered: int) -> None:
         time.sleep(0.2)
 
 
-def _run_deployed(config, run_dir: Path, engine, dataset, need: int, console, args) -> None:
-    """Run the rounds over the connected clients, showing progress."""
+def _run_deployed(config, run_dir: Path, engine, dataset, need: int, console, args, watchers: list) -> None:
+    """Run the rounds over the connected clients, showing progress (and to `watchers`: dashboard, metrics)."""
     from .experiment import run_config
     from .transport.server import ConnectedSampler
 
     progress = Progress(config.server.rounds, console, plain=args.quiet or not console.is_terminal,
                         started=args.started)
     with progress:
-        run_config(config, run_dir, on_round=[progress], engine=engine,
+        run_config(config, run_dir, on_round=[progress, *watchers], engine=engine,
                    sampler=ConnectedSampler(engine, config.seed, need, wait_s=args.deadline),
                    dataset=dataset, profile=args.profile)
 

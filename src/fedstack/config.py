@@ -259,6 +259,11 @@ class CodedConfig(Section):
     # parity rows u as a fraction of all training points (0: none), or "auto": the allocation picks the
     # fraction whose parity upload plus server.rounds rounds take the least simulated time (coded.choose_rows)
     redundancy: float | str = 0.1
+    parity_noise: float = Field(0.0, ge=0)  # std of the Gaussian noise a device adds to its parity set
+    server_speed: float = Field(10_000.0, gt=0)  # points per second the server processes its parity at
+    # the feature map's seed (0: derived from the run seed). A deployed server sends devices the derived one:
+    # the map is shared by every party, while the run seed stays the server's
+    map_seed: int = Field(0, ge=0)
 
     @field_validator("redundancy")
     @classmethod
@@ -266,11 +271,17 @@ class CodedConfig(Section):
         if value != "auto" and (isinstance(value, str) or not 0 <= value < 1):
             raise ValueError('a fraction in [0, 1), or "auto"')
         return value
-    parity_noise: float = Field(0.0, ge=0)  # std of the Gaussian noise a device adds to its parity set
-    server_speed: float = Field(10_000.0, gt=0)  # points per second the server processes its parity at
-    # the feature map's seed (0: derived from the run seed). A deployed server sends devices the derived one:
-    # the map is shared by every party, while the run seed stays the server's
-    map_seed: int = Field(0, ge=0)
+
+
+class TrackingConfig(Section):
+    """Experiment tracking (fedstack.tracking): callbacks that write every round's figures where the usual
+    tools read them. Tracking changes no result: a run resumes whatever these keys say."""
+
+    tensorboard: bool = False  # TensorBoard event files (scalars, per-client histograms, the config as text)
+    dir: str = ""  # where the event files go ("": RUN_DIR/tensorboard)
+    mlflow: bool = False  # an MLflow run: the config as params, every round's figures as metrics
+    mlflow_uri: str = ""  # the tracking server or store ("": a SQLite file, sqlite:///RUN_DIR/mlflow.db)
+    mlflow_experiment: str = "fedstack"
 
 
 class EvalConfig(Section):
@@ -311,6 +322,7 @@ class Config(Section):
     systems: SystemsConfig = SystemsConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     attack: AttackConfig = AttackConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -20,7 +20,7 @@ from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
 from .plan import (check_parts, client_side, coded_server, codec_options, dataset_of, evaluation_of,
-                   local_only_of, personalization_of, rules_of, schedule_of)
+                   local_only_of, personalization_of, rules_of, schedule_of, trackers_of)
 from .records import History, prepare_run_dir, summarize
 from .report import MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
@@ -168,6 +168,10 @@ def check_arguments(trainer_factory, dataset, initial_params, strategy, rounds: 
                                strategy.models > 1 else "") + " (e.g. trainer_factory().get_params())")
 
 
+# Config keys that change no result: a run directory resumes whatever they say (tracking can be turned on later).
+RESULT_FREE = ("tracking.",)
+
+
 def fingerprint(params: np.ndarray, dataset, strategy, seed: int, config: dict, transforms=()) -> dict:
     """What decides a run's result, item by item: a run directory holding a run whose fingerprint differs
     is refused (`fingerprint_difference` names the item), never silently resumed or returned."""
@@ -186,6 +190,8 @@ def fingerprint_difference(stored: dict, now: dict) -> str | None:
     changes), then the model, the data, the strategy or the seed (what the Python API passes)."""
     before, after = _dotted(stored.get("config") or {}), _dotted(now["config"])
     for key in sorted(set(before) | set(after)):
+        if key.startswith(RESULT_FREE):
+            continue
         if before.get(key, "(unset)") != after.get(key, "(unset)"):
             was, is_ = before.get(key, "(unset)"), after.get(key, "(unset)")
             return f"its config key '{key}' was {was!r}, this one's is {is_!r}"
@@ -293,6 +299,7 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
     if sampler is None:
         sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)
     run_dir = prepare_run_dir(out)
+    on_round = [*on_round, *trackers_of(config, run_dir)]
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     model = factory()

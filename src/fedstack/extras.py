@@ -14,6 +14,8 @@ Everything heavier is an extra, imported only where it is used, through `require
 | plots     | matplotlib                      | report.png (`fedstack report`, the end of a run)           |
 | export    | safetensors, onnx, onnxruntime  | `fedstack export --format safetensors / onnx`              |
 | analysis  | pandas                          | `History.to_pandas()`                                      |
+| tracking  | tensorboard, mlflow-skinny, ... | `[tracking]`: TensorBoard event files, MLflow runs         |
+| monitor   | prometheus-client               | `fedstack server --metrics-port`: Prometheus metrics       |
 | all       | every extra above               |                                                            |
 """
 
@@ -24,7 +26,8 @@ import importlib
 from .errors import FedstackError, brief
 
 # The name pip knows a module's package by, where it differs from the module's.
-PACKAGES = {"sklearn": "scikit-learn", "dp_accounting": "dp-accounting"}
+PACKAGES = {"sklearn": "scikit-learn", "dp_accounting": "dp-accounting", "mlflow": "mlflow-skinny",
+            "prometheus_client": "prometheus-client"}
 
 
 class MissingExtra(FedstackError, ImportError):

@@ -273,3 +273,35 @@ def codec_options(config: Config, deployed: bool = False):
                         secagg_threshold=c.secagg_threshold, secagg_plus=c.secagg_plus, secagg_bits=c.secagg_bits,
                         secagg_frac_bits=c.secagg_frac_bits, secagg_range=p.clip_norm + 8 * noise,
                         ckks_keys=c.ckks_keys)
+
+
+def trackers_of(config: Config, run_dir: Path) -> list:
+    """The experiment trackers `[tracking]` asks for (fedstack.tracking), built before training: a tracking
+    directory that cannot be written is a ConfigError naming `tracking.dir` here, not a failure at round 1."""
+    section = config.tracking
+    trackers = []
+    if section.tensorboard:
+        from .tracking import TensorBoardTracker
+
+        log_dir = Path(section.dir) if section.dir else Path(run_dir) / "tensorboard"
+        _check_writable(log_dir, "tracking.dir")
+        trackers.append(TensorBoardTracker(log_dir, config=config.model_dump()))
+    if section.mlflow:
+        from .tracking import MLflowTracker
+
+        uri = section.mlflow_uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+        trackers.append(MLflowTracker(uri, experiment=section.mlflow_experiment, run_name=Path(run_dir).name,
+                                      config=config.model_dump()))
+    return trackers
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """Create `folder` and write a probe file in it, or a ConfigError naming `key` and why."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot write to {folder}: {exc.strerror or exc}") from None

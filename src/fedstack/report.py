@@ -494,3 +494,44 @@ def write_report(run_dir) -> Path | None:
 
         logging.getLogger("fedstack.report").warning("%s; no %s written", exc, REPORT_FILE)
         return None
+
+
+def status_tables(state: dict) -> list:
+    """`fedstack status`: a dashboard's state (its /api/state) as rich tables — each run's progress and
+    latest figures, and a deployed server's clients with their state and the refusals it counted."""
+    from rich.table import Table
+
+    tables = []
+    for run in state.get("runs", []):
+        records = run.get("records") or []
+        last = records[-1] if records else {}
+        evaluated = [r for r in records if r.get("test_accuracy") is not None]
+        table = Table(title=f"{run.get('name', 'run')} ({run.get('mode', '')}, {run.get('strategy', '')})")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row("status", str(run.get("status", "")))
+        table.add_row("round", f"{last.get('round', 0)} / {run.get('rounds_total', '?')}")
+        if evaluated:
+            table.add_row("test accuracy", _percent(evaluated[-1]["test_accuracy"]))
+        table.add_row("wall time of the rounds", _seconds(last.get("wall_time_s")))
+        table.add_row("bytes up / down", f"{human_bytes(sum(r.get('bytes_up', 0) for r in records))} / "
+                      f"{human_bytes(sum(r.get('bytes_down', 0) for r in records))}")
+        table.add_row("failures", str(sum(r.get("failures", 0) for r in records)))
+        if last.get("epsilon") is not None:
+            budget = run.get("epsilon_budget")
+            table.add_row("ε spent", f"{last['epsilon']:.3g}" + (f" of {budget:.3g}" if budget else ""))
+        tables.append(table)
+        server = run.get("server")
+        if server:
+            clients = Table(title=f"clients: {server.get('connected_count', 0)} of {server.get('registered', 0)} "
+                            f"connected, round in progress: {server.get('round') or '-'}")
+            for column in ("client", "state", "last seen", "joins"):
+                clients.add_column(column)
+            for c in server.get("connected", []):
+                seen = "never" if c.get("last_seen_s") is None else f"{c['last_seen_s']:.1f} s ago"
+                clients.add_row(str(c.get("client")), str(c.get("state")), seen, str(c.get("joins", "")))
+            tables.append(clients)
+            refused = server.get("refused") or {}
+            if refused:
+                table.add_row("refused messages", ", ".join(f"{n} × {k}" for k, n in sorted(refused.items())))
+    return tables

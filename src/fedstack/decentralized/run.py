@@ -38,7 +38,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     Writes config.toml, metrics.jsonl, summary.json and report.png to `out` (default runs/<timestamp>),
     like `experiment.run_config`. `History.params` is the final average model x̄.
     """
-    from ..plan import client_side, codec_options, dataset_of, evaluation_of, schedule_of
+    from ..plan import client_side, codec_options, dataset_of, evaluation_of, schedule_of, trackers_of
     from ..records import History, prepare_run_dir, summarize
 
     check_config(config)
@@ -47,6 +47,7 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
     adjacency = build_topology(section, dataset.num_clients, config.seed)  # a disconnected graph fails here
     pipeline = build_pipeline(config.codec.pipeline, codec_options(config))
     run_dir = prepare_run_dir(out)
+    on_round = [*on_round, *trackers_of(config, run_dir)]
     factory, params, fit, finetune = client_side(config, dataset)
     (run_dir / "config.toml").write_text(to_toml(config))
     if engine is None or isinstance(engine, str):

@@ -43,15 +43,41 @@ SERVER_ID = 2**32 - 1
 
 
 class Callback:
-    """A side effect of each finished round (store, metrics file, progress, tracking): override `on_round`.
-    `record` is the round's line of metrics.jsonl, `params` the global model after it. Plain functions
-    of (record, params) are callbacks too."""
+    """A side effect of the run (store, metrics file, progress, tracking, dashboard): override what you need.
+
+    `on_start` is called once the engine has started (its worker processes exist: a callback may start
+    threads then without stopping the pool engine from forking), `on_round` after each finished round with
+    its record (the round's line of metrics.jsonl) and the global model, `on_end` once with how the run
+    ended: "finished", "stopped" (the privacy budget), "failed" or "interrupted". Plain functions of
+    (record, params) are callbacks too: the loop wraps them (`as_callback`).
+    """
+
+    def on_start(self, rounds: int, start_round: int) -> None:
+        """Called once before the first round this run trains (`start_round` > 1 after a resume)."""
 
     def on_round(self, record: dict, params: np.ndarray) -> None:
         """Called once per round, in round order, after its evaluation."""
 
+    def on_end(self, status: str) -> None:
+        """Called once when the run ends, however it ends (an exception still propagates after)."""
+
     def __call__(self, record: dict, params: np.ndarray) -> None:
         self.on_round(record, params)
+
+
+class FunctionCallback(Callback):
+    """A plain function of (record, params) as a Callback."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def on_round(self, record: dict, params: np.ndarray) -> None:
+        self.function(record, params)
+
+
+def as_callback(callback) -> Callback:
+    """A Callback as it is; a plain function of (record, params) wrapped in one."""
+    return callback if isinstance(callback, Callback) else FunctionCallback(callback)
 
 
 def choose_aggregator(summing, filters: UpdateFilters) -> Aggregator:
@@ -95,7 +121,7 @@ class RoundLoop:
         self.download = parts.download or Pipeline()
         self.attack = parts.attack
         self.record_ledger = parts.record_ledger
-        self.callbacks = list(parts.callbacks)
+        self.callbacks = [as_callback(c) for c in parts.callbacks]
         self.transforms = list(parts.transforms)
         self.evaluator = Evaluator(self.engine, self.dataset, workload.seed, evaluation, rounds, profile)
         self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
@@ -139,11 +165,21 @@ class RoundLoop:
         """Train from `params` (a resumed run starts later, its clock at `sim_time`); returns the final params."""
         params = np.ascontiguousarray(params, dtype=np.float32)
         self.started = time.perf_counter()
+        status = "failed"
         try:
             self.engine.start(self.workload)
-            return self.schedule(params, start_round, sim_time)
+            for callback in self.callbacks:
+                callback.on_start(self.rounds, start_round)
+            params = self.schedule(params, start_round, sim_time)
+            status = "stopped" if self.stopped else "finished"
+            return params
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
         finally:
             self.engine.close()
+            for callback in self.callbacks:
+                callback.on_end(status)
 
     def schedule(self, params: np.ndarray, start_round: int, sim_time: float) -> np.ndarray:
         """Run the rounds from `start_round`, closing each with `close_round`; returns the final params."""
@@ -166,7 +202,7 @@ class RoundLoop:
 
     def publish(self, row: dict, params: np.ndarray) -> None:
         for callback in self.callbacks:
-            callback(row, params)
+            callback.on_round(row, params)
 
     def over_budget(self, rnd: int) -> bool:
         """Whether round `rnd` would spend more than `epsilon_budget` (then the run stops, saying why)."""

@@ -31,6 +31,32 @@ from .wire import GRPC_OPTIONS, assemble, chunks
 log = logging.getLogger("fedstack.transport")
 
 
+@dataclasses.dataclass(frozen=True)
+class ClientStatus:
+    """One registered client as the operator sees it (`GrpcEngine.status`)."""
+
+    client: str
+    state: str  # "training" (holds an open task), "connected" (heard from lately), "offline"
+    last_seen_s: float | None  # seconds since the server last heard from it (None: never)
+    joins: int  # Join calls: more than one means the device restarted or reconnected
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerStatus:
+    """What a deployed server is doing now: its clients, the round its open tasks belong to, its refusals."""
+
+    clients: list[ClientStatus]
+    round: int | None  # the round of the tasks out now (None: none out)
+    refused: dict[str, int]  # refused messages by reason (size, malformed, stale, foreign, ...)
+
+    @property
+    def connected(self) -> int:
+        return sum(c.state != "offline" for c in self.clients)
+
+    def to_json(self) -> dict:
+        return {"clients": [dataclasses.asdict(c) for c in self.clients], "connected": self.connected,
+                "registered": len(self.clients), "round": self.round, "refused": dict(self.refused)}
+
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolTask:
@@ -113,6 +139,22 @@ class GrpcEngine(Engine):
         horizon = time.monotonic() - (within_s or 3 * self.poll_s)
         with self._lock:
             return sorted(self.ids[n] for n, t in self.last_seen.items() if t >= horizon)
+
+    def status(self) -> ServerStatus:
+        """A snapshot for the operator (dashboard, `fedstack status`, Prometheus), taken under the lock."""
+        now = time.monotonic()
+        horizon = 3 * self.poll_s
+        with self._lock:
+            busy = {a.name for a in self._open.values()}
+            rounds = [a.round for a in self._open.values()]
+            clients = []
+            for name in self.names:
+                seen = self.last_seen.get(name)
+                age = None if seen is None else round(now - seen, 3)
+                state = "training" if name in busy else "connected" if age is not None and age <= horizon \
+                    else "offline"
+                clients.append(ClientStatus(name, state, age, self.joins[name]))
+            return ServerStatus(clients, max(rounds) if rounds else None, dict(self.refused))
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
         """Outcomes in task order: fit tasks and held-out evaluations from the clients, test-set shards

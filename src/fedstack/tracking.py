@@ -1,0 +1,279 @@
+"""Experiment tracking: each round's figures sent to TensorBoard or MLflow as the run goes.
+
+Two callbacks of the round loop, both fed the round's line of metrics.jsonl:
+
+- `TensorBoardTracker` writes TensorBoard event files: every number of the round as a scalar, the
+  per-client figures (accuracy by client, each client's fit metrics) as histograms, the config as text.
+  Open them with `tensorboard --logdir RUN_DIR/tensorboard`.
+- `MLflowTracker` logs the config as the run's params and every number of each round as a metric, to any
+  MLflow tracking URI; fedstack passes `sqlite:///RUN_DIR/mlflow.db`. Open it with
+  `mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db`.
+
+What counts as "every number" is `scalars(record)`; the per-client figures are `distributions(record)`.
+Both are pure functions of the record, shared by the two trackers. Nested figures are named by their
+path joined with "/" ("federated/p10", "failures_by_kind/dropout"), which both tools show as groups.
+
+The packages come with the `tracking` extra (`pip install 'fedstack[tracking]'`); neither needs torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import numbers
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .extras import require
+from .loop import Callback
+
+# The per-client maps: many clients, one figure each, which would make a scalar series per client.
+# They are summed up as histograms instead (`distributions`).
+PER_CLIENT_KEYS = ("by_client", "fit_metrics_by_client")
+
+
+def _number(value) -> float | None:
+    """`value` as a finite float, or None for what is not a plottable number (bool, None, NaN, text...)."""
+    # bool is an int to Python, but a flag is not a figure to plot; numpy numbers register as numbers.Real.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """Every finite number of a round's record, by its path: {"test_accuracy": 0.81, "federated/p10": 0.5,
+    "failures_by_kind/dropout": 0.0, "fit_metrics/train_loss": 1.67, ...}.
+
+    Nested dicts are walked, their keys joined with "/". Left out: "round" (it is the step), the per-client
+    maps ("by_client", "fit_metrics_by_client": see `distributions`), lists, text, bools, None and
+    non-finite numbers (a NaN loss is a missing point, not a point).
+    """
+    found: dict[str, float] = {}
+
+    def walk(prefix: str, tree: dict) -> None:
+        for key, value in tree.items():
+            if key in PER_CLIENT_KEYS:
+                continue
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{name}/", value)
+            elif (number := _number(value)) is not None:
+                found[name] = number
+
+    walk("", {key: value for key, value in record.items() if key != "round"})
+    return found
+
+
+def distributions(record: dict) -> dict[str, list[float]]:
+    """The per-client figures of a round's record, as lists of finite numbers (one per client that has it):
+
+    - "<name>/by_client" for each evaluation with a `by_client` map ("federated", "personalized",
+      "personal", "local_only", ...): each client's figure;
+    - "fit_metrics_by_client/<metric>" for each metric clients reported from training ("train_loss", ...).
+
+    Empty lists are left out.
+    """
+    found: dict[str, list[float]] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and isinstance(value.get("by_client"), dict):
+            found[f"{key}/by_client"] = _numbers(value["by_client"].values())
+    by_metric: dict[str, list[float]] = {}
+    for metrics in (record.get("fit_metrics_by_client") or {}).values():
+        for metric, value in (metrics if isinstance(metrics, dict) else {}).items():
+            if (number := _number(value)) is not None:
+                by_metric.setdefault(f"fit_metrics_by_client/{metric}", []).append(number)
+    found.update(by_metric)
+    return {name: values for name, values in found.items() if values}
+
+
+def _numbers(values) -> list[float]:
+    """The finite numbers among `values`, in order."""
+    return [number for value in values if (number := _number(value)) is not None]
+
+
+def _config_text(config: dict) -> str:
+    """The config as a JSON block in markdown, which TensorBoard's text dashboard renders as code."""
+    return "```json\n" + json.dumps(config, indent=2, default=str) + "\n```"
+
+
+class TensorBoardTracker(Callback):
+    """Writes each round to TensorBoard event files in `log_dir`: scalars (`scalars`) and histograms
+    (`distributions`) at step = the round, and `config` once per start as text under the tag "config".
+
+    It uses only the `tensorboard` package (its summary protos and event file writer), not torch or
+    TensorFlow. Events are flushed after each round, so a TensorBoard already open sees the run live.
+
+    A resumed run appends a new event file to the same directory. What an interrupted run had logged from
+    the resumed run's first round on is superseded (those rounds are done again): TensorBoard's Rust data
+    server drops it as the steps go back; its Python reader (`--load_fast=false`) by the session-start
+    marker each start writes at its first round.
+    """
+
+    def __init__(self, log_dir: Path | str, config: dict | None = None):
+        self.log_dir = Path(log_dir)
+        self.config = config
+        # Checked now, so a missing package stops the run before its first round, not after it.
+        require("tensorboard", "tracking", "TensorBoard tracking")
+        self._writer = None  # an EventFileWriter while the run is going
+
+    def on_start(self, rounds: int | None, start_round: int) -> None:
+        """Open a new event file, mark the (re)start at `start_round`, and write the config."""
+        from tensorboard.compat.proto.event_pb2 import SessionLog
+        from tensorboard.plugins.text.summary_v2 import text_pb
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._close()
+        self._writer = EventFileWriter(str(self.log_dir))
+        self._write(start_round, session_log=SessionLog(status=SessionLog.START))
+        if self.config is not None:
+            # One step before the first round, so the restart marker above never discards it.
+            self._write(start_round - 1, summary=text_pb("config", _config_text(self.config)))
+        self._writer.flush()
+
+    def on_round(self, record: dict, params: np.ndarray) -> None:
+        """Write the round's scalars and histograms as one event at step = its round, and flush it."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+
+        step = int(record["round"])
+        if self._writer is None:  # a loop that does not call on_start: start at this round
+            self.on_start(None, step)
+        summary = Summary()
+        for tag, value in scalars(record).items():
+            summary.value.extend(scalar_pb(tag, value).value)
+        for tag, values in distributions(record).items():
+            summary.value.extend(histogram_pb(tag, values).value)
+        self._write(step, summary=summary)
+        self._writer.flush()
+
+    def on_end(self, status: str) -> None:
+        """Flush and close the event file."""
+        self._close()
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write(self, step: int, **fields) -> None:
+        """One event (a summary, a session marker) at `step`, timed now."""
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._writer.add_event(Event(wall_time=time.time(), step=step, **fields))
+
+
+# MLflow's limits on what one log_batch call, a name and a param value may hold (mlflow.utils.validation).
+MLFLOW_MAX_METRICS_PER_BATCH = 1000
+MLFLOW_MAX_PARAMS_PER_BATCH = 100
+MLFLOW_MAX_KEY_LENGTH = 250
+MLFLOW_MAX_PARAM_LENGTH = 6000
+
+# What the end of a run (Callback.on_end's status) is to MLflow. Stopped runs (the privacy budget spent)
+# ended as planned; anything not listed (a failure) is FAILED.
+MLFLOW_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "interrupted": "KILLED"}
+
+
+def mlflow_name(name: str) -> str:
+    """`name` as an MLflow metric or param name: only letters, digits and `_-. /`, no empty, "." or ".."
+    path parts (MLflow refuses names that are not normalised paths), at most 250 characters."""
+    name = re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+    name = "/".join(part for part in name.split("/") if part not in ("", ".", ".."))
+    return name[:MLFLOW_MAX_KEY_LENGTH] or "_"
+
+
+def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
+    """The config's leaves as MLflow params: dotted keys ("server.rounds"), values as text ("10"; JSON for
+    anything but a string: true, null, [1, 2]) cut to MLflow's 6000 characters."""
+    params: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            params.update(flat_params(value, f"{name}."))
+        else:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            params[mlflow_name(name)] = text[:MLFLOW_MAX_PARAM_LENGTH]
+    return params
+
+
+@contextlib.contextmanager
+def _quiet_mlflow():
+    """Hide MLflow's INFO lines ("Creating initial MLflow database tables...") while the block runs,
+    leaving its warnings and errors, and its loggers as they were after."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+class MLflowTracker(Callback):
+    """Logs a run to MLflow at `tracking_uri` (e.g. "sqlite:///runs/demo/mlflow.db"; MLflow's plain file
+    store is not supported by recent versions), in `experiment` (created if missing):
+
+    - at each start, a new MLflow run named `run_name`, tagged "fedstack.start_round" (1, or the round a
+      resumed run goes on from), with `config` as params ("server.rounds" = "10");
+    - each round, every figure of `scalars(record)` as a metric at step = the round, in one batch;
+    - at the end, the run's status: FINISHED (finished, stopped), KILLED (interrupted), FAILED (otherwise).
+
+    `run_id` is the MLflow run being logged to (None before the start). Errors from MLflow (a tracking
+    server that cannot be reached) are raised, not hidden.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str = "fedstack", run_name: str | None = None,
+                 config: dict | None = None):
+        self.tracking_uri, self.experiment, self.run_name, self.config = tracking_uri, experiment, run_name, config
+        # Imported now, so a missing package stops the run before its first round, not after it.
+        self._mlflow = require("mlflow", "tracking", "MLflow tracking")
+        self._entities = require("mlflow.entities", "tracking", "MLflow tracking")
+        self._client = None  # an MlflowClient while an MLflow run is going
+        self.run_id: str | None = None
+
+    def on_start(self, rounds: int | None, start_round: int) -> None:
+        """Create (or find) the experiment, start a new MLflow run in it and log the config as params."""
+        if self.tracking_uri.startswith("sqlite:///"):  # SQLite makes the database file, not its folder
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        with _quiet_mlflow():  # the first call on a new database creates its tables, which MLflow announces
+            self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(self.experiment)
+            tags = {"fedstack.start_round": str(start_round)}
+            if rounds is not None:
+                tags["fedstack.rounds"] = str(rounds)
+            self.run_id = client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+        params = [self._entities.Param(key, value) for key, value in flat_params(self.config or {}).items()]
+        for chunk in _chunks(params, MLFLOW_MAX_PARAMS_PER_BATCH):
+            client.log_batch(self.run_id, params=chunk)
+
+    def on_round(self, record: dict, params: np.ndarray) -> None:
+        """Log the round's scalars as metrics at step = its round (one log_batch call, unless over 1000)."""
+        step = int(record["round"])
+        if self._client is None:  # a loop that does not call on_start: start at this round
+            self.on_start(None, step)
+        timestamp = int(time.time() * 1000)
+        # Keyed by MLflow's name, so two figures that the renaming makes alike are logged once, not refused.
+        named = {mlflow_name(name): value for name, value in scalars(record).items()}
+        metrics = [self._entities.Metric(name, value, timestamp, step) for name, value in named.items()]
+        for chunk in _chunks(metrics, MLFLOW_MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self.run_id, metrics=chunk)
+
+    def on_end(self, status: str) -> None:
+        """Mark the MLflow run as ended with the run's status (if it was started)."""
+        if self._client is not None:
+            self._client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FAILED"))
+            self._client = None  # run_id stays, to find the run by
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    """`items` in consecutive lists of at most `size` (none for no items)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
