@@ -246,3 +246,25 @@ def test_personal_and_clustered_runs_get_a_per_client_panel_and_a_clusters_panel
         assert all(ax.get_visible() and _has_data(ax) for ax in fig.axes)
     finally:
         plt.close(fig)
+
+
+def test_contribution_scores_get_a_ranked_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Accumulated gtg: client 2 → 0.3 + 0.1 = 0.4, client 0 → 0.1, client 1 → −0.2 (a label flipper).
+    scores = [{"0": 0.1, "1": -0.1, "2": 0.3}, {"1": -0.1, "2": 0.1}]
+    metrics = [{**m, "contribution": {"clients": [int(c) for c in s], "methods": {
+        "gtg": {"scores": s, "evaluations": 3, "seconds": 0.1},
+        "cosine": {"scores": {c: v * 2 for c, v in s.items()}, "evaluations": 0, "seconds": 0.0}}}}
+        for m, s in zip(METRICS, scores)]
+    fig = draw_report(metrics, SUMMARY, "demo")
+    try:
+        panel = _panels(fig)["Contribution over the run, ranked"]
+        assert [t.get_text() for t in panel.get_xticklabels()] == ["2", "0", "1"]
+        assert [bar.get_height() for bar in panel.patches] == pytest.approx([0.4, 0.1, -0.2])
+        assert panel.lines[0].get_label() == "cosine (scaled)"
+    finally:
+        plt.close(fig)

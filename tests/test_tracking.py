@@ -131,7 +131,6 @@ def run_tensorboard(log_dir, records, start_round=1, status="finished", config=C
 
 
 def test_tensorboard_has_every_round_the_histograms_and_the_config(tmp_path):
-    pytest.importorskip("tensorboard")
     from tensorboard.util.tensor_util import make_ndarray
 
     run_tensorboard(tmp_path / "tb", RECORDS)
@@ -159,7 +158,6 @@ def test_tensorboard_has_every_round_the_histograms_and_the_config(tmp_path):
 
 
 def test_tensorboard_resume_replaces_the_rounds_done_again(tmp_path):
-    pytest.importorskip("tensorboard")
     run_tensorboard(tmp_path, RECORDS, status="interrupted")
     # Resumed from the checkpoint after round 1: rounds 2 and 3 are done again, with other results.
     run_tensorboard(tmp_path, [record(2, 0.55), record(3, 0.8), record(4, 0.9)], start_round=2)
@@ -172,7 +170,6 @@ def test_tensorboard_resume_replaces_the_rounds_done_again(tmp_path):
 
 
 def test_tensorboard_skips_odd_values_and_starts_without_on_start(tmp_path):
-    pytest.importorskip("tensorboard")
     tracker = TensorBoardTracker(tmp_path)  # no config, and on_round first: the start is implied
     tracker.on_round(ODD, PARAMS)
     tracker.on_end("failed")
@@ -188,7 +185,6 @@ def test_tensorboard_skips_odd_values_and_starts_without_on_start(tmp_path):
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory):
     """One SQLite tracking database for the module: creating its tables takes a second or two."""
-    pytest.importorskip("mlflow")
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
 

@@ -288,7 +288,7 @@ def cmd_server(args) -> int:
     from .report import print_summary
     from .transport.security import ClientRegistry
     from .dashboard.live import server_info
-    from .transport.operator import OperatorMetrics
+    from .operator import OperatorMetrics
     from .transport.server import FederationService, GrpcEngine, client_view
 
     config = load_config(args.config, args.overrides)

@@ -284,6 +284,25 @@ class TrackingConfig(Section):
     mlflow_experiment: str = "fedstack"
 
 
+class ContributionConfig(Section):
+    """Client contribution scores (fedstack.contribution, loop.contribute): each round's participants scored on a
+    server-side validation set from their updates — for incentives and to spot free riders."""
+
+    # "shapley" (exact, ≤ 16 clients a round), "gtg" (GTG-Shapley), "loo" (leave-one-out), "cosine"; several may
+    # be listed (the first decides the payout); empty: no scores
+    method: list[Literal["shapley", "gtg", "loo", "cosine"]] = []
+    validation: Literal["train", "test"] = "train"  # drawn with the seed from the training pool, or the test set
+    validation_examples: int = Field(1000, ge=1)
+    utility: Literal["accuracy", "loss"] = "accuracy"  # of a coalition's model on the validation set
+    payout: float = Field(0.0, ge=0)  # > 0: split this budget by accumulated positive contribution
+    eps: float = Field(0.001, ge=0)  # GTG-Shapley's truncation threshold on the utility
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _listed(cls, value):
+        return [value] if isinstance(value, str) else value
+
+
 class EvalConfig(Section):
     every: int = Field(1, ge=0)  # central test-set evaluation every N rounds (and after the last); 0 = only the last
     federated: bool = True  # evaluate on every client's held-out split after the last round
@@ -323,6 +342,7 @@ class Config(Section):
     privacy: PrivacyConfig = PrivacyConfig()
     attack: AttackConfig = AttackConfig()
     tracking: TrackingConfig = TrackingConfig()
+    contribution: ContributionConfig = ContributionConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -404,7 +424,8 @@ def _validate_serverless(config: Config) -> None:
     for key, set_ in (("server.sampler", server.sampler != "uniform"), ("server.overselect", server.overselect > 0),
                       ("server.deadline_s", server.deadline_s > 0),
                       ("server.max_norm_ratio", server.max_norm_ratio > 0),
-                      ("client.partial_work", config.client.partial_work)):
+                      ("client.partial_work", config.client.partial_work),
+                      ("contribution.method", bool(config.contribution.method))):
         if set_:
             raise ConfigError(key, "decentralized runs have no server: every node trains every round and gossips "
                               "with its neighbours (decentralized.node_failure makes nodes silent)")

@@ -20,9 +20,9 @@ from .engine import Engine, Workload, make_engine
 from .errors import ConfigError, FedstackError
 from .files import write_atomic
 from .plan import (check_parts, client_side, coded_server, codec_options, dataset_of, evaluation_of,
-                   local_only_of, personalization_of, rules_of, schedule_of, trackers_of)
+                   local_only_of, personalization_of, rules_of, schedule_of, trackers_of, contribution_of)
 from .records import History, prepare_run_dir, summarize
-from .report import MetricsWriter, write_report, write_summary
+from .report import ContributionLedger, MetricsWriter, write_report, write_summary
 from .sampling import build_sampler, overselected
 from .seeding import rng
 from .loop import Evaluation, Parts, Rules, schedule_for
@@ -71,6 +71,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
         callbacks = [lambda record, params: store.finish_round(record["round"], record, params,
                                                                run_state(strategy, parts)),
                      MetricsWriter(history.run_dir, history.rounds), *callbacks]
+        if parts.contribution is not None:
+            callbacks.append(ContributionLedger(history.run_dir, history.rounds, parts.contribution.payout))
     engine = engine if not isinstance(engine, str) else make_engine(engine)
     loop = schedule_for(strategy)(strategy, engine, workload, rounds=rounds, clients_per_round=clients_per_round,
                                   rules=rules, evaluation=evaluation, parts=replace(parts, callbacks=callbacks),
@@ -325,7 +327,8 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
                                                     config.seed, config.server.clients_per_round),
                                 record_ledger=RecordLevelLedger(dataset.num_clients, delta=config.privacy.delta)
                                 if config.client.dp_sgd else None,
-                                callbacks=list(on_round), profile=profile, config=config.model_dump()),
+                                callbacks=list(on_round), profile=profile, config=config.model_dump(),
+                                contribution=contribution_of(config, dataset)),
                     rules=rules,
                     evaluation=replace(evaluation_of(config, finetune), local_only=local_only_of(config, fit),
                                        local_start=params[:model.get_params().size]))  # IFCA stacks k models

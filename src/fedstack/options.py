@@ -90,7 +90,9 @@ class Parts:
     that never fail); `attack` makes some clients malicious (fedstack.attack), `record_ledger` books
     DP-SGD clients' own ε (privacy.RecordLevelLedger); `callbacks` are called after each round with
     (record, params) — fedstack.loop.Callback objects or plain functions; `profile` records where the
-    time goes; `config` is the config the run came from (fingerprinted and written to summary.json).
+    time goes; `config` is the config the run came from (fingerprinted and written to summary.json);
+    `contribution` scores each round's clients (`fedstack.loop.ContributionOptions`: Shapley, GTG-Shapley,
+    leave-one-out, cosine) into the round's record.
     """
 
     pipeline: Any = None
@@ -103,3 +105,4 @@ class Parts:
     callbacks: list[Callable] = field(default_factory=list)
     profile: bool = False
     config: dict | None = None
+    contribution: Any = None  # fedstack.loop.contribute.ContributionOptions: score each round's clients

@@ -305,3 +305,17 @@ def _check_writable(folder: Path, key: str) -> None:
             pass
     except OSError as exc:
         raise ConfigError(key, f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+def contribution_of(config: Config, dataset):
+    """The contribution scoring `[contribution]` asks for (loop.ContributionOptions), or None."""
+    section = config.contribution
+    if not section.method:
+        return None
+    from .loop.contribute import ContributionOptions, validation_rows
+
+    rows = validation_rows(len(dataset.y), section.validation_examples, config.seed) \
+        if section.validation == "train" else None
+    return ContributionOptions(methods=tuple(dict.fromkeys(section.method)), validation=rows,
+                               test_examples=section.validation_examples, utility=section.utility,
+                               payout=section.payout, eps=section.eps)

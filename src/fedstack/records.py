@@ -43,6 +43,19 @@ class History:
         trainer.set_params(self.params)
         return trainer.model.eval()
 
+    def contributions(self, method: str | None = None) -> dict[int, float]:
+        """Each client's contribution accumulated over the run by `method` (default: the first the run scored
+        with), from the rounds' `contribution` figures; {} for a run without contribution scores."""
+        from .contribution import accumulate
+
+        totals = accumulate(self.rounds)
+        if method is None:
+            return next(iter(totals.values()), {})
+        if method not in totals:
+            have = ", ".join(totals) or "none"
+            raise FedstackError(f"this run has no {method!r} contribution scores (it has: {have})")
+        return totals[method]
+
     def to_pandas(self):
         """One row per round, nested figures as dotted columns (failures_by_kind.dropout, ...)."""
         from .extras import require
@@ -99,9 +112,29 @@ def summarize(history: History, seed: int, config: dict, deployed: bool = False)
         "config": config,
         "versions": versions(),
     }
+    contributed = contribution_summary(rounds)
+    if contributed is not None:
+        summary["contribution"] = contributed
     if deployed:
         summary["deployed"] = True
     return summary
+
+
+def contribution_summary(rounds: list[dict]) -> dict | None:
+    """summary.json's `contribution` (runs with contribution scores): each method's scores accumulated by client,
+    the rounds each client was scored in, and the payout of the budget (`contribution.payout`) by the first
+    method's positive totals."""
+    from .contribution import accumulate, participation, payout
+
+    totals = accumulate(rounds)
+    if not totals:
+        return None
+    budget = next((r["contribution"].get("payout", 0.0) for r in reversed(rounds) if r.get("contribution")), 0.0)
+    method = next(iter(totals))
+    return {"accumulated": {m: {str(c): v for c, v in scores.items()} for m, scores in totals.items()},
+            "rounds": {str(c): n for c, n in participation(rounds).items()},
+            "payout": {"budget": budget, "method": method,
+                       "shares": {str(c): v for c, v in payout(totals[method], budget).items()}} if budget else None}
 
 
 def _kinds(rounds: list[dict], key: str = "failures_by_kind") -> dict[str, int]:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.png"
+CONTRIBUTIONS_FILE = "contributions.csv"
 
 _MIB = 1024**2
 
@@ -38,6 +39,35 @@ class MetricsWriter:
 
     def __call__(self, record: dict, params=None) -> None:
         append_line(self.path, json.dumps(record))
+
+
+class ContributionLedger:
+    """Keeps run_dir/contributions.csv: each client's contribution accumulated over the rounds so far, one column
+    per scoring method (and its payout, with a budget), rewritten atomically after each round. `rounds` is the
+    run's record list (a resumed run's earlier rounds included)."""
+
+    def __init__(self, run_dir, rounds: list[dict], budget: float = 0.0):
+        self.path, self.rounds, self.budget = Path(run_dir) / CONTRIBUTIONS_FILE, rounds, budget
+
+    def __call__(self, record: dict, params=None) -> None:
+        write_atomic(self.path, contributions_csv(self.rounds, self.budget).encode())
+
+
+def contributions_csv(rounds: list[dict], budget: float = 0.0) -> str:
+    """The text of contributions.csv from a run's records: client, rounds scored, each method's total (and the
+    payout of the first method's, where a budget is set)."""
+    from .contribution import accumulate, participation, payout
+
+    totals, counts = accumulate(rounds), participation(rounds)
+    methods = list(totals)
+    shares = payout(totals[methods[0]], budget) if methods and budget else None
+    lines = [",".join(["client", "rounds", *methods, *(["payout"] if shares is not None else [])])]
+    for client in sorted(counts):
+        cells = [str(client), str(counts[client]), *(f"{totals[m].get(client, 0.0):.6g}" for m in methods)]
+        if shares is not None:
+            cells.append(f"{shares.get(client, 0.0):.6g}")
+        lines.append(",".join(cells))
+    return "\n".join(lines) + "\n"
 
 
 def write_summary(run_dir, summary: dict) -> Path:
@@ -183,6 +213,11 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
     clustered = [m for m in metrics if m.get("clusters") is not None]
     if clustered:
         panels.append("clusters")
+    from .contribution import accumulate
+
+    contributions = accumulate(metrics)
+    if contributions:
+        panels.append("contribution")
     fig = plt.figure(figsize=(16 * ((len(panels) + 1) // 2) / 3, 8))
     ax = _add_panels(fig, panels)
 
@@ -200,6 +235,8 @@ def draw_report(metrics: list[dict], summary: dict | None = None, title: str = "
         _draw_client_distributions(ax["per_client"], distributions)
     if clustered:
         _draw_clusters(ax["clusters"], clustered)
+    if contributions:
+        _draw_contributions(ax["contribution"], contributions)
 
     for name, panel in ax.items():
         panel.grid(alpha=0.3)
@@ -285,6 +322,27 @@ def _draw_clusters(ax, records: list[dict]) -> None:
         twin.plot(*zip(*aris), color="black", marker=".", label="adjusted Rand index")
         twin.set(ylim=(-0.05, 1.05), ylabel="adjusted Rand index")
         twin.legend(loc="lower right")
+
+
+def _draw_contributions(ax, totals: dict[str, dict[int, float]]) -> None:
+    """Each client's contribution accumulated over the run, ranked by the first method's (bars), with the other
+    methods' totals scaled to the same range as marks (their units differ: utility for Shapley, GTG and
+    leave-one-out, a cosine for cosine)."""
+    methods = list(totals)
+    first = totals[methods[0]]
+    ranked = sorted(first, key=lambda c: -first[c])
+    positions = np.arange(len(ranked))
+    ax.bar(positions, [first[c] for c in ranked], color="tab:blue", alpha=0.7, label=methods[0])
+    scale = max((abs(v) for v in first.values()), default=0.0) or 1.0
+    for method, marker in zip(methods[1:], "oxsd^v"):
+        values = np.array([totals[method].get(c, 0.0) for c in ranked])
+        span = np.abs(values).max() or 1.0
+        ax.plot(positions, values / span * scale, linestyle="none", marker=marker, label=f"{method} (scaled)")
+    ax.axhline(0, color="black", linewidth=0.8)
+    step = max(1, len(ranked) // 20)  # at most ~20 client labels
+    ax.set_xticks(positions[::step], [str(c) for c in ranked][::step])
+    ax.set(title="Contribution over the run, ranked", xlabel="client", ylabel=f"accumulated {methods[0]}")
+    ax.legend(fontsize="small")
 
 
 def _draw_loss(loss_ax, metrics: list[dict]) -> None:

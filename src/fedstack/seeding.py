@@ -8,7 +8,7 @@ import numpy as np
 
 # Each stream has its own number so adding a stream never shifts another.
 STREAMS = {"split": 0, "partition": 1, "holdout": 2, "sampling": 3, "client": 4, "init": 5, "noise": 6, "systems": 7,
-           "codec": 8, "attack": 9, "root": 10, "coded": 11}
+           "codec": 8, "attack": 9, "root": 10, "coded": 11, "contribution": 12}
 
 
 def seed_sequence(seed: int, stream: str, *keys: int) -> np.random.SeedSequence:

@@ -28,6 +28,9 @@ class EvalTask:
     client_id: int | None = None
     finetune: FitConfig | None = None
     span: tuple[int, int] | None = None  # evaluate this slice of the engine's vector (see Task.span)
+    # the server's validation examples: these rows of the training pool instead of the test examples (contribution
+    # scores judge coalition models on a validation set drawn from the pool)
+    examples: np.ndarray | None = field(default=None, repr=False, compare=False)
     # a personalised algorithm's client half: the client's own model is judged (its state holds the personal part)
     personal: Any = None
     state: Any = field(default=None, repr=False, compare=False)
@@ -112,6 +115,8 @@ class Engine:
 def task_cost(task, dataset) -> float:
     """A task's rough cost in example-passes, to start the longest first (forward and backward ≈ 3 forward)."""
     if isinstance(task, EvalTask):
+        if task.examples is not None:
+            return float(len(task.examples))
         if task.client_id is None:
             return float(task.stop - task.start)
         tuning = 3 * task.finetune.samples(len(dataset.train_idx[task.client_id])) if task.finetune else 0
@@ -172,7 +177,9 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
             params = params[task.span[0]:task.span[1]]
         data = workload.dataset
         if isinstance(task, EvalTask):
-            if task.client_id is None:
+            if task.examples is not None:
+                value = trainer.evaluate(params, data.x[task.examples], data.y[task.examples])
+            elif task.client_id is None:
                 value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
             else:
                 value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune, task.personal,

@@ -31,6 +31,7 @@ from ..store import MemoryClientStates
 from ..strategy import Strategy
 from ..systems import UniformSystem
 from .aggregate import Aggregator, Gather, SecureSum, StreamingSum
+from .contribute import ContributionScorer
 from .evaluate import Evaluator, OwnModels
 from .filters import UpdateFilters
 from ..options import Evaluation, Parts, Rules
@@ -122,6 +123,7 @@ class RoundLoop:
         self.attack = parts.attack
         self.record_ledger = parts.record_ledger
         self.callbacks = [as_callback(c) for c in parts.callbacks]
+        self.contribution = ContributionScorer(parts.contribution, workload.seed) if parts.contribution else None
         self.transforms = list(parts.transforms)
         self.evaluator = Evaluator(self.engine, self.dataset, workload.seed, evaluation, rounds, profile)
         self.stopped: str | None = None  # why the run ended before its last round (the privacy budget)
@@ -144,6 +146,18 @@ class RoundLoop:
         if self.aggregator.sums and (self.rules.max_norm_ratio or (self.attack is not None and self.attack.tampers)):
             raise ConfigError("server.max_norm_ratio" if self.rules.max_norm_ratio else "attack.name",
                               "secure aggregation never shows the server a client's update")
+        if self.contribution is not None:
+            self._check_contribution()
+
+    def _check_contribution(self) -> None:
+        """Contribution scores rebuild coalition models from each client's update of a round of one model."""
+        why = ("secure aggregation and homomorphic encryption give the server only the sum of the updates, and "
+               "scores need each client's own" if self.aggregator.sums else
+               f"{type(self).__name__.lower()} training has no rounds of updates to score" if not self.rounds_of_updates
+               else f"{type(self.strategy).__name__} trains no one global model whose coalitions could be rebuilt"
+               if not self.strategy.one_model or self.strategy.personalization() is not None else None)
+        if why:
+            raise ConfigError("contribution.method", why)
 
     def _keeps_state(self, workload: Workload, engine: Engine) -> bool:
         """Whether this loop keeps client state and sends it with tasks; refuses an engine that cannot carry it."""
@@ -246,7 +260,15 @@ class RoundLoop:
         """The strategy's step on the round's updates, after the transforms' server steps."""
         for transform in self.transforms:
             updates = transform.server_step(rnd, params, updates)
+        if self.contribution is not None:  # it keeps each update the strategy aggregates, to score them after
+            updates = self.contribution.watch(updates)
         return self.strategy.aggregate(rnd, params, updates)
+
+    def contribution_figures(self, rnd: int, params: np.ndarray) -> dict:
+        """The round's contribution scores (with `Parts.contribution`) of the updates `aggregate` just took."""
+        if self.contribution is None:
+            return {}
+        return {"contribution": self.contribution.score(rnd, params, self.engine, self.dataset)}
 
     def client_state(self, client_id: int, params: np.ndarray):
         """A client's state as the server keeps it, or the strategy's first state for a client without one."""

@@ -220,7 +220,9 @@ class Synchronous(RoundLoop):
             spent = self.profile.since(before)
             self.profile.aggregate_s += time.perf_counter() - started - spent.wait_s - spent.decode_s
         figures = {**collection.figures(), **self.strategy.round_figures()}
-        if tally.clients < self.rules.min_clients:
+        if tally.clients >= self.rules.min_clients:
+            figures.update(self.contribution_figures(rnd, params))
+        else:
             new_params = params
         tally.overselected = clock.overselected
         tally.bytes_down = download * len(reached) // share + collection.bytes_down

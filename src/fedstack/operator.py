@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import FedstackError
-from ..extras import require
-from ..loop import Callback
+from .errors import FedstackError
+from .extras import require
+from .loop import FAILURE_KINDS, REJECT_REASONS, Callback
 
 # Seconds: a round of a deployed federation takes from a fraction of a second to many minutes.
 ROUND_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -31,11 +31,11 @@ def split_address(text: str, flag: str, default_host: str = "127.0.0.1") -> tupl
 class _EngineCollector:
     """Scrape-time figures read from the engine: connected clients, the round in progress, refusals."""
 
-    def __init__(self, engine, prom):
-        self.engine, self.prom = engine, prom
+    def __init__(self, engine, core):
+        self.engine, self.core = engine, core  # prometheus_client.core: the metric families
 
     def collect(self):
-        core = self.prom.core
+        core = self.core
         status = self.engine.status()
         yield core.GaugeMetricFamily("fedstack_connected_clients", "Clients heard from in the last three poll "
                                      "intervals", value=status.connected)
@@ -74,7 +74,14 @@ class OperatorMetrics(Callback):
                                   ["direction"], registry=registry)
         self.aborts = prom.Counter("fedstack_secure_aggregation_aborts", "Secure-aggregation attempts that "
                                    "aborted (too few survivors)", registry=registry)
-        registry.register(_EngineCollector(engine, prom))
+        # Known labels start at 0, so a rate over them exists before the first event (Prometheus's advice).
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)
+        for kind in FAILURE_KINDS:
+            self.failures.labels(kind)
+        for direction in ("up", "down"):
+            self.bytes.labels(direction)
+        registry.register(_EngineCollector(engine, require("prometheus_client.core", "monitor", flag)))
         self._previous_wall = 0.0
         try:
             self.server, _ = prom.start_http_server(port, addr=self.host, registry=registry)
