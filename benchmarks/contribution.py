@@ -102,8 +102,8 @@ def main() -> None:
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--validation", type=int, default=1000)
     parser.add_argument("--noise", type=float, default=0.01, help="std of the noisy free rider's update")
-    parser.add_argument("--eps", type=float, default=0.001, help="GTG-Shapley's truncation threshold (accuracy)")
-    parser.add_argument("--permutations", type=int, default=0, help="GTG-Shapley's most permutations a round "
+    parser.add_argument("--eps", type=float, default=0.005, help="GTG-Shapley's truncation threshold (accuracy)")
+    parser.add_argument("--permutations", type=int, default=20, help="GTG-Shapley's most permutations a round "
                         "(0: ten cycles of n)")
     parser.add_argument("--engine", default="pool")
     parser.add_argument("--seed", type=int, default=0)

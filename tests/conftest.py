@@ -9,8 +9,11 @@ import shutil
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module: Playwright keeps a thread while it runs, and a process with a thread
+    besides its main one spawns pool workers instead of forking them (fedstack.engine.pool.start_method), so
+    the browser must not outlive the modules that use it."""
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")

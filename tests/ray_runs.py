@@ -52,6 +52,10 @@ PERSONAL_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_ro
 CODED_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=6", "server.rounds=3",
              "data.partition=iid", "model.name=rff", "server.strategy=coded", "coded.features=50",
              "coded.redundancy=0.2", "systems.profile=heterogeneous", "engine.workers=2"]
+# Contribution scores (issue 24): each coalition's model evaluated on validation rows through the engine.
+CONTRIBUTION_RUN = ["data.name=digits", "data.num_clients=6", "server.clients_per_round=4", "server.rounds=2",
+                    "model.name=logreg", 'contribution.method=["gtg", "loo"]', "contribution.validation_examples=300",
+                    "eval.federated=false", "engine.workers=2"]
 # A run with a deadline, over-selection and dropouts: the round loop that depends on outcomes most.
 KILLED_RUN = ["data.name=digits", "model.name=logreg", "data.num_clients=20", "server.clients_per_round=4",
               "server.rounds=3", "systems.profile=heterogeneous", "systems.dropout=0.2", "server.deadline_s=3",
@@ -59,8 +63,12 @@ KILLED_RUN = ["data.name=digits", "model.name=logreg", "data.num_clients=20", "s
 
 
 def same(rounds: list[dict]) -> list[dict]:
-    """Round records without what depends on timing."""
-    return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rounds]
+    """Round records without what depends on timing (the wall time, the seconds contribution scoring took)."""
+    def untimed(value):
+        if isinstance(value, dict):
+            return {k: untimed(v) for k, v in value.items() if k not in ("wall_time_s", "seconds")}
+        return value
+    return [untimed(r) for r in rounds]
 
 
 def history_json(history) -> dict:
@@ -250,6 +258,9 @@ def own(out: Path) -> None:
     results["coded"] = {engine: history_json(run_config(load_config(None, [*CODED_RUN, f"engine.name={engine}"]),
                                                         out / f"coded-{engine}")) for engine in ("local", "ray")}
     lap("coded")
+    results["contribution"] = {engine: history_json(run_config(load_config(None, [
+        *CONTRIBUTION_RUN, f"engine.name={engine}"]), out / f"contribution-{engine}")) for engine in ("local", "ray")}
+    lap("contribution")
     workload = slow_workload()
     parts = list(workload.dataset.train_idx)
     results["first_examples"] = [float(idx[0]) for idx in parts]

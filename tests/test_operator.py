@@ -1,7 +1,8 @@
 """An operator watching a deployed server (issue 23): `fedstack server --dashboard --metrics-port` as a subprocess on
 loopback with two real clients; Prometheus's /metrics scraped while the rounds go by (counters moving), `fedstack
 status` in the terminal and as JSON (with and without the operator's token), and the deployed view in a real
-headless Chromium (the clients table follows them joining)."""
+headless Chromium (the clients table follows them joining, and shows one killed mid-run as lost within three
+heartbeats while the other trains on)."""
 
 import json
 import re
@@ -15,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from fedstack.transport.security import make_credentials
 
 RUN = ["data.name=digits", "data.num_clients=2", "data.partition=iid", "server.clients_per_round=2",
-       "server.min_clients=2", "server.rounds=12", "client.epochs=4", "eval.federated=false"]
+       "server.min_clients=1", "server.rounds=12", "client.epochs=4", "eval.federated=false"]
+HEARTBEAT_S = 1.0
+PAGE_EVERY_S = 2.0  # how often the dashboard pushes a deployed server's clients to its pages
 TOKEN = "operator-s3cret"
 
 
@@ -46,7 +49,8 @@ def test_an_operator_watches_a_deployed_server(tmp_path, page):
     sets = [a for o in RUN for a in ("--set", o)]
     server = subprocess.Popen(cli("server", *sets, "--clients", str(creds / "clients.toml"), "--listen", "127.0.0.1:0",
                                   "--insecure", "--out", str(tmp_path / "run"), "--quiet", "--dashboard", "127.0.0.1:0",
-                                  "--dashboard-token-file", str(token), "--metrics-port", "127.0.0.1:0"),
+                                  "--dashboard-token-file", str(token), "--metrics-port", "127.0.0.1:0",
+                                  "--heartbeat", str(HEARTBEAT_S)),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     clients = []
     try:
@@ -81,6 +85,7 @@ def test_an_operator_watches_a_deployed_server(tmp_path, page):
         assert table.returncode == 0 and "client-1" in table.stdout and "of 2" in table.stdout, table.stderr
 
         seen = []  # (rounds completed, clients connected, bytes up) at each scrape while the server runs
+        lost_after = None  # seconds from killing client-2 to the page showing it lost
         while server.poll() is None:
             try:
                 now = scrape(metrics)
@@ -88,11 +93,23 @@ def test_an_operator_watches_a_deployed_server(tmp_path, page):
                 break  # the run is over and took its metrics with it
             seen.append((now["fedstack_rounds_completed_total"], now["fedstack_connected_clients"],
                          now['fedstack_bytes_total{direction=up}']))
+            if lost_after is None and seen[-1][0] >= 3:
+                # client-2 dies mid-run: the page shows it lost within three heartbeats (and one push of the
+                # page's client list); client-1 trains on alone
+                table = status(address, "--token-file", str(token), "--json")
+                served = {c["client"]: c for c in json.loads(table.stdout)["runs"][0]["server"]["connected"]}
+                assert all(served[c]["rounds"] >= 1 and served[c]["uplink_bytes_per_s"] > 0 and
+                           served[c]["refused"] == 0 for c in ("client-1", "client-2")), served
+                clients[1].kill()
+                killed = time.monotonic()
+                page.wait_for_function("() => [...document.querySelectorAll('#clients-table tr')].some((tr) => "
+                                       "tr.textContent.startsWith('client-2') && tr.textContent.includes('lost'))",
+                                       timeout=30_000)
+                lost_after = time.monotonic() - killed
             time.sleep(0.1)
         page.wait_for_function("() => document.getElementById('status').textContent === 'finished'")
         assert server.wait(timeout=120) == 0, server.stderr.read()
-        for c in clients:
-            assert c.wait(timeout=60) == 0, c.stderr.read()
+        assert clients[0].wait(timeout=60) == 0, clients[0].stderr.read()
     finally:
         for p in [server, *clients]:
             p.kill()
@@ -100,6 +117,7 @@ def test_an_operator_watches_a_deployed_server(tmp_path, page):
     assert rounds == sorted(rounds) and len(set(rounds)) >= 2 and rounds[-1] > 0, seen  # the counters moved
     assert max(c for _, c, _ in seen) == 2
     assert all(b > 0 for r, _, b in seen if r > 0)
+    assert lost_after is not None and lost_after <= 3 * HEARTBEAT_S + PAGE_EVERY_S + 1.0, lost_after
     assert page.text_content("#round-counter") == "12 / 12"
     assert page.errors == []
 

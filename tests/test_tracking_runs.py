@@ -3,8 +3,11 @@ each tool's own reader finds them; a tracking directory that cannot be written i
 turning tracking on later resumes the same run."""
 
 import json
+import pathlib
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,7 +32,7 @@ def test_a_tracked_run_has_every_round_in_tensorboard_and_mlflow(tmp_path):
 
     out = tmp_path / "run"
     done = fedstack("run", "--quiet", "--out", str(out), *sets(*RUN, "tracking.tensorboard=true",
-                                                                "tracking.mlflow=true"))
+                                                                "tracking.mlflow=true"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
@@ -51,6 +54,17 @@ def test_a_tracked_run_has_every_round_in_tensorboard_and_mlflow(tmp_path):
     assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
         [(r["round"], pytest.approx(r["test_accuracy"])) for r in records]
 
+    # summary.json and report.png are the MLflow run's artifacts, beside the database (not in ./mlruns)
+    stored = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id)}
+    assert stored.keys() == {"summary.json", "report.png"}
+    assert stored["report.png"] == (out / "report.png").stat().st_size
+    kept = json.loads(pathlib.Path(client.download_artifacts(run.info.run_id, "summary.json", str(tmp_path)))
+                      .read_text())
+    # the command adds its own total time to summary.json after the run
+    assert kept == {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k != "total_time_s"}
+    assert run.info.artifact_uri.startswith((out / "mlartifacts").as_uri())
+    assert not (tmp_path / "mlruns").exists()
+
     # Tracking changes no result: the same run without it is the same run (resumed: nothing left to do).
     again = fedstack("run", "--quiet", "--out", str(out), *sets(*RUN))
     assert again.returncode == 0 and "error" not in again.stderr, again.stderr
@@ -65,3 +79,19 @@ def test_an_unwritable_tracking_dir_is_one_line_before_training(tmp_path):
     line = f"error: config key 'tracking.dir': cannot write to {where}: Not a directory"
     assert done.stderr.strip().splitlines() == [line]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_tracking_server_that_is_down_is_one_warning_and_the_run_finishes(tmp_path):
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = fedstack("run", "--out", str(out), *sets(*RUN, "tracking.mlflow=true",
+                                                     f"tracking.mlflow_uri=http://127.0.0.1:{port}"))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "MLflow tracking" in line]
+    assert len(warnings) == 1 and f"MLflow tracking to http://127.0.0.1:{port} failed" in warnings[0], done.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3] and json.loads((out / "summary.json").read_text())
+    assert time.monotonic() - started < 120  # a few quick retries, not MLflow's minutes of them

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import warnings
 from dataclasses import dataclass, field, replace
@@ -176,6 +177,12 @@ def mean_squared_error(out, y, reduction: str = "mean"):
     return per_example.sum() if reduction == "sum" else per_example.mean()
 
 
+# True while an engine evaluates params it will not evaluate again (a coalition model a contribution score judges
+# on the validation set, in one task): a trainer may skip work that pays off only over several evaluations of the
+# same params (TorchTrainer's frozen copy under jit_eval). Set by `engine.execute`, from the task alone.
+EVALUATED_ONCE: contextvars.ContextVar[bool] = contextvars.ContextVar("evaluated_once", default=False)
+
+
 class Trainer:
     """Trains and evaluates one model on one client's data; reused for every client of a worker.
 
@@ -295,7 +302,6 @@ class TorchTrainer(DPSGDSteps, Trainer):
         self.eval_batch_size = eval_batch_size
         self.jit_eval = jit_eval
         self._frozen = None  # (params it was built from, frozen module)
-        self._seen = None  # the params evaluated last, not frozen yet
         self.dp_seeded_noise = dp_seeded_noise
         self.dp_secure_mode = dp_secure_mode
         self._grad_sampler = None  # Opacus's GradSampleModule around self.model, made by the first DP-SGD fit
@@ -499,20 +505,17 @@ class TorchTrainer(DPSGDSteps, Trainer):
         return result
 
     def _inference_model(self, params: np.ndarray, x: np.ndarray):
-        """The module to evaluate with; under jit_eval a frozen copy, made when the same params are evaluated a
-        second time (the next shard of a test set) and kept while they stay.
+        """The module to evaluate with; under jit_eval a frozen copy, rebuilt when params change — except for
+        params evaluated once (`evaluated_once`), which are evaluated as they are.
 
         Freezing fuses layers and pre-packs weights: about twice as fast for convolutions on CPU, but tracing costs
-        more than one small evaluation (~14 ms for the MLP): params seen once — a coalition model a contribution
-        score judges on a validation set, in one task — are evaluated as they are.
+        more than one small evaluation (~14 ms for the MLP). The choice depends on the task alone, never on what
+        this trainer evaluated before, so every engine computes the same bits.
         """
-        if not self.jit_eval or len(x) == 0:
+        if not self.jit_eval or len(x) == 0 or EVALUATED_ONCE.get():
             return self.model
         if self._frozen is not None and np.array_equal(self._frozen[0], params):
             return self._frozen[1]
-        if self._seen is None or not np.array_equal(self._seen, params):
-            self._seen = params.copy()
-            return self.model
         torch = self.torch
         # TorchScript is deprecated in favour of torch.compile, which needs seconds of
         # compilation per process; for these small models TorchScript stays the fast path.

@@ -295,7 +295,8 @@ class ContributionConfig(Section):
     validation_examples: int = Field(1000, ge=1)
     utility: Literal["accuracy", "loss"] = "accuracy"  # of a coalition's model on the validation set
     payout: float = Field(0.0, ge=0)  # > 0: split this budget by accumulated positive contribution
-    eps: float = Field(0.001, ge=0)  # GTG-Shapley's truncation threshold on the utility
+    eps: float = Field(0.005, ge=0)  # GTG-Shapley's truncation threshold on the utility
+    permutations: int = Field(20, ge=0)  # GTG-Shapley's most permutations a round (0: ten cycles of n)
 
     @field_validator("method", mode="before")
     @classmethod

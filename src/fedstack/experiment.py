@@ -93,6 +93,8 @@ def simulate(trainer_factory: Callable[[], Trainer], dataset, initial_params: np
             history.profile = loop.profile.summary()
         if store is not None:
             _close_store(store, history, seed, parts.config, deployed=engine.exchanges)
+            for callback in loop.callbacks:  # trackers keep summary.json and report.png too
+                callback.on_results(history.run_dir)
     return history
 
 

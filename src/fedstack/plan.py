@@ -281,17 +281,19 @@ def trackers_of(config: Config, run_dir: Path) -> list:
     section = config.tracking
     trackers = []
     if section.tensorboard:
-        from .tracking import TensorBoardTracker
+        from .tracking import Failsafe, TensorBoardTracker
 
         log_dir = Path(section.dir) if section.dir else Path(run_dir) / "tensorboard"
         _check_writable(log_dir, "tracking.dir")
-        trackers.append(TensorBoardTracker(log_dir, config=config.model_dump()))
+        trackers.append(Failsafe(TensorBoardTracker(log_dir, config=config.model_dump()),
+                                 f"TensorBoard tracking to {log_dir}"))
     if section.mlflow:
-        from .tracking import MLflowTracker
+        from .tracking import Failsafe, MLflowTracker
 
         uri = section.mlflow_uri or f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-        trackers.append(MLflowTracker(uri, experiment=section.mlflow_experiment, run_name=Path(run_dir).name,
-                                      config=config.model_dump()))
+        tracker = MLflowTracker(uri, experiment=section.mlflow_experiment, run_name=Path(run_dir).name,
+                                config=config.model_dump())
+        trackers.append(Failsafe(tracker, f"MLflow tracking to {uri}"))
     return trackers
 
 
@@ -318,4 +320,5 @@ def contribution_of(config: Config, dataset):
         if section.validation == "train" else None
     return ContributionOptions(methods=tuple(dict.fromkeys(section.method)), validation=rows,
                                test_examples=section.validation_examples, utility=section.utility,
-                               payout=section.payout, eps=section.eps)
+                               payout=section.payout, eps=section.eps,
+                               permutations=section.permutations)

@@ -583,11 +583,14 @@ def status_tables(state: dict) -> list:
         if server:
             clients = Table(title=f"clients: {server.get('connected_count', 0)} of {server.get('registered', 0)} "
                             f"connected, round in progress: {server.get('round') or '-'}")
-            for column in ("client", "state", "last seen", "joins"):
+            for column in ("client", "state", "last seen", "joins", "rounds", "refused", "uplink"):
                 clients.add_column(column)
             for c in server.get("connected", []):
                 seen = "never" if c.get("last_seen_s") is None else f"{c['last_seen_s']:.1f} s ago"
-                clients.add_row(str(c.get("client")), str(c.get("state")), seen, str(c.get("joins", "")))
+                speed = c.get("uplink_bytes_per_s")
+                clients.add_row(str(c.get("client")), str(c.get("state")), seen, str(c.get("joins", "")),
+                                str(c.get("rounds", "")), str(c.get("refused", "")),
+                                "-" if speed is None else f"{human_bytes(int(speed))}/s")
             tables.append(clients)
             refused = server.get("refused") or {}
             if refused:

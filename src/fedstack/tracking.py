@@ -13,17 +13,25 @@ What counts as "every number" is `scalars(record)`; the per-client figures are `
 Both are pure functions of the record, shared by the two trackers. Nested figures are named by their
 path joined with "/" ("federated/p10", "failures_by_kind/dropout"), which both tools show as groups.
 
+A tracker is a side effect, never a reason to stop training or to wait: `Failsafe` wraps each one the config
+builds, runs it on a thread of its own, and makes its first failure (a store that cannot be written, a
+tracking server down) one warning after which the run goes on without it.
+
 The packages come with the `tracking` extra (`pip install 'fedstack[tracking]'`); neither needs torch.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
 import numbers
+import os
+import queue
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +43,8 @@ from .loop import Callback
 # The per-client maps: many clients, one figure each, which would make a scalar series per client.
 # They are summed up as histograms instead (`distributions`).
 PER_CLIENT_KEYS = ("by_client", "fit_metrics_by_client")
+
+log = logging.getLogger("fedstack.tracking")
 
 
 def _number(value) -> float | None:
@@ -100,6 +110,61 @@ def _numbers(values) -> list[float]:
 def _config_text(config: dict) -> str:
     """The config as a JSON block in markdown, which TensorBoard's text dashboard renders as code."""
     return "```json\n" + json.dumps(config, indent=2, default=str) + "\n```"
+
+
+class Failsafe(Callback):
+    """`tracker` kept off the round loop's path: its hooks run in order on a thread of its own (started at
+    `on_start`, once the engine's workers exist), so a slow store or server never holds up a round; its first
+    exception in any hook is one warning naming `what`, after which it is left out for the rest of the run.
+
+    `on_end` and `on_results` wait (up to `wait_s` each) for what is queued, so a finished command has logged
+    everything; a tracker still busy after that is left behind with a warning.
+    """
+
+    def __init__(self, tracker: Callback, what: str, wait_s: float = 60.0):
+        self.tracker, self.what, self.wait_s = tracker, what, wait_s
+        self.failed: str | None = None  # why it stopped, once it has
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def on_start(self, rounds, start_round: int) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=f"fedstack-tracker-{type(self.tracker).__name__}",
+                                            daemon=True)
+            self._thread.start()
+        self._queue.put((self.tracker.on_start, (rounds, start_round), None))
+
+    def on_round(self, record: dict, params: np.ndarray) -> None:
+        if self._thread is None:  # a loop that does not call on_start
+            self.on_start(None, int(record["round"]))
+        # copies: the loop goes on with its own (records are small; trackers read, never write, the params)
+        self._queue.put((self.tracker.on_round, (copy.deepcopy(record), np.array(params, copy=True)), None))
+
+    def on_end(self, status: str) -> None:
+        self._wait(self.tracker.on_end, status)
+
+    def on_results(self, run_dir: Path) -> None:
+        self._wait(self.tracker.on_results, run_dir)
+
+    def _wait(self, hook, *args) -> None:
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put((hook, args, done))
+        if not done.wait(self.wait_s):
+            log.warning("%s is still busy after %g s; the run ends without waiting for it", self.what, self.wait_s)
+
+    def _work(self) -> None:
+        while True:
+            hook, args, done = self._queue.get()
+            if self.failed is None:
+                try:
+                    hook(*args)
+                except Exception as exc:  # any failure of a side effect: the run goes on without it
+                    self.failed = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    log.warning("%s failed, the run goes on without it: %s", self.what, self.failed)
+            if done is not None:
+                done.set()
 
 
 class TensorBoardTracker(Callback):
@@ -224,19 +289,30 @@ class MLflowTracker(Callback):
     - at each start, a new MLflow run named `run_name`, tagged "fedstack.start_round" (1, or the round a
       resumed run goes on from), with `config` as params ("server.rounds" = "10");
     - each round, every figure of `scalars(record)` as a metric at step = the round, in one batch;
-    - at the end, the run's status: FINISHED (finished, stopped), KILLED (interrupted), FAILED (otherwise).
+    - at the end, the run's status: FINISHED (finished, stopped), KILLED (interrupted), FAILED (otherwise);
+    - once the run's files are written, summary.json and report.png as the MLflow run's artifacts.
 
-    `run_id` is the MLflow run being logged to (None before the start). Errors from MLflow (a tracking
-    server that cannot be reached) are raised, not hidden.
+    An experiment it creates in a SQLite store keeps its artifacts in `mlartifacts/` beside the database
+    (MLflow's default would be ./mlruns wherever the command ran). MLflow's usage telemetry is off unless
+    MLFLOW_DISABLE_TELEMETRY says otherwise (nothing leaves the machine unasked), and a tracking server is
+    asked at most 2 more times, 10 s each (MLflow's defaults, 7 retries of 120 s, would stall training for
+    minutes when it is down) unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT are set.
+
+    `run_id` is the MLflow run being logged to (None before the start). Errors from MLflow are raised, not
+    hidden: `Failsafe` turns them into a warning.
     """
 
     def __init__(self, tracking_uri: str, experiment: str = "fedstack", run_name: str | None = None,
                  config: dict | None = None):
         self.tracking_uri, self.experiment, self.run_name, self.config = tracking_uri, experiment, run_name, config
+        for name, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
+                            ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+            os.environ.setdefault(name, value)  # read by MLflow when it is used: set before the import
         # Imported now, so a missing package stops the run before its first round, not after it.
         self._mlflow = require("mlflow", "tracking", "MLflow tracking")
         self._entities = require("mlflow.entities", "tracking", "MLflow tracking")
-        self._client = None  # an MlflowClient while an MLflow run is going
+        self._client = None  # an MlflowClient once the MLflow run is started
+        self._active = False  # between on_start and on_end
         self.run_id: str | None = None
 
     def on_start(self, rounds: int | None, start_round: int) -> None:
@@ -246,11 +322,13 @@ class MLflowTracker(Callback):
         with _quiet_mlflow():  # the first call on a new database creates its tables, which MLflow announces
             self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
             found = client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found is not None else client.create_experiment(self.experiment)
+            experiment_id = found.experiment_id if found is not None else \
+                client.create_experiment(self.experiment, artifact_location=self._artifact_location())
             tags = {"fedstack.start_round": str(start_round)}
             if rounds is not None:
                 tags["fedstack.rounds"] = str(rounds)
             self.run_id = client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+        self._active = True
         params = [self._entities.Param(key, value) for key, value in flat_params(self.config or {}).items()]
         for chunk in _chunks(params, MLFLOW_MAX_PARAMS_PER_BATCH):
             client.log_batch(self.run_id, params=chunk)
@@ -258,7 +336,7 @@ class MLflowTracker(Callback):
     def on_round(self, record: dict, params: np.ndarray) -> None:
         """Log the round's scalars as metrics at step = its round (one log_batch call, unless over 1000)."""
         step = int(record["round"])
-        if self._client is None:  # a loop that does not call on_start: start at this round
+        if not self._active:  # a loop that does not call on_start: start at this round
             self.on_start(None, step)
         timestamp = int(time.time() * 1000)
         # Keyed by MLflow's name, so two figures that the renaming makes alike are logged once, not refused.
@@ -269,9 +347,23 @@ class MLflowTracker(Callback):
 
     def on_end(self, status: str) -> None:
         """Mark the MLflow run as ended with the run's status (if it was started)."""
-        if self._client is not None:
+        if self._active:
             self._client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FAILED"))
-            self._client = None  # run_id stays, to find the run by
+            self._active = False  # run_id stays, to find the run by and to keep its files
+
+    def on_results(self, run_dir: Path) -> None:
+        """Keep the run's summary.json and report.png (those written) as the MLflow run's artifacts."""
+        if self.run_id is None:
+            return
+        for name in ("summary.json", "report.png"):
+            if (Path(run_dir) / name).is_file():
+                self._client.log_artifact(self.run_id, str(Path(run_dir) / name))
+
+    def _artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts: beside a SQLite database, else the server's choice."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return (Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+        return None
 
 
 def _chunks(items: list, size: int) -> list[list]:

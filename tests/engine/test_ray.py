@@ -90,6 +90,13 @@ def test_coded_training_gives_the_same_bits_on_ray(runs):
     assert engines["local"]["rounds"][0]["parity_clients"] == 6
 
 
+def test_contribution_scores_are_the_same_on_ray(runs):
+    """Each coalition's model evaluated on the validation rows by Ray's actors, as on the local engine."""
+    engines = runs["contribution"]
+    assert engines["ray"]["rounds"] == engines["local"]["rounds"]
+    assert set(engines["local"]["rounds"][-1]["contribution"]["methods"]) == {"gtg", "loo"}
+
+
 @needs_namespaces
 def test_a_killed_actor_loses_only_its_task_and_the_run_ends_with_the_same_bits(cluster):
     """On the two-node cluster: deadline, over-selection, dropouts, and an actor that kills itself (kill -9)."""

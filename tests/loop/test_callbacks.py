@@ -39,6 +39,9 @@ class Journal(Callback):
     def on_end(self, status):
         self.calls.append(("end", status))
 
+    def on_results(self, run_dir):
+        self.calls.append(("results", sorted(p.name for p in run_dir.iterdir() if p.suffix in (".json", ".png"))))
+
 
 class WatchedEngine(LocalEngine):
     started = False
@@ -73,3 +76,24 @@ def test_on_end_says_how_a_broken_run_ended(where, status, error):
     with pytest.raises(error):
         _loop([journal], engine).run(np.zeros(2, np.float32))
     assert journal.calls[-2:] == [("round", 2), ("end", status)]
+
+
+def test_on_results_comes_once_the_runs_files_are_written_and_a_failing_tracker_is_one_warning(tmp_path, caplog):
+    from fedstack.experiment import simulate
+    from fedstack.tracking import Failsafe
+
+    engine = WatchedEngine()
+    journal, broken = Journal(engine), Failsafe(Journal(engine, fail_at=1), "the broken tracker")
+    x = np.zeros((4, 1), np.float32)
+    ds = FederatedDataset.from_arrays(x, np.zeros(4, np.int64), x, np.zeros(4, np.int64), num_clients=4,
+                                      partition="iid", holdout=0)
+    with caplog.at_level("WARNING", logger="fedstack.tracking"):
+        history = simulate(Ones, ds, np.zeros(2, np.float32), rounds=3, clients_per_round=2, engine=engine,
+                           out=tmp_path / "run", evaluation=Evaluation(every=0, federated=False),
+                           parts=Parts(callbacks=[broken, journal]))
+    assert [r["round"] for r in history.rounds] == [1, 2, 3]
+    assert journal.calls[-2:] == [("end", "finished"), ("results", ["report.png", "summary.json"])]
+    # the broken one failed in round 1, said so once, and was left out after
+    assert broken.tracker.calls == [("start", 3, 1, True), ("round", 1)] and broken.failed == "disk on fire"
+    assert [r.getMessage() for r in caplog.records] == ["the broken tracker failed, the run goes on without it: "
+                                                        "disk on fire"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -55,12 +56,12 @@ def run_feed(config, run_dir: Path, mode: str, server_info: Callable[[], dict] |
 
 def server_info(engine) -> Callable[[], dict]:
     """What the dashboard's deployed view shows of a GrpcEngine: every registered client with its state,
-    the round in progress and the transport's refusals (`GrpcEngine.status`)."""
+    last heartbeat, rounds served, refusals and measured uplink; the round in progress and the transport's
+    refusals by reason (`GrpcEngine.status`)."""
 
     def info() -> dict:
         status = engine.status()
-        return {"connected": [{"client": c.client, "state": c.state, "last_seen_s": c.last_seen_s,
-                               "joins": c.joins} for c in status.clients],
+        return {"connected": [dataclasses.asdict(c) for c in status.clients],
                 "connected_count": status.connected, "registered": len(status.clients), "round": status.round,
                 "refused": status.refused}
 

@@ -84,4 +84,6 @@ def run_decentralized(config: Config, out: str | Path | None = None, on_round: l
         write_summary(run_dir, summary)
         if history.rounds:
             write_report(run_dir)
+        for callback in loop.callbacks:  # trackers keep summary.json and report.png too
+            callback.on_results(run_dir)
     return history

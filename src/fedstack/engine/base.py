@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
-from ..client import EvalResult, FitConfig, Task, Trainer, flipped
+from ..client import EVALUATED_ONCE, EvalResult, FitConfig, Task, Trainer, flipped
 from ..codec import CodecContext, Pipeline
 from ..data.csr import Partition
 from ..personal import STATE_KEY
@@ -34,6 +34,7 @@ class EvalTask:
     # a personalised algorithm's client half: the client's own model is judged (its state holds the personal part)
     personal: Any = None
     state: Any = field(default=None, repr=False, compare=False)
+    once: bool = False  # these params are evaluated in this one task (client.EVALUATED_ONCE while it runs)
 
 
 @dataclass
@@ -177,13 +178,18 @@ def execute(trainer: Trainer, workload: Workload, task, params: np.ndarray) -> O
             params = params[task.span[0]:task.span[1]]
         data = workload.dataset
         if isinstance(task, EvalTask):
-            if task.examples is not None:
-                value = trainer.evaluate(params, data.x[task.examples], data.y[task.examples])
-            elif task.client_id is None:
-                value = trainer.evaluate(params, data.x_test[task.start:task.stop], data.y_test[task.start:task.stop])
-            else:
-                value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune, task.personal,
-                                          task.state)
+            token = EVALUATED_ONCE.set(task.once)
+            try:
+                if task.examples is not None:
+                    value = trainer.evaluate(params, data.x[task.examples], data.y[task.examples])
+                elif task.client_id is None:
+                    value = trainer.evaluate(params, data.x_test[task.start:task.stop],
+                                             data.y_test[task.start:task.stop])
+                else:
+                    value = evaluate_held_out(trainer, data.client(task.client_id), params, task.finetune,
+                                              task.personal, task.state)
+            finally:
+                EVALUATED_ONCE.reset(token)
         else:
             value = fit_and_encode(trainer, workload.pipeline, workload.seed, task, data.client(task.client_id), params)
             task = replace(task, state=None)  # the old state need not travel back

@@ -38,8 +38,8 @@ class ContributionOptions:
     test_examples: int = 0
     utility: str = "accuracy"
     batch: int = 32
-    eps: float = 0.001
-    permutations: int = 0  # GTG-Shapley's most permutations a round (0: its default, ten cycles of n)
+    eps: float = 0.005
+    permutations: int = 20  # GTG-Shapley's most permutations a round (0: ten cycles of n)
     shard: int = 2000  # validation examples a task: one per coalition model, whose one pass pays no tracing
     payout: float = 0.0
 
@@ -117,7 +117,7 @@ class ContributionScorer:
             stacked = np.zeros(batch * size, dtype=np.float32)
             for k, members in enumerate(chunk):
                 stacked[k * size:(k + 1) * size] = contribution.coalition_model(base, updates, weights, members)
-            tasks = [EvalTask(start=a, stop=b, examples=rows, span=(k * size, (k + 1) * size))
+            tasks = [EvalTask(start=a, stop=b, examples=rows, span=(k * size, (k + 1) * size), once=True)
                      for k in range(len(chunk)) for a, b, rows in shards]
             results = [EvalResult() for _ in chunk]
             for outcome in engine.run(stacked, tasks):

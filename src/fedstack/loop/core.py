@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -49,7 +50,8 @@ class Callback:
     `on_start` is called once the engine has started (its worker processes exist: a callback may start
     threads then without stopping the pool engine from forking), `on_round` after each finished round with
     its record (the round's line of metrics.jsonl) and the global model, `on_end` once with how the run
-    ended: "finished", "stopped" (the privacy budget), "failed" or "interrupted". Plain functions of
+    ended: "finished", "stopped" (the privacy budget), "failed" or "interrupted", and `on_results` once the run's
+    files are written. Plain functions of
     (record, params) are callbacks too: the loop wraps them (`as_callback`).
     """
 
@@ -61,6 +63,10 @@ class Callback:
 
     def on_end(self, status: str) -> None:
         """Called once when the run ends, however it ends (an exception still propagates after)."""
+
+    def on_results(self, run_dir: Path) -> None:
+        """Called once after `on_end`, when the run's files (summary.json, report.png) are written in
+        `run_dir` — by `simulate` for a run with an output directory (a bare loop writes none)."""
 
     def __call__(self, record: dict, params: np.ndarray) -> None:
         self.on_round(record, params)

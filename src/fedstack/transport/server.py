@@ -36,9 +36,14 @@ class ClientStatus:
     """One registered client as the operator sees it (`GrpcEngine.status`)."""
 
     client: str
-    state: str  # "training" (holds an open task), "connected" (heard from lately), "offline"
+    # "training" (holds an open task), "connected" (heard from within three heartbeat intervals), "lost"
+    # (heard from before, silent since), "offline" (never heard from)
+    state: str
     last_seen_s: float | None  # seconds since the server last heard from it (None: never)
     joins: int  # Join calls: more than one means the device restarted or reconnected
+    rounds: int = 0  # training replies of its the server accepted
+    refused: int = 0  # its messages the server refused
+    uplink_bytes_per_s: float | None = None  # its last accepted reply's bytes over the time they took to arrive
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +56,7 @@ class ServerStatus:
 
     @property
     def connected(self) -> int:
-        return sum(c.state != "offline" for c in self.clients)
+        return sum(c.state in ("training", "connected") for c in self.clients)
 
     def to_json(self) -> dict:
         return {"clients": [dataclasses.asdict(c) for c in self.clients], "connected": self.connected,
@@ -118,6 +123,9 @@ class GrpcEngine(Engine):
         self.last_seen: dict[str, float] = {}
         self.joins: collections.Counter = collections.Counter()  # Join calls by client name
         self.refused: collections.Counter = collections.Counter()
+        self.refused_by: collections.Counter = collections.Counter()  # refused messages by client name
+        self.served: collections.Counter = collections.Counter()  # accepted training replies by client name
+        self.uplink: dict[str, float] = {}  # by client name: its last accepted reply's bytes per second
         self._lock = threading.Condition()
         self._inbox: dict[str, collections.deque] = {name: collections.deque() for name in self.names}
         self._open: dict[int, _Assignment] = {}
@@ -151,9 +159,11 @@ class GrpcEngine(Engine):
             for name in self.names:
                 seen = self.last_seen.get(name)
                 age = None if seen is None else round(now - seen, 3)
-                state = "training" if name in busy else "connected" if age is not None and age <= horizon \
-                    else "offline"
-                clients.append(ClientStatus(name, state, age, self.joins[name]))
+                # silence first: a task handed to a poll whose client then died leaves it "busy"
+                state = "offline" if age is None else "lost" if age > horizon else "training" if name in busy \
+                    else "connected"
+                clients.append(ClientStatus(name, state, age, self.joins[name], self.served[name],
+                                            self.refused_by[name], self.uplink.get(name)))
             return ServerStatus(clients, max(rounds) if rounds else None, dict(self.refused))
 
     def run(self, params: np.ndarray, tasks: list) -> Iterator[Outcome]:
@@ -294,8 +304,10 @@ class GrpcEngine(Engine):
             self._polls[name] += 1
             mine = self._polls[name]
             self._lock.notify_all()  # the client's older poll, if any, gives way
+            # Heard from now, not while the poll waits: a poll held here after its client died must not keep it
+            # "connected" (an honest client polls again within one interval of this one ending).
+            self.last_seen[name] = time.monotonic()
             while True:
-                self.last_seen[name] = time.monotonic()
                 if self._polls[name] != mine:
                     return None
                 while self._inbox[name]:
@@ -363,12 +375,16 @@ class GrpcEngine(Engine):
 
     def refuse(self, name: str, reason: str, kind: str) -> pb.SubmitReply:
         reason = brief(reason)
-        self.refused[kind] += 1
+        with self._lock:
+            self.refused[kind] += 1
+            self.refused_by[name] += 1
         log.warning("refused an update from %s: %s", name, reason)
         return pb.SubmitReply(accepted=False, reason=reason)
 
-    def accept(self, name: str, assignment: _Assignment, header: pb.UpdateHeader, payload: bytes) -> pb.SubmitReply:
-        """Book a client's reply to its admitted task: decoded and checked here, outside the lock."""
+    def accept(self, name: str, assignment: _Assignment, header: pb.UpdateHeader, payload: bytes,
+               seconds: float = 0.0) -> pb.SubmitReply:
+        """Book a client's reply to its admitted task (its payload took `seconds` to arrive): decoded and
+        checked here, outside the lock."""
         task = assignment.task
         if header.error:
             outcome = Outcome(task, error=f"{name}: {brief(header.error)}")
@@ -390,6 +406,10 @@ class GrpcEngine(Engine):
                 return self.refuse(name, f"task {header.task_id} closed while its reply arrived", "stale")
             del self._open[header.task_id]
             assignment.results.put((assignment.index, outcome))
+            if not isinstance(task, (ProtocolTask, EvalTask)) and not header.error:
+                self.served[name] += 1
+            if payload and seconds > 0:
+                self.uplink[name] = len(payload) / seconds
         return pb.SubmitReply(accepted=True)
 
 
@@ -539,12 +559,13 @@ class FederationService(pb_grpc.FederationServicer):
             admitted = self.engine.admit(name, header)
             if isinstance(admitted, pb.SubmitReply):  # refused on its header: the payload is never read
                 return admitted
+            started = time.monotonic()
             try:
                 payload = assemble((m.payload for m in request_iterator if m.WhichOneof("part") == "payload"),
                                    header.payload_bytes, self.engine.reply_limit(admitted))
             except ValueError as exc:
                 return self.engine.refuse(name, f"malformed update: {exc}", "malformed")
-            return self.engine.accept(name, admitted, header, payload)
+            return self.engine.accept(name, admitted, header, payload, time.monotonic() - started)
 
 
 # Streams one connection may hold open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): an honest client
