@@ -22,6 +22,7 @@ Everything heavier is an extra, imported only where it is used, through `require
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .errors import FedstackError, brief
 
@@ -49,3 +50,11 @@ def require(module: str, extra: str, feature: str):
             raise MissingExtra(f"{feature} needs {package}: {fix}") from None
         # Installed, but it (or a package it needs) fails to import: say why, and what reinstalls it.
         raise MissingExtra(f"{feature} needs {package}, which does not import ({brief(exc, 120)}): {fix}") from exc
+
+
+def require_installed(module: str, extra: str, feature: str) -> None:
+    """MissingExtra, as `require` says it, unless `module`'s package is installed — without importing it (a
+    feature that imports it later, off the critical path, checks before any work that it will find it)."""
+    root = module.partition(".")[0]
+    if importlib.util.find_spec(root) is None:
+        raise MissingExtra(f"{feature} needs {PACKAGES.get(root, root)}: pip install 'fedstack[{extra}]'")

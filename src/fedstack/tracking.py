@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extras import require
+from .extras import require, require_installed
 from .loop import Callback
 
 # The per-client maps: many clients, one figure each, which would make a scalar series per client.
@@ -184,7 +184,7 @@ class TensorBoardTracker(Callback):
         self.log_dir = Path(log_dir)
         self.config = config
         # Checked now, so a missing package stops the run before its first round, not after it.
-        require("tensorboard", "tracking", "TensorBoard tracking")
+        require_installed("tensorboard", "tracking", "TensorBoard tracking")
         self._writer = None  # an EventFileWriter while the run is going
 
     def on_start(self, rounds: int | None, start_round: int) -> None:
@@ -308,9 +308,10 @@ class MLflowTracker(Callback):
         for name, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
                             ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
             os.environ.setdefault(name, value)  # read by MLflow when it is used: set before the import
-        # Imported now, so a missing package stops the run before its first round, not after it.
-        self._mlflow = require("mlflow", "tracking", "MLflow tracking")
-        self._entities = require("mlflow.entities", "tracking", "MLflow tracking")
+        # Checked now, so a missing package stops the run before its first round; imported at the start (on
+        # Failsafe's thread: MLflow takes a second or two to import)
+        require_installed("mlflow", "tracking", "MLflow tracking")
+        self._mlflow = self._entities = None
         self._client = None  # an MlflowClient once the MLflow run is started
         self._active = False  # between on_start and on_end
         self.run_id: str | None = None
@@ -319,6 +320,8 @@ class MLflowTracker(Callback):
         """Create (or find) the experiment, start a new MLflow run in it and log the config as params."""
         if self.tracking_uri.startswith("sqlite:///"):  # SQLite makes the database file, not its folder
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self._mlflow = require("mlflow", "tracking", "MLflow tracking")
+        self._entities = require("mlflow.entities", "tracking", "MLflow tracking")
         with _quiet_mlflow():  # the first call on a new database creates its tables, which MLflow announces
             self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
             found = client.get_experiment_by_name(self.experiment)
