@@ -14,7 +14,7 @@ Both are pure functions of the record, shared by the two trackers. Nested figure
 path joined with "/" ("federated/p10", "failures_by_kind/dropout"), which both tools show as groups.
 
 A tracker is a side effect, never a reason to stop training or to wait: `Failsafe` wraps each one the config
-builds, runs it on a thread of its own, and makes its first failure (a store that cannot be written, a
+builds, runs it in a process of its own, and makes its first failure (a store that cannot be written, a
 tracking server down) one warning after which the run goes on without it.
 
 The packages come with the `tracking` extra (`pip install 'fedstack[tracking]'`); neither needs torch.
@@ -23,15 +23,13 @@ The packages come with the `tracking` extra (`pip install 'fedstack[tracking]'`)
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
 import numbers
 import os
-import queue
+import multiprocessing
 import re
-import threading
 import time
 from pathlib import Path
 
@@ -112,62 +110,132 @@ def _config_text(config: dict) -> str:
     return "```json\n" + json.dumps(config, indent=2, default=str) + "\n```"
 
 
-class Failsafe(Callback):
-    """`tracker` kept off the round loop's path: its hooks run in order on a thread of its own (started at
-    `on_start`, once the engine's workers exist), so a slow store or server never holds up a round; its first
-    exception in any hook is one warning naming `what`, after which it is left out for the rest of the run.
+class Tracker(Callback):
+    """An experiment tracker: a callback, plus `prepare` — what it can do before the run starts (import its
+    library, open its store), which `Failsafe` calls first, in the tracker's own process, while the run gets
+    ready. `reads_params`: whether it reads the global model each round (else `Failsafe` does not send it)."""
 
-    `on_end` and `on_results` wait (up to `wait_s` each) for what is queued, so a finished command has logged
-    everything; a tracker still busy after that is left behind with a warning.
+    reads_params = False
+
+    def prepare(self) -> None:
+        """Work that needs nothing of the run yet: called once, before any other hook."""
+
+
+class Failsafe(Callback):
+    """A `Tracker` kept off the run's path: it runs in a process of its own (spawned when this is built, so its
+    imports and its store's set-up overlap the run's own start and never hold up a round; a process, unlike a
+    thread, leaves the pool engine free to fork its workers), fed each hook through a pipe, in order. Its
+    first exception in any hook is one warning naming `what`, after which it is left out for the rest of the
+    run; training never stops for it.
+
+    `on_end` and `on_results` wait (up to `wait_s` each) until it has done everything sent, so a finished
+    command has logged everything; a tracker still busy then is left behind with a warning.
     """
 
-    def __init__(self, tracker: Callback, what: str, wait_s: float = 60.0):
-        self.tracker, self.what, self.wait_s = tracker, what, wait_s
+    def __init__(self, tracker: Tracker, what: str, wait_s: float = 60.0):
+        self.what, self.wait_s, self.reads_params = what, wait_s, tracker.reads_params
         self.failed: str | None = None  # why it stopped, once it has
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state, locks or threads copied
+        self._conn, theirs = context.Pipe()
+        self._process = context.Process(target=_serve_tracker, args=(tracker, theirs), daemon=True,
+                                        name=f"fedstack-{type(tracker).__name__}")
+        self._process.start()
+        theirs.close()
+        self._closed = False
 
     def on_start(self, rounds, start_round: int) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=f"fedstack-tracker-{type(self.tracker).__name__}",
-                                            daemon=True)
-            self._thread.start()
-        self._queue.put((self.tracker.on_start, (rounds, start_round), None))
+        self._send("on_start", rounds, start_round)
 
     def on_round(self, record: dict, params: np.ndarray) -> None:
-        if self._thread is None:  # a loop that does not call on_start
-            self.on_start(None, int(record["round"]))
-        # copies: the loop goes on with its own (records are small; trackers read, never write, the params)
-        self._queue.put((self.tracker.on_round, (copy.deepcopy(record), np.array(params, copy=True)), None))
+        self._send("on_round", record, params if self.reads_params else None)
 
     def on_end(self, status: str) -> None:
-        self._wait(self.tracker.on_end, status)
+        self._send("on_end", status, wait=True)
 
     def on_results(self, run_dir: Path) -> None:
-        self._wait(self.tracker.on_results, run_dir)
+        self._send("on_results", Path(run_dir), wait=True)
+        self.close()
 
-    def _wait(self, hook, *args) -> None:
-        if self._thread is None:
+    def close(self) -> None:
+        """Let the tracker's process end (after what was sent), and wait for it briefly."""
+        if self._closed:
             return
-        done = threading.Event()
-        self._queue.put((hook, args, done))
-        if not done.wait(self.wait_s):
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._conn.send(None)
+        self._process.join(timeout=self.wait_s)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._conn.close()
+
+    def _send(self, hook: str, *args, wait: bool = False) -> None:
+        if self.failed is not None or self._closed:
+            return
+        try:
+            self._conn.send((hook, args, wait))
+        except OSError:  # its process is gone (killed, out of memory): what it said, else that
+            self._read(0.0)
+            self._fail(self.failed or "its process ended")
+            return
+        self._read(self.wait_s if wait else 0.0, until_done=wait)
+
+    def _read(self, timeout: float, until_done: bool = False) -> None:
+        """Take what the tracker's process said — a failure, or that it is done — waiting up to `timeout`
+        for it to be done."""
+        end = time.monotonic() + timeout
+        while self._conn.poll(max(0.0, end - time.monotonic())):
+            try:
+                kind, detail = self._conn.recv()
+            except (EOFError, OSError):
+                self._fail(self.failed or "its process ended")
+                return
+            if kind == "failed":
+                self._fail(detail)
+                return
+            if kind == "done" and until_done:
+                return
+        if until_done:
             log.warning("%s is still busy after %g s; the run ends without waiting for it", self.what, self.wait_s)
 
-    def _work(self) -> None:
-        while True:
-            hook, args, done = self._queue.get()
-            if self.failed is None:
-                try:
-                    hook(*args)
-                except Exception as exc:  # any failure of a side effect: the run goes on without it
-                    self.failed = " ".join(str(exc).split())[:300] or type(exc).__name__
-                    log.warning("%s failed, the run goes on without it: %s", self.what, self.failed)
-            if done is not None:
-                done.set()
+    def _fail(self, why: str) -> None:
+        if self.failed is None:
+            log.warning("%s failed, the run goes on without it: %s", self.what, why)
+        self.failed = why
 
 
-class TensorBoardTracker(Callback):
+def _serve_tracker(tracker: Tracker, conn) -> None:
+    """The tracker's process: `prepare`, then each hook the run sends, until it sends None or goes away. Its
+    first failure is sent back, and nothing more is done."""
+    logging.getLogger().setLevel(logging.WARNING)
+    failed = False
+
+    def attempt(hook, *args) -> None:
+        nonlocal failed
+        if failed:
+            return
+        try:
+            hook(*args)
+        except Exception as exc:  # told to the run, which warns once and goes on
+            failed = True
+            conn.send(("failed", " ".join(str(exc).split())[:300] or type(exc).__name__))
+
+    attempt(tracker.prepare)
+    hooks = {"on_start": tracker.on_start, "on_round": tracker.on_round, "on_end": tracker.on_end,
+             "on_results": tracker.on_results}
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        hook, args, wait = message
+        attempt(hooks[hook], *args)
+        if wait:
+            conn.send(("done", None))
+
+
+class TensorBoardTracker(Tracker):
     """Writes each round to TensorBoard event files in `log_dir`: scalars (`scalars`) and histograms
     (`distributions`) at step = the round, and `config` once per start as text under the tag "config".
 
@@ -186,6 +254,11 @@ class TensorBoardTracker(Callback):
         # Checked now, so a missing package stops the run before its first round, not after it.
         require_installed("tensorboard", "tracking", "TensorBoard tracking")
         self._writer = None  # an EventFileWriter while the run is going
+
+    def prepare(self) -> None:
+        """Import TensorBoard's writer and protos."""
+        import tensorboard.summary.writer.event_file_writer  # noqa: F401
+        import tensorboard.plugins.histogram.summary_v2  # noqa: F401
 
     def on_start(self, rounds: int | None, start_round: int) -> None:
         """Open a new event file, mark the (re)start at `start_round`, and write the config."""
@@ -282,7 +355,7 @@ def _quiet_mlflow():
             logger.setLevel(level)
 
 
-class MLflowTracker(Callback):
+class MLflowTracker(Tracker):
     """Logs a run to MLflow at `tracking_uri` (e.g. "sqlite:///runs/demo/mlflow.db"; MLflow's plain file
     store is not supported by recent versions), in `experiment` (created if missing):
 
@@ -308,16 +381,18 @@ class MLflowTracker(Callback):
         for name, value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
                             ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
             os.environ.setdefault(name, value)  # read by MLflow when it is used: set before the import
-        # Checked now, so a missing package stops the run before its first round; imported at the start (on
-        # Failsafe's thread: MLflow takes a second or two to import)
+        # Checked now, so a missing package stops the run before its first round; imported by `prepare` (in
+        # Failsafe's process: MLflow takes a second or two to import)
         require_installed("mlflow", "tracking", "MLflow tracking")
         self._mlflow = self._entities = None
-        self._client = None  # an MlflowClient once the MLflow run is started
+        self._client = None  # an MlflowClient once prepared
+        self._experiment_id: str | None = None
         self._active = False  # between on_start and on_end
         self.run_id: str | None = None
 
-    def on_start(self, rounds: int | None, start_round: int) -> None:
-        """Create (or find) the experiment, start a new MLflow run in it and log the config as params."""
+    def prepare(self) -> None:
+        """Import MLflow, open the store (a new SQLite database gets its tables: a second or so) and create
+        or find the experiment."""
         if self.tracking_uri.startswith("sqlite:///"):  # SQLite makes the database file, not its folder
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._mlflow = require("mlflow", "tracking", "MLflow tracking")
@@ -325,12 +400,19 @@ class MLflowTracker(Callback):
         with _quiet_mlflow():  # the first call on a new database creates its tables, which MLflow announces
             self._client = client = self._mlflow.MlflowClient(self.tracking_uri)
             found = client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found is not None else \
+            self._experiment_id = found.experiment_id if found is not None else \
                 client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+
+    def on_start(self, rounds: int | None, start_round: int) -> None:
+        """Start a new MLflow run in the experiment and log the config as params."""
+        if self._client is None:
+            self.prepare()
+        client = self._client
+        with _quiet_mlflow():
             tags = {"fedstack.start_round": str(start_round)}
             if rounds is not None:
                 tags["fedstack.rounds"] = str(rounds)
-            self.run_id = client.create_run(experiment_id, run_name=self.run_name, tags=tags).info.run_id
+            self.run_id = client.create_run(self._experiment_id, run_name=self.run_name, tags=tags).info.run_id
         self._active = True
         params = [self._entities.Param(key, value) for key, value in flat_params(self.config or {}).items()]
         for chunk in _chunks(params, MLFLOW_MAX_PARAMS_PER_BATCH):
