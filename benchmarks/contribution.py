@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--eps", type=float, default=0.005, help="GTG-Shapley's truncation threshold (accuracy)")
     parser.add_argument("--permutations", type=int, default=20, help="GTG-Shapley's most permutations a round "
                         "(0: ten cycles of n)")
+    parser.add_argument("--utility", default="accuracy", choices=("accuracy", "loss"),
+                        help="a coalition model's utility on the validation set")
     parser.add_argument("--engine", default="pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-contribution")
@@ -125,7 +127,7 @@ def main() -> None:
                        rounds=args.rounds, clients_per_round=args.per_round, engine=args.engine, seed=args.seed,
                        out=args.out, evaluation=Evaluation(every=5, federated=False),
                        parts=_parts(args))
-    print(f"GTG-Shapley eps {args.eps}, permutations {args.permutations or 'ten cycles'}; "
+    print(f"utility {args.utility}; GTG-Shapley eps {args.eps}, permutations {args.permutations or 'ten cycles'}; "
           f"wall time {time.perf_counter() - started:.0f} s; "
           f"final test accuracy {history.rounds[-1]['test_accuracy']:.1%}")
     report(history)
@@ -135,7 +137,7 @@ def _parts(args):
     from fedstack.loop import Parts
 
     return Parts(contribution=ContributionOptions(methods=METHODS, validation=None, test_examples=args.validation,
-                                                  eps=args.eps, permutations=args.permutations))
+                                                  eps=args.eps, permutations=args.permutations, utility=args.utility))
 
 
 def report(history) -> None:
@@ -159,7 +161,11 @@ def report(history) -> None:
             seconds[m].append(c[m]["seconds"] / training)
     print(f"\nper round (median over {len(history.rounds)} rounds):")
     print(f"  GTG-Shapley vs exact Shapley: Spearman ρ {statistics.median(rhos):.3f} (min {min(rhos):.3f}), "
-          f"evaluations {statistics.median(shares):.1%} of exact's ({min(shares):.1%}..{max(shares):.1%})")
+          f"evaluations {statistics.median(shares):.1%} of exact's ({min(shares):.1%}..{max(shares):.1%}); "
+          f"rounds with ρ ≥ 0.9: {sum(r >= 0.9 for r in rhos)}/{len(rhos)}")
+    first, second = rhos[:len(rhos) // 2], rhos[len(rhos) // 2:]
+    print(f"  GTG ρ, median of the first half of the rounds {statistics.median(first):.3f}, of the second "
+          f"{statistics.median(second):.3f}")
     print(f"  leave-one-out vs exact Shapley: Spearman ρ {statistics.median(loo_rhos):.3f}")
     print("  seconds of scoring per second of the round's training: " +
           ", ".join(f"{m} {statistics.median(v):.2f}×" for m, v in seconds.items()))
