@@ -107,6 +107,8 @@ def main() -> None:
                         "(0: ten cycles of n)")
     parser.add_argument("--utility", default="accuracy", choices=("accuracy", "loss"),
                         help="a coalition model's utility on the validation set")
+    parser.add_argument("--coalition", default="share", choices=("mean", "share"),
+                        help="a coalition's model: its members' mean update, or their shares of the round's")
     parser.add_argument("--engine", default="pool")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/bench-contribution")
@@ -127,7 +129,8 @@ def main() -> None:
                        rounds=args.rounds, clients_per_round=args.per_round, engine=args.engine, seed=args.seed,
                        out=args.out, evaluation=Evaluation(every=5, federated=False),
                        parts=_parts(args))
-    print(f"utility {args.utility}; GTG-Shapley eps {args.eps}, permutations {args.permutations or 'ten cycles'}; "
+    print(f"utility {args.utility}, coalition {args.coalition}; "
+          f"GTG-Shapley eps {args.eps}, permutations {args.permutations or 'ten cycles'}; "
           f"wall time {time.perf_counter() - started:.0f} s; "
           f"final test accuracy {history.rounds[-1]['test_accuracy']:.1%}")
     report(history)
@@ -137,7 +140,8 @@ def _parts(args):
     from fedstack.loop import Parts
 
     return Parts(contribution=ContributionOptions(methods=METHODS, validation=None, test_examples=args.validation,
-                                                  eps=args.eps, permutations=args.permutations, utility=args.utility))
+                                                  eps=args.eps, permutations=args.permutations, utility=args.utility,
+                                                  coalition=args.coalition))
 
 
 def report(history) -> None:

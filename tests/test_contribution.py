@@ -242,6 +242,27 @@ def test_coalition_model_by_hand():
     assert empty.tolist() == [1.0, 1.0] and empty is not base
     with pytest.raises(ValueError):
         coalition_model(base, u, w, {3})
+    # "share": each member's weighted update over the round's weight 10: {0,1} → (1 + 1/10, 1 + 6/10)
+    assert coalition_model(base, u, w, {0, 1}, "share").tolist() == pytest.approx([1.1, 1.6], abs=1e-6)
+    assert coalition_model(base, u, w, {0, 1, 2}, "share").tolist() == \
+        pytest.approx(coalition_model(base, u, w, {0, 1, 2}).tolist(), abs=1e-6)  # the grand coalition agrees
+    with pytest.raises(ValueError, match="coalition must be one of mean, share"):
+        coalition_model(base, u, w, {0}, "median")
+
+
+def test_a_zero_update_is_a_null_player_when_members_add_their_share():
+    """Two clients whose updates move a 1-d model towards 1 (the utility: −|x − 1|), and one sending zeros: under
+    "mean" the zero update dilutes the overshooting client's step and scores above 0; under "share" it scores 0."""
+    base = np.array([0.0], dtype=np.float32)
+    u = np.array([[3.0], [1.0], [0.0]], dtype=np.float32)  # client 0 overshoots, client 1 lands, client 2 zero
+    w = np.array([1.0, 1.0, 1.0])
+    for coalition, rider_positive in (("mean", True), ("share", False)):
+        def values(coalitions):
+            return [-abs(float(coalition_model(base, u, w, s, coalition)[0]) - 1.0) for s in coalitions]
+        phi = exact_shapley(Game(3, values))
+        assert bool(phi[2] > 1e-9) == rider_positive, (coalition, phi)
+        if not rider_positive:
+            assert phi[2] == pytest.approx(0.0, abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------- spearman, payout

@@ -297,6 +297,9 @@ class ContributionConfig(Section):
     payout: float = Field(0.0, ge=0)  # > 0: split this budget by accumulated positive contribution
     eps: float = Field(0.005, ge=0)  # GTG-Shapley's truncation threshold on the utility
     permutations: int = Field(20, ge=0)  # GTG-Shapley's most permutations a round (0: ten cycles of n)
+    # a coalition's model: its members' weighted "mean" update (FedAvg of the coalition), or each member's
+    # "share" of the round's aggregate (a zero update is then a null player)
+    coalition: Literal["mean", "share"] = "share"
 
     @field_validator("method", mode="before")
     @classmethod

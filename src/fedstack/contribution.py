@@ -3,7 +3,8 @@
 In a round, n clients sent updates u_i (rows of an n×d matrix: each client's new model minus the global model it
 started from) with weights w_i (their example counts). Aggregating a coalition S of them gives the model
 `coalition_model(base, updates, weights, S)` = base + Σ_{i∈S} w_i u_i / Σ_{i∈S} w_i (the base model itself when S
-is empty), and the utility v(S) is a score of that model on a validation set the server holds (accuracy, or
+is empty; with coalition="share" the denominator is the whole round's Σ_{i∈N} w_i, so a client that sends nothing
+is a null player), and the utility v(S) is a score of that model on a validation set the server holds (accuracy, or
 −loss). Rebuilding a coalition's model from the updates already received, rather than retraining the coalition,
 is what makes these scores affordable in federated learning (Song, Tong, Wei 2019, "Profit Allocation for
 Federated Learning", IEEE Big Data; Wang et al. 2020, "A Principled Approach to Data Valuation for Federated
@@ -97,13 +98,25 @@ class Game:
         return frozenset(coalition) in self._cache
 
 
+COALITIONS = ("mean", "share")
+
+
 def coalition_model(base: np.ndarray, updates: np.ndarray, weights: np.ndarray,
-                    members: Iterable[int]) -> np.ndarray:
-    """The model the server would hold had only `members` taken part: base + Σ_{i∈S} w_i u_i / Σ_{i∈S} w_i
-    (FedAvg of the coalition's updates), the base itself for an empty coalition; float32, a new array.
+                    members: Iterable[int], coalition: str = "mean") -> np.ndarray:
+    """The model the server would hold had only `members` (S) taken part; float32, a new array; the base itself
+    for an empty coalition.
+
+    - "mean": base + Σ_{i∈S} w_i u_i / Σ_{i∈S} w_i — FedAvg of the coalition's updates, what the server would
+      have computed (GTG-Shapley's reconstruction). A zero update is not a null player here: it shrinks the
+      others' mean, which is worth something where their updates hurt.
+    - "share": base + Σ_{i∈S} w_i u_i / Σ_{i∈N} w_i — each member adds its share of the whole round's aggregate
+      (the grand coalition is the same model). A client's marginal contribution is then its own weighted
+      update's effect alone, and a zero update is exactly a null player (scores 0).
 
     `updates` has one row per client, each shaped like `base`; `weights` one entry per client.
     """
+    if coalition not in COALITIONS:
+        raise ValueError(f"coalition must be one of {', '.join(COALITIONS)}, not {coalition!r}")
     base = np.asarray(base)
     updates = np.asarray(updates)
     weights = np.asarray(weights, dtype=np.float64)
@@ -116,7 +129,7 @@ def coalition_model(base: np.ndarray, updates: np.ndarray, weights: np.ndarray,
     if idx[0] < 0 or idx[-1] >= len(updates):
         raise ValueError(f"coalition {idx.tolist()} names clients outside 0..{len(updates) - 1}")
     w = weights[idx]
-    total = w.sum()
+    total = w.sum() if coalition == "mean" else weights.sum()
     if total <= 0:
         raise ValueError(f"the coalition {idx.tolist()} has total weight {total}; FedAvg needs a positive one")
     # Accumulate in float64: many float32 updates summed in float32 lose the low bits of the small ones.

@@ -280,17 +280,6 @@ def run_config(config: Config, out: str | Path | None = None, on_round: list[Cal
         from .decentralized import run_decentralized
 
         return run_decentralized(config, out, on_round, dataset, engine)
-    run_dir = prepare_run_dir(out)
-    trackers = trackers_of(config, run_dir)  # each in a process of its own, setting up while the data loads
-    try:
-        return _run_central(config, run_dir, [*on_round, *trackers], engine, sampler, dataset, profile)
-    finally:
-        for tracker in trackers:  # after the run they are closed already; after an error, now
-            tracker.close()
-
-
-def _run_central(config: Config, run_dir: Path, on_round: list, engine, sampler, dataset, profile: bool) -> History:
-    """`run_config` for a server's run, into `run_dir` (created), with the callbacks `on_round`."""
     dataset = dataset if dataset is not None else dataset_of(config)
     options = codec_options(config)
     pipeline = build_pipeline(config.codec.pipeline, options)
@@ -313,6 +302,19 @@ def _run_central(config: Config, run_dir: Path, on_round: list, engine, sampler,
     system = build_system(config.systems, dataset.num_clients, config.seed)  # a bad trace fails here
     if sampler is None:
         sampler = build_sampler(config.server.sampler, dataset.num_clients, system, config.seed)
+    run_dir = prepare_run_dir(out)  # the first thing a run leaves behind: after every check of the config
+    trackers = trackers_of(config, run_dir)  # each in a process of its own, setting up while the run does
+    try:
+        return _run_central(config, run_dir, [*on_round, *trackers], engine, sampler, dataset, system, pipeline,
+                            download, remote, profile)
+    finally:
+        for tracker in trackers:  # after the run they are closed already; after an error, now
+            tracker.close()
+
+
+def _run_central(config: Config, run_dir: Path, on_round: list, engine, sampler, dataset, system, pipeline,
+                 download, remote: bool, profile: bool) -> History:
+    """The rest of `run_config` for a server's run, into `run_dir`, once the config's parts passed their checks."""
     factory, params, fit, finetune = client_side(config, dataset)
     root = root_update(config, dataset, factory, fit) if robust_rule(config.server) == "fltrust" else None
     model = factory()

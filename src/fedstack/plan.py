@@ -321,4 +321,4 @@ def contribution_of(config: Config, dataset):
     return ContributionOptions(methods=tuple(dict.fromkeys(section.method)), validation=rows,
                                test_examples=section.validation_examples, utility=section.utility,
                                payout=section.payout, eps=section.eps,
-                               permutations=section.permutations)
+                               permutations=section.permutations, coalition=section.coalition)

@@ -237,17 +237,34 @@ def test_the_page_follows_a_live_run(dashboard, page, tmp_path):
     assert page.locator("#chart-privacy path").count() == 1 and page.is_hidden("#no-privacy")
     assert page.locator("#chart-refusals rect").count() == 1  # round 2's refused update
     assert "×4.00" in page.text_content("#figures-communication")
-    assert page.is_hidden("#panel-clients")
+    assert page.is_hidden("#panel-clients") and page.is_hidden("#panel-staleness")  # synchronous: no staleness
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.exists() and shot.stat().st_size > 20_000
     assert page.errors == []
 
 
+def test_an_asynchronous_run_shows_the_staleness_of_its_updates(dashboard, page):
+    feed = RunFeed("async-run", 3, strategy="fedbuff")
+    for r in range(1, 4):
+        feed.add({**record(r), "staleness_mean": 0.5 * r, "staleness_max": r + 1})
+    feed.finish("finished")
+    d = dashboard([feed])
+    page.goto(d.url)
+    page.wait_for_function(counter_is("3 / 3"))
+    assert page.is_visible("#panel-staleness")
+    assert page.locator("#chart-staleness path").count() == 2  # mean and most
+    figures = page.text_content("#figures-staleness")
+    assert "1" in figures and "4" in figures  # mean over the run 1, most 4
+    assert page.errors == []
+
+
 def test_the_page_lists_a_deployed_servers_clients(dashboard, page, monkeypatch):
     monkeypatch.setattr(dashboard_server, "SERVER_EVERY_S", 0.2)
-    connected = [{"client": "alice", "state": "training", "last_seen_s": 0.4},
-                 {"client": "bob", "state": "idle", "last_seen_s": 3.2}]
+    connected = [{"client": "alice", "state": "training", "last_seen_s": 0.4, "rounds": 7, "refused": 0,
+                  "uplink_bytes_per_s": 2.5e6},
+                 {"client": "bob", "state": "lost", "last_seen_s": 3.2, "rounds": 2, "refused": 3,
+                  "uplink_bytes_per_s": None}]
     feed = RunFeed("deployed-run", 10, mode="deployed")
     feed.server_info = lambda: {"connected": list(connected), "registered": 3, "refused": {"size": 2, "malformed": 1},
                                 "round": 1}
@@ -255,7 +272,9 @@ def test_the_page_lists_a_deployed_servers_clients(dashboard, page, monkeypatch)
     page.goto(d.url)
     page.wait_for_selector("#clients-table >> text=bob")
     table = page.text_content("#clients-table")
-    assert "alice" in table and "training" in table and "bob" in table
+    assert "alice" in table and "training" in table and "bob" in table and "lost" in table
+    rows = [page.locator("#clients-table tbody tr").nth(i).locator("td").all_text_contents() for i in range(2)]
+    assert rows[0][3:] == ["7", "0", "2.5 MB/s"] and rows[1][3:] == ["2", "3", "—"]
     assert "size 2" in page.text_content("#refusals-clients")
     assert page.text_content("#no-privacy") == "no differential privacy" and page.is_visible("#no-privacy")
     connected.append({"client": "carol", "state": "connecting", "last_seen_s": 0.0})  # the next push shows it

@@ -38,12 +38,12 @@ class FirstCoordinate:
         return EvalResult(-float(params[0]) * len(y), None, len(y), None)
 
 
-def _round(methods):
+def _round(methods, coalition):
     x = np.zeros((6, 1), np.float32)
     y = np.zeros(6, np.int64)
     ds = FederatedDataset.from_arrays(x, y, x, y, num_clients=3, partition="iid", holdout=0)
     ds.train_idx = [np.array([i]) for i in range(3)]
-    options = ContributionOptions(methods=methods, validation=np.arange(6), utility="loss")
+    options = ContributionOptions(methods=methods, validation=np.arange(6), utility="loss", coalition=coalition)
     records = []
     loop = Synchronous(FedAvg(), LocalEngine(), Workload(FirstCoordinate, ds, Pipeline(), seed=0), rounds=1,
                        clients_per_round=3, rules=Rules(), evaluation=Evaluation(every=0, federated=False),
@@ -52,12 +52,13 @@ def _round(methods):
     return params, records[0]["contribution"]
 
 
-def test_a_hand_computed_round_with_two_free_riders():
-    # v(S) = Σ w_i u_i / Σ w_i over S: v(∅)=0, v(0)=3, v(1)=v(2)=v(12)=0, v(01)=1.5, v(02)=1, v(012)=0.75.
+def test_a_hand_computed_round_with_two_free_riders_whose_coalitions_average():
+    # coalition "mean": v(S) = Σ w_i u_i / Σ w_i over S:
+    # v(∅)=0, v(0)=3, v(1)=v(2)=v(12)=0, v(01)=1.5, v(02)=1, v(012)=0.75.
     # φ0 = 3/3 + 1.5/6 + 1/6 + 0.75/3 = 5/3; φ1 = −1.5/6 − 0.25/3 = −1/3; φ2 = −2/6 − 0.75/3 = −7/12 (sum 0.75).
     # Leave-one-out: 0.75 − 0 = 0.75; 0.75 − 1 = −0.25; 0.75 − 1.5 = −0.75. Cosine: the free riders' updates are
     # zero, and client 0's others sum to zero: 0 for all.
-    params, figures = _round(("shapley", "gtg", "loo", "cosine"))
+    params, figures = _round(("shapley", "gtg", "loo", "cosine"), "mean")
     assert params[0] == pytest.approx(0.75)
     scores = {m: [figures["methods"][m]["scores"][str(i)] for i in range(3)] for m in figures["methods"]}
     assert scores["shapley"] == pytest.approx([5 / 3, -1 / 3, -7 / 12], abs=1e-6)
@@ -68,6 +69,16 @@ def test_a_hand_computed_round_with_two_free_riders():
     assert figures["methods"]["cosine"]["evaluations"] == 0
     assert figures["utility_before"] == pytest.approx(0.0) and figures["utility_after"] == pytest.approx(0.75)
     assert figures["clients"] == [0, 1, 2]
+
+
+def test_a_hand_computed_round_with_two_free_riders_who_add_their_share():
+    # coalition "share": v(S) = Σ_{i∈S} w_i u_i / Σ_{i∈N} w_i = 3/4 if 0 ∈ S else 0: the free riders are null players.
+    params, figures = _round(("shapley", "gtg", "loo", "cosine"), "share")
+    assert params[0] == pytest.approx(0.75)  # the round itself does not change
+    scores = {m: [figures["methods"][m]["scores"][str(i)] for i in range(3)] for m in figures["methods"]}
+    assert scores["shapley"] == pytest.approx([0.75, 0.0, 0.0], abs=1e-6)
+    assert scores["gtg"] == pytest.approx([0.75, 0.0, 0.0], abs=1e-3)
+    assert scores["loo"] == pytest.approx([0.75, 0.0, 0.0], abs=1e-6)
 
 
 DIGITS = ["data.name=digits", "data.num_clients=8", "server.rounds=3", "server.clients_per_round=5",

@@ -39,6 +39,7 @@ class ContributionOptions:
     utility: str = "accuracy"
     batch: int = 32
     eps: float = 0.005
+    coalition: str = "share"  # a coalition's model (contribution.coalition_model): its members' "mean" or "share"
     permutations: int = 20  # GTG-Shapley's most permutations a round (0: ten cycles of n)
     shard: int = 2000  # validation examples a task: one per coalition model, whose one pass pays no tracing
     payout: float = 0.0
@@ -116,7 +117,8 @@ class ContributionScorer:
             chunk = coalitions[start:start + batch]
             stacked = np.zeros(batch * size, dtype=np.float32)
             for k, members in enumerate(chunk):
-                stacked[k * size:(k + 1) * size] = contribution.coalition_model(base, updates, weights, members)
+                stacked[k * size:(k + 1) * size] = contribution.coalition_model(base, updates, weights, members,
+                                                                                self.options.coalition)
             tasks = [EvalTask(start=a, stop=b, examples=rows, span=(k * size, (k + 1) * size), once=True)
                      for k in range(len(chunk)) for a, b, rows in shards]
             results = [EvalResult() for _ in chunk]
