@@ -44,12 +44,10 @@ def require(module: str, extra: str, feature: str):
         return importlib.import_module(module)
     except ImportError as exc:
         root = module.partition(".")[0]
-        package = PACKAGES.get(root, root)
-        fix = f"pip install 'fedstack[{extra}]'"
         if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] == root:
-            raise MissingExtra(f"{feature} needs {package}: {fix}") from None
+            raise _missing(root, extra, feature) from None
         # Installed, but it (or a package it needs) fails to import: say why, and what reinstalls it.
-        raise MissingExtra(f"{feature} needs {package}, which does not import ({brief(exc, 120)}): {fix}") from exc
+        raise _missing(root, extra, feature, f", which does not import ({brief(exc, 120)})") from exc
 
 
 def require_installed(module: str, extra: str, feature: str) -> None:
@@ -57,4 +55,8 @@ def require_installed(module: str, extra: str, feature: str) -> None:
     feature that imports it later, off the critical path, checks before any work that it will find it)."""
     root = module.partition(".")[0]
     if importlib.util.find_spec(root) is None:
-        raise MissingExtra(f"{feature} needs {PACKAGES.get(root, root)}: pip install 'fedstack[{extra}]'")
+        raise _missing(root, extra, feature)
+
+
+def _missing(root: str, extra: str, feature: str, why: str = "") -> MissingExtra:
+    return MissingExtra(f"{feature} needs {PACKAGES.get(root, root)}{why}: pip install 'fedstack[{extra}]'")

@@ -21,16 +21,13 @@ class LiveDashboard(Callback):
     def __init__(self, address: str, feed: RunFeed, token: str | None = None):
         self.feed = feed
         self.dashboard = Dashboard(address, [feed], token)
-        self._serving = False
 
     @property
     def url(self) -> str:
         return self.dashboard.url
 
     def start(self) -> None:
-        if not self._serving:
-            self.dashboard.start()
-            self._serving = True
+        self.dashboard.start()  # once: a started (or closed) dashboard ignores it
 
     def on_start(self, rounds: int, start_round: int) -> None:
         self.start()
